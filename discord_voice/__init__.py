@@ -1,0 +1,77 @@
+"""discord_voice: synchronous, threaded Discord voice, after arikawa's voice package.
+
+    gw = discord_voice.Gateway(token)
+    gw.connect()
+    voice = discord_voice.Voice(gw)
+    conn = voice.join_channel(guild_id, channel_id)
+    conn.speaking(discord_voice.SpeakingFlag.MICROPHONE)
+    conn.opus_send.put(opus_frame)        # one 20 ms Opus packet (bytes)
+    conn.stop_speaking()
+    conn.disconnect()
+    gw.close()
+"""
+
+from discord_voice._version import __version__
+from discord_voice.clock import Clock, Signal, SystemClock
+from discord_voice.connection import Connection, ConnectionState, ConnectionStats
+from discord_voice.core.frames import MAX_OPUS_PACKET_SIZE, OPUS_SILENCE_FRAME
+from discord_voice.core.opcodes import Intents, SpeakingFlag
+from discord_voice.errors import (
+    ConnectionClosed,
+    EncryptionError,
+    GatewayClosed,
+    HeartbeatTimeout,
+    InvalidFrame,
+    InvalidPacket,
+    JoinError,
+    JoinTimeout,
+    LocalProtocolError,
+    MainGatewayClosed,
+    OpusError,
+    OpusNotAvailable,
+    ProtocolError,
+    RemoteProtocolError,
+    ShutdownTimeout,
+    UnsupportedEncryptionMode,
+    VoiceError,
+    VoiceGatewayClosed,
+)
+from discord_voice.gateway import Gateway
+from discord_voice.main_gateway import MainGateway, VoiceEventHandler
+from discord_voice.voice import Voice
+
+__all__ = [
+    "MAX_OPUS_PACKET_SIZE",
+    "OPUS_SILENCE_FRAME",
+    "Clock",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "ConnectionStats",
+    "EncryptionError",
+    "Gateway",
+    "GatewayClosed",
+    "HeartbeatTimeout",
+    "Intents",
+    "InvalidFrame",
+    "InvalidPacket",
+    "JoinError",
+    "JoinTimeout",
+    "LocalProtocolError",
+    "MainGateway",
+    "MainGatewayClosed",
+    "OpusError",
+    "OpusNotAvailable",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ShutdownTimeout",
+    "Signal",
+    "SpeakingFlag",
+    "SystemClock",
+    "UnsupportedEncryptionMode",
+    "Voice",
+    "VoiceError",
+    "VoiceEventHandler",
+    "VoiceGatewayClosed",
+    "__version__",
+]

@@ -1,0 +1,121 @@
+"""OpusQueue: the ``opus_send`` queue — a checked, bounded, closable `queue.Queue`.
+
+* ``put`` validates the item first (`check_opus_frame`) and raises `InvalidFrame` to the
+  producer; a bad item never reaches the sender thread.
+* Once the connection ends, ``put`` raises the connection's error (a `ConnectionClosed`), and
+  producers blocked on a full queue wake up and raise it too. This is 3.13's
+  ``Queue.shutdown(immediate=True)``, available on 3.11.
+* ``join()`` returns when every frame put so far has been sent (or discarded at close).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+from discord_voice.core.frames import check_opus_frame
+from discord_voice.errors import ConnectionClosed
+
+__all__ = ["OpusQueue", "STOP"]
+
+
+class _Stop:
+    def __repr__(self) -> str:
+        return "<STOP>"
+
+
+#: Put by `close` so that a sender blocked in ``get`` wakes and exits.
+STOP: Any = _Stop()
+
+
+class OpusQueue(queue.Queue[Any]):
+    """A `queue.Queue` of Opus frames (bytes) with a checked ``put``.
+
+    Thread safety: as `queue.Queue`; any number of producers, one consumer (the sender).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._error: BaseException | None = None
+        self._blocked_getters = 0
+        self._getter_blocked = threading.Condition(self.mutex)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not block:
+            return super().get(False)
+        with self.mutex:
+            self._blocked_getters += 1
+            self._getter_blocked.notify_all()
+        try:
+            return super().get(True, timeout)
+        finally:
+            with self.mutex:
+                self._blocked_getters -= 1
+
+    def wait_for_blocked_consumer(self, timeout: float) -> bool:
+        """Block until the consumer waits in a blocking ``get`` (an empty queue); for tests."""
+        with self._getter_blocked:
+            return self._getter_blocked.wait_for(lambda: self._blocked_getters > 0, timeout)
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        """Queue one Opus frame; blocks while the queue is full (backpressure).
+
+        Raises:
+            InvalidFrame: `item` is not a sendable Opus frame (nothing is queued).
+            ConnectionClosed: the connection has ended (also raised to blocked producers).
+            queue.Full: no space within `timeout` (or at once with ``block=False``).
+        """
+        self.put_control(check_opus_frame(item), block, timeout)
+
+    def put_control(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        """Queue an item without checking it (the library's own markers)."""
+        with self.not_full:
+            self._raise_if_closed()
+            if self.maxsize > 0 and self._qsize() >= self.maxsize:
+                if not block:
+                    raise queue.Full
+                end = None if timeout is None else time.monotonic() + timeout
+                while self._qsize() >= self.maxsize:
+                    remaining = None if end is None else end - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise queue.Full
+                    self.not_full.wait(remaining)
+                    self._raise_if_closed()
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def close(self, error: BaseException | None) -> list[Any]:
+        """End the queue: wake everyone, make producers raise `error`; return discarded items."""
+        with self.mutex:
+            if self._error is None:
+                self._error = error or ConnectionClosed("the voice connection is closed")
+            discarded = list(self.queue)
+            self.queue.clear()
+            for _ in discarded:
+                self._task_done_locked()
+            self.queue.append(STOP)
+            self.not_empty.notify_all()
+            self.not_full.notify_all()
+            return [item for item in discarded if item is not STOP]
+
+    def _task_done_locked(self) -> None:
+        if self.unfinished_tasks > 0:
+            self.unfinished_tasks -= 1
+            if self.unfinished_tasks == 0:
+                self.all_tasks_done.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self.mutex:
+            return self._error is not None
+
+    def _raise_if_closed(self) -> None:
+        if self._error is not None:
+            error = self._error
+            if isinstance(error, ConnectionClosed):
+                raise error
+            raise ConnectionClosed(f"the voice connection failed: {error}") from error
+

@@ -1,0 +1,60 @@
+"""The contract between the voice layer and whatever talks to Discord's main gateway.
+
+`Voice` needs three things from a main gateway: the bot's user id, a way to send a Voice State
+Update (op 4), and the VOICE_STATE_UPDATE / VOICE_SERVER_UPDATE dispatches delivered to it.
+`discord_voice.Gateway` implements this protocol; a bot that already runs its own gateway client
+can implement it in a few lines (see the README, "Embedding in your own bot").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["MainGateway", "VoiceEventHandler"]
+
+
+@runtime_checkable
+class VoiceEventHandler(Protocol):
+    """Receives the two voice dispatches. `Voice` implements it.
+
+    Thread safety: called from the gateway's reader thread; implementations must not block.
+    """
+
+    def on_voice_state_update(self, data: Mapping[str, Any]) -> None:
+        """The ``d`` of a VOICE_STATE_UPDATE dispatch, unchanged."""
+        ...
+
+    def on_voice_server_update(self, data: Mapping[str, Any]) -> None:
+        """The ``d`` of a VOICE_SERVER_UPDATE dispatch, unchanged."""
+        ...
+
+
+@runtime_checkable
+class MainGateway(Protocol):
+    """What `Voice` needs from a main gateway connection.
+
+    Thread safety: `update_voice_state` may be called from any thread.
+    """
+
+    @property
+    def user_id(self) -> int | None:
+        """The bot's user id, known once the gateway is READY (None before)."""
+        ...
+
+    def update_voice_state(
+        self, guild_id: str, channel_id: str | None, *, self_mute: bool, self_deaf: bool
+    ) -> None:
+        """Send op 4 Voice State Update; ``channel_id=None`` leaves voice in that guild.
+
+        Ids arrive as decimal strings. Raises a `discord_voice.VoiceError` subclass when the
+        payload cannot be sent (for example `ConnectionClosed`).
+        """
+        ...
+
+    def add_voice_handler(self, handler: VoiceEventHandler) -> Callable[[], None]:
+        """Deliver every VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE to `handler` from now on.
+
+        Returns a function that removes the handler again.
+        """
+        ...

@@ -1,0 +1,251 @@
+"""Voice: the per-bot entry point (arikawa's ``NewVoice()``), one `Connection` per guild.
+
+`Voice` owns no threads. The main gateway's reader thread delivers VOICE_STATE_UPDATE and
+VOICE_SERVER_UPDATE to it; those handlers only resolve futures and never block, so a slow voice
+handshake can never stall the main gateway.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from discord_voice.clock import Clock, SystemClock
+from discord_voice.connection import Connection
+from discord_voice.core.voice_gateway import VoiceServerInfo
+from discord_voice.errors import JoinError, JoinTimeout, LocalProtocolError, VoiceError
+from discord_voice.main_gateway import MainGateway
+
+__all__ = ["Voice"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_HINTS = {
+    "voice_state_update": "no VOICE_STATE_UPDATE for the bot: is the GUILD_VOICE_STATES intent "
+    "enabled, is the channel id a voice channel of this guild, and may the bot CONNECT to it?",
+    "voice_server_update": "no VOICE_SERVER_UPDATE: the channel may be full, or Discord has no "
+    "voice server for it right now",
+}
+
+
+def snowflake(value: int | str, what: str) -> str:
+    """Validate an id given as int or str and return it as Discord sends it (a decimal string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{what} must be an int or a str, got {type(value).__name__}")
+    text = str(value)
+    if not text.isdigit() or not 0 < int(text) < 2**64:
+        raise ValueError(f"{what} must be a positive 64-bit integer id, got {value!r}")
+    return str(int(text))
+
+
+@dataclass(eq=False)
+class _PendingJoin:
+    channel_id: str
+    state: concurrent.futures.Future[Mapping[str, Any]] = field(
+        default_factory=concurrent.futures.Future
+    )
+    server: concurrent.futures.Future[Mapping[str, Any]] = field(
+        default_factory=concurrent.futures.Future
+    )
+
+
+class Voice:
+    """Joins voice channels through a main gateway; keeps one `Connection` per guild.
+
+    Args:
+        gateway: anything satisfying `MainGateway` (`discord_voice.Gateway` does).
+        clock: time source for pacing and heartbeats (tests pass a ``FakeClock``).
+        queue_size: capacity of each connection's ``opus_send`` (frames of 20 ms).
+        close_timeout: how long `Connection.disconnect` may take to join its threads.
+
+    Thread safety: every method may be called from any thread except the library's own.
+    """
+
+    def __init__(
+        self,
+        gateway: MainGateway,
+        *,
+        clock: Clock | None = None,
+        queue_size: int = 10,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self._gateway = gateway
+        self._clock: Clock = clock or SystemClock()
+        self._queue_size = queue_size
+        self._close_timeout = close_timeout
+        self._lock = threading.Lock()
+        self._pending: dict[str, _PendingJoin] = {}
+        self._connections: dict[str, Connection] = {}
+        self._remove_handler: Callable[[], None] = gateway.add_voice_handler(self)
+
+    def __repr__(self) -> str:
+        return f"<Voice connections={len(self._connections)}>"
+
+    # -- public -----------------------------------------------------------------------------
+
+    def join_channel(
+        self,
+        guild_id: int | str,
+        channel_id: int | str,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+        timeout: float = 10.0,
+    ) -> Connection:
+        """Join a voice channel; block until the connection can carry audio.
+
+        One deadline covers the whole join. Joining the channel a live connection is already in
+        returns that connection; joining another channel of the same guild replaces it.
+
+        Raises:
+            JoinTimeout: a stage did not complete in time (``.stage`` names it).
+            VoiceGatewayClosed: the voice server closed the websocket during the join.
+            UnsupportedEncryptionMode: no transport mode in common.
+            ConnectionClosed / JoinError: other failures, with the cause attached.
+        """
+        guild = snowflake(guild_id, "guild_id")
+        channel = snowflake(channel_id, "channel_id")
+        if threading.current_thread().name.startswith("dv-"):
+            raise LocalProtocolError("join_channel cannot be called from a library thread")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            existing = self._connections.get(guild)
+        if existing is not None:
+            if existing.error is None and existing.channel_id == channel:
+                return existing
+            existing.disconnect()
+        user_id = self._gateway.user_id
+        if user_id is None:
+            raise JoinError("the main gateway is not READY yet (no user id)")
+        pending = _PendingJoin(channel)
+        with self._lock:
+            if guild in self._pending:
+                raise LocalProtocolError(f"a join for guild {guild} is already in progress")
+            self._pending[guild] = pending
+        try:
+            self._gateway.update_voice_state(guild, channel, self_mute=self_mute,
+                                             self_deaf=self_deaf)
+            state = _await(pending.state, deadline, timeout, "voice_state_update")
+            server = _await(pending.server, deadline, timeout, "voice_server_update")
+        except BaseException:
+            self._leave_quietly(guild)
+            raise
+        finally:
+            with self._lock:
+                self._pending.pop(guild, None)
+        info = VoiceServerInfo(
+            guild_id=guild, channel_id=channel, user_id=str(user_id),
+            session_id=str(state["session_id"]), token=str(server["token"]),
+            endpoint=str(server["endpoint"]),
+        )
+        connection = Connection(
+            self, info, clock=self._clock, queue_size=self._queue_size,
+            close_timeout=self._close_timeout, max_dave_protocol_version=0,
+        )
+        with self._lock:
+            self._connections[guild] = connection
+        try:
+            connection._open(deadline, timeout)
+        except BaseException as exc:
+            connection._fail(exc)
+            connection._join(self._close_timeout)
+            self._leave_quietly(guild)
+            raise
+        log.info("joined voice channel %s in guild %s (mode %s)", channel, guild, connection.mode)
+        return connection
+
+    def connection(self, guild_id: int | str) -> Connection | None:
+        """The live connection in `guild_id`, if any."""
+        with self._lock:
+            return self._connections.get(snowflake(guild_id, "guild_id"))
+
+    def close(self) -> None:
+        """Disconnect every connection and stop receiving gateway events."""
+        with self._lock:
+            connections = list(self._connections.values())
+        for connection in connections:
+            connection.disconnect()
+        self._remove_handler()
+
+    def __enter__(self) -> Voice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- main gateway events (called on the gateway's reader thread; never block) ------------
+
+    def on_voice_state_update(self, data: Mapping[str, Any]) -> None:
+        user_id = self._gateway.user_id
+        if user_id is None or str(data.get("user_id")) != str(user_id):
+            return  # another member's voice state
+        guild = str(data.get("guild_id"))
+        channel = data.get("channel_id")
+        with self._lock:
+            pending = self._pending.get(guild)
+            connection = self._connections.get(guild)
+        if pending is not None:
+            if channel is not None and str(channel) == pending.channel_id and data.get("session_id"):
+                _resolve(pending.state, data)
+            return
+        if connection is not None and channel is None:
+            connection._fail(_disconnected_by_discord())
+
+    def on_voice_server_update(self, data: Mapping[str, Any]) -> None:
+        guild = str(data.get("guild_id"))
+        with self._lock:
+            pending = self._pending.get(guild)
+        if pending is None:
+            log.debug("VOICE_SERVER_UPDATE for guild %s outside a join: ignored", guild)
+            return
+        if data.get("endpoint") and data.get("token"):
+            _resolve(pending.server, data)
+
+    # -- internal ---------------------------------------------------------------------------
+
+    def _forget(self, connection: Connection, *, leave: bool) -> None:
+        """Drop `connection` from the registry; with `leave`, tell Discord we left."""
+        guild = connection.guild_id
+        with self._lock:
+            if self._connections.get(guild) is connection:
+                del self._connections[guild]
+            else:
+                leave = False
+        if leave:
+            self._leave_quietly(guild)
+
+    def _leave_quietly(self, guild: str) -> None:
+        try:
+            self._gateway.update_voice_state(guild, None, self_mute=False, self_deaf=False)
+        except VoiceError as exc:
+            log.warning("could not send the leave for guild %s: %s", guild, exc)
+
+
+def _disconnected_by_discord() -> VoiceError:
+    from discord_voice.errors import ConnectionClosed
+
+    return ConnectionClosed(
+        "disconnected from the voice channel by Discord (kicked, or the channel was deleted)"
+    )
+
+
+def _await(
+    future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
+) -> T:
+    try:
+        return future.result(max(0.0, deadline - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise JoinTimeout(stage, timeout, _HINTS.get(stage, "")) from None
+
+
+def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
