@@ -1,0 +1,144 @@
+"""The offline demo: the whole connection flow against the fake Discord, with a report.
+
+No token and no network: `FakeDiscord` runs a main gateway, a voice gateway and a UDP voice
+server on 127.0.0.1. The demo joins, streams a tone encoded with libopus (or the bundled Ogg Opus
+asset when libopus is missing), stops speaking, leaves, and checks what the server decrypted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import TextIO
+
+from discord_voice import Gateway, SpeakingFlag, Voice
+from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
+from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
+from discord_voice.errors import OpusNotAvailable
+
+__all__ = ["DemoReport", "main", "run_demo"]
+
+GUILD_ID = 41771983423143937
+CHANNEL_ID = 127121515262115840
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    join_seconds: float
+    mode: str
+    source: str
+    frames_sent: int
+    frames_received: int
+    frames_intact: int
+    silence_frames: int
+    jitter_p50_ms: float
+    jitter_p99_ms: float
+    jitter_max_ms: float
+    late_frames: int
+    underruns: int
+    threads_left: int
+
+
+def _audio(seconds: float, frequency: float) -> tuple[list[bytes], str]:
+    try:
+        from discord_voice import opus
+
+        frames = list(opus.encode_frames(opus.tone(frequency, seconds)))
+        return frames, f"{frequency:g} Hz tone encoded with {opus.libopus_version()}"
+    except OpusNotAvailable as exc:
+        from discord_voice.ogg import iter_opus_packets
+
+        asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
+        with asset.open("rb") as fileobj:
+            frames = list(iter_opus_packets(fileobj))[: round(seconds * 50)]
+        first_line = str(exc).splitlines()[0]
+        return frames, f"bundled 440 Hz Ogg Opus asset (libopus unavailable: {first_line})"
+
+
+def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None = None,
+             out: TextIO = sys.stdout) -> DemoReport:
+    """Run the flow once and print progress and the report to `out`."""
+    import threading
+
+    from discord_voice.testing import FakeDiscord
+
+    modes = (mode,) if mode else (MODE_AES256_GCM, MODE_XCHACHA20)
+    frames, source = _audio(seconds, frequency)
+    before = {t.ident for t in threading.enumerate()}
+    with FakeDiscord(modes=modes) as fake:
+        print(f"fake Discord: main gateway {fake.gateway_url}, voice {fake.voice_endpoint}",
+              file=out)
+        gateway = Gateway(fake.token, url=fake.gateway_url)
+        try:
+            gateway.connect(timeout=10.0)
+            voice = Voice(gateway)
+            started = time.perf_counter()
+            conn = voice.join_channel(GUILD_ID, CHANNEL_ID, timeout=10.0)
+            join_seconds = time.perf_counter() - started
+            print(f"joined in {join_seconds * 1000:.1f} ms, mode {conn.mode}, ssrc {conn.ssrc}",
+                  file=out)
+            print(f"streaming {len(frames)} frames ({len(frames) / 50:g} s): {source}", file=out)
+            conn.speaking(SpeakingFlag.MICROPHONE)
+            for frame in frames:
+                conn.opus_send.put(frame)
+            conn.stop_speaking(timeout=10.0)
+            expected = len(frames) + SILENCE_FRAMES_ON_STOP
+            fake.wait_for_frames(expected, timeout=10.0, ssrc=conn.ssrc)
+            stats = conn.stats
+            mode_used = conn.mode or "?"
+            received = fake.frames(ssrc=conn.ssrc)
+            conn.disconnect()
+        finally:
+            gateway.close()
+    threads_left = sum(1 for t in threading.enumerate() if t.ident not in before)
+    audio = received[: len(frames)]
+    intact = sum(1 for got, sent in zip(audio, frames, strict=False) if got.opus == sent)
+    silences = sum(1 for got in received[len(frames):] if got.opus == OPUS_SILENCE_FRAME)
+    deviations = [
+        abs((b.arrival - a.arrival) - 0.020) * 1000 for a, b in zip(audio, audio[1:], strict=False)
+    ]
+    quantiles = statistics.quantiles(deviations, n=100) if len(deviations) >= 2 else [0.0] * 99
+    report = DemoReport(
+        join_seconds=join_seconds, mode=mode_used, source=source, frames_sent=stats.frames_sent,
+        frames_received=len(received), frames_intact=intact, silence_frames=silences,
+        jitter_p50_ms=quantiles[49], jitter_p99_ms=quantiles[98],
+        jitter_max_ms=max(deviations, default=0.0), late_frames=stats.late_frames,
+        underruns=stats.underruns, threads_left=threads_left,
+    )
+    _print_report(report, len(frames), out)
+    return report
+
+
+def _print_report(r: DemoReport, audio_frames: int, out: TextIO) -> None:
+    ok = r.frames_intact == audio_frames and r.silence_frames == SILENCE_FRAMES_ON_STOP
+    print("\nreport", file=out)
+    print(f"  join time            {r.join_seconds * 1000:8.1f} ms", file=out)
+    print(f"  transport mode       {r.mode}", file=out)
+    print(f"  frames sent          {r.frames_sent:8d}  ({audio_frames} audio + "
+          f"{SILENCE_FRAMES_ON_STOP} silence)", file=out)
+    print(f"  frames received      {r.frames_received:8d}  ({r.frames_intact} audio "
+          f"byte-identical, {r.silence_frames} silence)", file=out)
+    print(f"  inter-arrival jitter p50 {r.jitter_p50_ms:.3f} ms, p99 {r.jitter_p99_ms:.3f} ms, "
+          f"max {r.jitter_max_ms:.3f} ms (deviation from 20 ms, same process)", file=out)
+    print(f"  late frames {r.late_frames}, underruns {r.underruns}, library threads left "
+          f"{r.threads_left}", file=out)
+    print(f"  result               {'OK' if ok else 'MISMATCH'}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m discord_voice")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="stream a tone to a local fake Discord and report")
+    demo.add_argument("--seconds", type=float, default=5.0)
+    demo.add_argument("--frequency", type=float, default=440.0)
+    demo.add_argument("--mode", choices=("aes", "xchacha"), default=None,
+                      help="offer only this transport mode (default: both, AES-GCM preferred)")
+    args = parser.parse_args(argv)
+    mode = {"aes": MODE_AES256_GCM, "xchacha": MODE_XCHACHA20}.get(args.mode)
+    report = run_demo(seconds=args.seconds, frequency=args.frequency, mode=mode)
+    ok = report.frames_intact == min(report.frames_received, round(args.seconds * 50))
+    return 0 if ok and report.threads_left == 0 else 1
