@@ -6,6 +6,7 @@ Packets are decrypted in the test with `cryptography` (not our cipher code).
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import struct
 import threading
@@ -63,11 +64,19 @@ def rig() -> Iterator[Rig]:
     stop = Signal()
     announced: list[float] = []
     failures: list[BaseException] = []
+
+    def announce() -> None:
+        # Speaking must be sent before the first packet: nothing may have arrived yet.
+        readable, _, _ = select.select([receiver], [], [], 0)
+        if readable:
+            failures.append(AssertionError("audio was sent before Speaking"))
+        announced.append(clock.monotonic())
+
     sender = UdpSender(
         sock=sock, packetizer=Packetizer(0xDEADBEEF, Aes256GcmRtpSize(KEY), sequence=65534,
                                          timestamp=2**32 - 960),
         frames=frames, clock=clock, stop=stop,
-        announce=lambda: announced.append(clock.monotonic()),
+        announce=announce,
     )
     thread = ServiceThread("dv-udp-sender:test", sender.run, failures.append)
     thread.start()
@@ -80,6 +89,7 @@ def rig() -> Iterator[Rig]:
         sock.close()
         receiver.close()
     assert not thread.is_alive()
+    assert failures == []
 
 
 def test_frames_are_sent_in_order_on_a_20ms_grid_with_wrapping_headers(rig: Rig) -> None:

@@ -1,0 +1,51 @@
+"""Fixtures for end-to-end tests: a fake Discord and a connected `Gateway` + `Voice` on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from discord_voice import Gateway, Voice
+from discord_voice.testing import FakeDiscord
+from tests.timeouts import LONG
+
+GUILD = 41771983423143937
+CHANNEL = 127121515262115840
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    gateway: Gateway
+    voice: Voice
+
+
+@pytest.fixture
+def make_world() -> Iterator[object]:
+    """Factory: ``make_world(**fake_options)`` -> a started World, torn down after the test."""
+    worlds: list[World] = []
+    fakes: list[FakeDiscord] = []
+
+    def make(**options: object) -> World:
+        fake = FakeDiscord(**options)  # type: ignore[arg-type]
+        fake.start()
+        fakes.append(fake)
+        gateway = Gateway(fake.token, url=fake.gateway_url)
+        gateway.connect(timeout=LONG)
+        world = World(fake, gateway, Voice(gateway))
+        worlds.append(world)
+        return world
+
+    yield make
+    for world in worlds:
+        world.voice.close()
+        world.gateway.close()
+    for fake in fakes:
+        fake.close()
+
+
+@pytest.fixture
+def world(make_world: object) -> World:
+    return make_world()  # type: ignore[operator, no-any-return]

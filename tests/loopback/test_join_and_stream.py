@@ -1,0 +1,266 @@
+"""End to end on loopback: Gateway + Voice + Connection against the fake Discord.
+
+The fake decrypts with `cryptography`/`pycryptodome` and parses RTP itself, so these tests check
+our bytes against an independent implementation of the server side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+
+from discord_voice import (
+    ConnectionClosed,
+    InvalidFrame,
+    JoinTimeout,
+    SpeakingFlag,
+    UnsupportedEncryptionMode,
+    VoiceGatewayClosed,
+)
+from discord_voice.core import crypto
+from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp, VoiceOp
+from discord_voice.testing import FakeDiscord
+from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.timeouts import LONG
+
+SILENCE = b"\xf8\xff\xfe"
+
+
+def frames_of(count: int) -> list[bytes]:
+    """Distinct frames of varying sizes (1..400 bytes) so reordering or truncation shows."""
+    return [os.urandom(1 + (i * 37) % 400) for i in range(count)]
+
+
+def client_ops(fake: FakeDiscord, op: int) -> list[dict[str, object]]:
+    """The ``d`` of every voice message the client sent with opcode `op`."""
+    return [m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == op
+            and m.data is not None]
+
+
+def main_ops(fake: FakeDiscord, op: int) -> list[dict[str, object]]:
+    """The ``d`` of every main-gateway message the client sent with opcode `op`."""
+    return [m.data["d"] for m in fake.main_messages if m.direction == "client" and m.op == op
+            and m.data is not None]
+
+
+def left(fake: FakeDiscord) -> bool:
+    return any(d["channel_id"] is None for d in main_ops(fake, GatewayOp.VOICE_STATE_UPDATE))
+
+
+@pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
+def test_stream_arrives_exactly_once_in_order_byte_identical(make_world, mode: str) -> None:
+    if mode == MODE_AES256_GCM and not crypto.aes256_gcm_available():
+        pytest.skip("this CPU has no AES-256-GCM in libsodium")
+    w: World = make_world(modes=(mode,))
+    conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert conn.mode == mode
+    conn.speaking(SpeakingFlag.MICROPHONE)
+    sent = frames_of(60)
+    for frame in sent:
+        conn.opus_send.put(frame)
+    conn.stop_speaking(timeout=LONG)
+    got = w.fake.wait_for_frames(len(sent) + 5, timeout=LONG, ssrc=conn.ssrc)
+
+    assert [f.opus for f in got] == sent + [SILENCE] * 5
+    assert {f.ssrc for f in got} == {conn.ssrc} and {f.mode for f in got} == {mode}
+    for a, b in zip(got, got[1:], strict=False):
+        assert b.sequence == (a.sequence + 1) % 2**16
+        assert b.timestamp == (a.timestamp + 960) % 2**32
+        assert b.nonce == (a.nonce + 1) % 2**32
+    # Speaking (op 5, with our ssrc and delay 0) announced the SSRC; the exact ordering against
+    # the first packet is asserted in tests/shell/test_udp_sender.py (the fake reads the
+    # websocket and UDP on different threads, and flags audio without a prior Speaking).
+    assert w.fake.wait_until(lambda f: len(client_ops(f, VoiceOp.SPEAKING)) == 2, LONG)
+    assert client_ops(w.fake, VoiceOp.SPEAKING) == [
+        {"speaking": 1, "delay": 0, "ssrc": conn.ssrc},
+        {"speaking": 0, "delay": 0, "ssrc": conn.ssrc},  # after stop_speaking's silence
+    ]
+    speaking_off = [m for m in w.fake.voice_messages if m.direction == "client" and m.op == 5][-1]
+    assert speaking_off.index > got[-1].index
+    stats = conn.stats
+    assert stats.frames_sent == len(sent) + 5 and stats.frames_discarded == 0
+    conn.disconnect()
+    assert not w.fake.violations and not w.fake.udp_errors
+
+
+def test_identify_and_select_protocol_are_what_discord_expects(world: World) -> None:
+    conn = world.voice.join_channel(str(GUILD), str(CHANNEL), self_deaf=True, timeout=LONG)
+    assert main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE) == [{"guild_id": str(GUILD), "channel_id": str(CHANNEL), "self_mute": False,
+                    "self_deaf": True}]
+    session = world.fake.voice_sessions[-1]
+    identify = client_ops(world.fake, VoiceOp.IDENTIFY)[0]
+    assert identify == {"server_id": str(GUILD), "user_id": str(world.fake.user_id),
+                        "session_id": session.session_id, "token": identify["token"],
+                        "max_dave_protocol_version": 0}
+    select = client_ops(world.fake, VoiceOp.SELECT_PROTOCOL)[0]
+    assert select["protocol"] == "udp"
+    assert session.client_address is not None
+    assert select["data"] == {"address": session.client_address[0],
+                              "port": session.client_address[1], "mode": conn.mode}
+    assert conn.ssrc == session.ssrc
+    conn.disconnect()
+
+
+def test_disconnect_sends_leave_closes_everything_and_is_idempotent(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def leave() -> None:
+        barrier.wait(LONG)
+        try:
+            conn.disconnect()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=leave, name=f"fake-leaver-{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(LONG)
+    assert errors == []
+    conn.disconnect()  # once more, from here
+    assert world.fake.wait_until(left, LONG)
+    leaves = [d for d in main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE)
+              if d["channel_id"] is None]
+    assert leaves == [{"guild_id": str(GUILD), "channel_id": None, "self_mute": False,
+                       "self_deaf": False}]
+    assert world.fake.wait_until(lambda f: f.voice_sessions[-1].close_code is not None, LONG)
+    assert world.fake.voice_sessions[-1].close_code == 1000
+    assert not [t for t in threading.enumerate() if t.name.startswith("dv-voice")
+                or t.name.startswith("dv-udp")]
+    with pytest.raises(ConnectionClosed):
+        conn.opus_send.put(b"\x01")
+    with pytest.raises(ConnectionClosed):
+        conn.speaking()
+    conn.wait(timeout=LONG)  # a user-initiated close is not an error
+    assert world.voice.connection(GUILD) is None
+
+
+def test_rejoining_the_same_channel_returns_the_live_connection(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert world.voice.join_channel(str(GUILD), CHANNEL, timeout=LONG) is conn
+    conn.disconnect()
+
+
+@pytest.mark.parametrize("order", ["state_first", "server_first"])
+@pytest.mark.parametrize("hello_first", [True, False])
+def test_event_orders(make_world, order: str, hello_first: bool) -> None:
+    w: World = make_world(event_order=order, voice_hello_first=hello_first)
+    conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    conn.opus_send.put(b"\x01\x02")  # no explicit speaking(): the sender announces it
+    assert w.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"\x01\x02"
+    assert client_ops(w.fake, VoiceOp.SPEAKING)[0]["speaking"] == 1
+    conn.disconnect()
+
+
+def test_aes_gcm_unavailable_falls_back_to_xchacha(world: World, monkeypatch) -> None:
+    monkeypatch.setattr(crypto, "available_modes", lambda: (MODE_XCHACHA20,))
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert conn.mode == MODE_XCHACHA20
+    conn.opus_send.put(b"abc")
+    assert world.fake.wait_for_frames(1, timeout=LONG)[0].mode == MODE_XCHACHA20
+    conn.disconnect()
+
+
+def test_no_common_mode_is_a_clear_error(make_world) -> None:
+    w: World = make_world(modes=("xsalsa20_poly1305", "xsalsa20_poly1305_lite"))
+    with pytest.raises(UnsupportedEncryptionMode) as info:
+        w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert info.value.offered == ("xsalsa20_poly1305", "xsalsa20_poly1305_lite")
+    assert "xsalsa20_poly1305_lite" in str(info.value)
+    assert w.voice.connection(GUILD) is None
+
+
+@pytest.mark.parametrize(
+    "stage",
+    ["voice_state_update", "voice_server_update", "hello", "ready", "ip_discovery",
+     "session_description"],
+)
+def test_join_timeout_names_the_stage_and_leaves(world: World, stage: str) -> None:
+    world.fake.withhold(stage)
+    with pytest.raises(JoinTimeout) as info:
+        world.voice.join_channel(GUILD, CHANNEL, timeout=0.5)
+    assert info.value.stage == stage and stage in str(info.value)
+    assert isinstance(info.value, TimeoutError)
+    # the bot does not stay in the channel after a failed join
+    assert world.fake.wait_until(left, LONG)
+    assert world.voice.connection(GUILD) is None
+
+
+@pytest.mark.parametrize(
+    ("op", "code"),
+    [(VoiceOp.IDENTIFY, 4006), (VoiceOp.IDENTIFY, 4004), (VoiceOp.SELECT_PROTOCOL, 4017)],
+)
+def test_close_during_join_raises_the_close_code(world: World, op: int, code: int) -> None:
+    world.fake.close_voice_on(op, code, "scripted")
+    with pytest.raises(VoiceGatewayClosed) as info:
+        world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert info.value.code == code
+    if code == 4017:
+        assert "DAVE" in str(info.value)
+
+
+def test_voice_server_closing_mid_stream_reaches_the_producer(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    conn.opus_send.put(b"one")
+    world.fake.wait_for_frames(1, timeout=LONG)
+    world.fake.close_voice(4014, "kicked")
+    with pytest.raises(VoiceGatewayClosed) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.code == 4014
+    with pytest.raises(VoiceGatewayClosed):
+        conn.opus_send.put(b"two")
+    assert conn.error is info.value
+
+
+def test_bad_items_are_rejected_and_the_stream_goes_on(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    for bad in ("text", None, b"", b"\x00" * 5000, 42):
+        with pytest.raises(InvalidFrame):
+            conn.opus_send.put(bad)
+    conn.opus_send.put(b"good")
+    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"good"
+    assert conn.error is None
+    conn.disconnect()
+
+
+def test_malformed_and_unknown_server_messages_are_survived(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    world.fake.send_voice({"op": 18, "d": {"flags": 3}})
+    world.fake.send_voice({"op": 2, "d": {"ssrc": "x"}})  # malformed and out of order
+    world.fake.send_voice({"op": 99})
+    conn.opus_send.put(b"still-alive")
+    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"still-alive"
+    assert conn.error is None
+    conn.disconnect()
+    stats = conn.stats
+    assert stats.ignored_messages >= 2 and stats.malformed_messages >= 1
+
+
+def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    w: World = make_world(token="Bot.SECRET-BOT-TOKEN.xyz")
+    conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    conn.opus_send.put(b"x")
+    w.fake.wait_for_frames(1, timeout=LONG)
+    session = w.fake.voice_sessions[-1]
+    voice_token = client_ops(w.fake, VoiceOp.IDENTIFY)[0]["token"]
+
+    def library_logs() -> str:  # the fake's own logs are not the library's
+        return "\n".join(r.getMessage() for r in caplog.records
+                         if not r.name.startswith("discord_voice.testing"))
+
+    texts = [library_logs(), repr(conn), repr(w.voice), repr(w.gateway), repr(conn.stats)]
+    w.fake.close_voice(4006, "bye")
+    with pytest.raises(VoiceGatewayClosed) as info:
+        conn.wait(timeout=LONG)
+    texts += [str(info.value), repr(info.value), library_logs()]
+    secrets = ["SECRET-BOT-TOKEN", str(voice_token), session.session_id,
+               session.secret_key.hex(), str(list(session.secret_key))[1:-1]]
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
