@@ -134,6 +134,7 @@ def test_stop_speaking_marker_sends_queued_frames_then_five_silences(rig: Rig) -
     rig.frames.put_control(StopSpeakingMarker(done))
     sent = [rig.recv()[2]]
     for _ in range(6):
+        assert not done.is_set()  # Speaking 0 must wait for the last silence frame
         rig.advance_frame()
         sent.append(rig.recv()[2])
     assert sent == [b"x1", b"x2"] + [b"\xf8\xff\xfe"] * 5

@@ -1,0 +1,73 @@
+"""Voice heartbeats end to end, driven by a fake clock (no waiting for real intervals)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from discord_voice import ConnectionClosed, Gateway, HeartbeatTimeout, Voice
+from discord_voice.core.opcodes import VoiceOp
+from discord_voice.testing import FakeClock, FakeDiscord
+from tests.loopback.conftest import CHANNEL, GUILD
+from tests.timeouts import LONG
+
+
+@pytest.fixture
+def rig() -> Iterator[tuple[FakeDiscord, Voice, FakeClock]]:
+    clock = FakeClock(start=500.0)
+    with FakeDiscord(voice_heartbeat_interval=2.0) as fake:
+        gateway = Gateway(fake.token, url=fake.gateway_url)
+        gateway.connect(timeout=LONG)
+        voice = Voice(gateway, clock=clock)
+        try:
+            yield fake, voice, clock
+        finally:
+            voice.close()
+            gateway.close()
+
+
+def heartbeats(fake: FakeDiscord) -> list[dict[str, int]]:
+    return [m.data["d"] for m in fake.voice_messages
+            if m.direction == "client" and m.op == VoiceOp.HEARTBEAT and m.data]
+
+
+def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
+    fake, voice, clock = rig
+    conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    assert conn.latency is None
+    assert clock.wait_for_sleepers(1, LONG) == [502.0]  # first beat one interval after Hello
+    clock.advance(2.0)
+    assert fake.wait_until(lambda f: len(heartbeats(f)) == 1, LONG)
+    last_seq = max(m.data["seq"] for m in fake.voice_messages
+                   if m.direction == "server" and m.data and "seq" in m.data)
+    assert heartbeats(fake)[0] == {"t": 502000, "seq_ack": last_seq}
+    # the ACK is matched: logical time did not move, so the round trip is exactly 0
+    assert clock.wait_for_sleepers(1, LONG) == [504.0]
+    assert fake.wait_until(lambda f: conn.latency is not None, LONG)
+    assert conn.latency == 0.0
+    clock.advance(2.0)
+    assert fake.wait_until(lambda f: len(heartbeats(f)) == 2, LONG)
+    assert heartbeats(fake)[1]["t"] == 504000
+    conn.disconnect()
+    assert conn.stats.heartbeats_sent == 2
+
+
+def test_missing_acks_end_the_connection_with_heartbeat_timeout(rig) -> None:
+    fake, voice, clock = rig
+    fake.withhold("heartbeat_ack")
+    conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    for beat in range(3):  # beats at +2, +4, +6 s: the first is 4 s old at +6, not yet dead
+        clock.wait_for_sleepers(1, LONG)
+        clock.advance(2.0)
+        assert fake.wait_until(lambda f, n=beat + 1: len(heartbeats(f)) == n, LONG)
+    clock.wait_for_sleepers(1, LONG)
+    clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old
+    with pytest.raises(HeartbeatTimeout) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.interval == 2.0
+    assert len(heartbeats(fake)) == 3
+    assert fake.wait_until(lambda f: f.voice_sessions[-1].closed, LONG)
+    assert fake.voice_sessions[-1].closed_by == "client"
+    with pytest.raises(ConnectionClosed):
+        conn.opus_send.put(b"x")
