@@ -1,0 +1,195 @@
+"""Send-path benchmark: join latency, receiver-side pacing jitter, CPU per packet.
+
+The fake Discord (the receiver) runs in a separate process, so the sender's own threads cannot
+distort the arrival times; its UDP server stamps packets with the kernel receive time
+(SO_TIMESTAMPNS). For each connection count N, N connections in this process each stream the same
+real Opus frames (the bundled 440 Hz asset), then stop speaking; the report gives:
+
+* join latency (p50 / max) per join, on loopback;
+* the deviation of each packet's inter-arrival time from 20 ms (p50 / p99 / max) over all
+  connections, and packets lost or altered (payloads compared by digest);
+* CPU time per packet of the sender threads (from /proc/self/task/<tid>/schedstat), and of the
+  bare packetize + send() path in a tight loop.
+
+Run: ``python3 dev.py bench`` or ``python bench/bench_send.py --counts 1 20 100 --seconds 5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import socket
+import statistics
+import sys
+import threading
+import time
+from importlib import resources
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+from discord_voice import Gateway, Voice
+from discord_voice.core.crypto import choose_mode, make_cipher
+from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
+from discord_voice.core.packetizer import Packetizer
+from discord_voice.ogg import iter_opus_packets
+
+
+def _serve(pipe: Pipe) -> None:
+    """Child process: run a FakeDiscord and answer the parent's requests."""
+    from discord_voice.testing import FakeDiscord
+
+    with FakeDiscord() as fake:
+        pipe.send((fake.gateway_url, fake.token))
+        while True:
+            request = pipe.recv()
+            if request == "stop":
+                return
+            frames = fake.frames()
+            by_ssrc: dict[int, list[tuple[int, float]]] = {}
+            digests: dict[int, Any] = {}
+            for frame in frames:
+                by_ssrc.setdefault(frame.ssrc, []).append((frame.sequence, frame.arrival))
+                digests.setdefault(frame.ssrc, hashlib.sha256()).update(
+                    len(frame.opus).to_bytes(2, "big") + frame.opus)
+            pipe.send((by_ssrc, {k: v.hexdigest() for k, v in digests.items()},
+                       len(fake.udp_errors)))
+
+
+def _sender_cpu_ns() -> dict[int, int]:
+    """On-CPU nanoseconds of every live sender thread, by native thread id."""
+    result = {}
+    for thread in threading.enumerate():
+        if thread.name.startswith("dv-udp-sender") and thread.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+                    result[thread.native_id] = int(f.read().split()[0])
+            except OSError:
+                pass
+    return result
+
+
+def _percentile(values: list[float], p: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def run(count: int, frames: list[bytes]) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-bench")
+    server.start()
+    try:
+        url, token = parent.recv()
+        gateway = Gateway(token, url=url)
+        gateway.connect(timeout=30)
+        voice = Voice(gateway, queue_size=len(frames) + 8)
+        joins = []
+        conns = []
+        for i in range(count):
+            started = time.perf_counter()
+            conns.append(voice.join_channel(200000000000000000 + i, 300000000000000000 + i,
+                                            timeout=30))
+            joins.append(time.perf_counter() - started)
+        cpu_before = _sender_cpu_ns()
+        for conn in conns:
+            conn.speaking()
+        for frame_index in range(len(frames)):  # interleave, as live producers would
+            for conn in conns:
+                conn.opus_send.put(frames[frame_index])
+        for conn in conns:
+            conn.stop_speaking(timeout=len(frames) * 0.02 + 30)
+        cpu_after = _sender_cpu_ns()
+        stats = [conn.stats for conn in conns]
+        ssrcs = [conn.ssrc for conn in conns]
+        for conn in conns:
+            conn.disconnect()
+        gateway.close()
+        parent.send("frames")
+        by_ssrc, digests, udp_errors = parent.recv()
+        parent.send("stop")
+    finally:
+        server.join(30)
+        if server.is_alive():
+            server.kill()
+    expected = frames + [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
+    digest = hashlib.sha256()
+    for frame in expected:
+        digest.update(len(frame).to_bytes(2, "big") + frame)
+    deviations: list[float] = []
+    lost = altered = 0
+    for ssrc in ssrcs:
+        arrivals = by_ssrc.get(ssrc, [])
+        lost += len(expected) - len(arrivals)
+        altered += digests.get(ssrc) != digest.hexdigest()
+        audio = arrivals[: len(frames)]
+        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in zip(audio, audio[1:])]
+    packets = sum(s.frames_sent for s in stats)
+    cpu_ns = sum(cpu_after.get(t, 0) - cpu_before.get(t, 0) for t in cpu_before)
+    return {
+        "connections": count,
+        "join_p50_ms": statistics.median(joins) * 1000,
+        "join_max_ms": max(joins) * 1000,
+        "p50_ms": _percentile(deviations, 50),
+        "p99_ms": _percentile(deviations, 99),
+        "max_ms": max(deviations, default=0.0),
+        "lost": lost,
+        "altered": altered,
+        "udp_errors": udp_errors,
+        "late_frames": sum(s.late_frames for s in stats),
+        "stalls": sum(s.stalls for s in stats),
+        "cpu_us_per_packet": cpu_ns / max(packets, 1) / 1000,
+    }
+
+
+def tight_loop_cost(frames: list[bytes], rounds: int = 20000) -> tuple[float, float]:
+    """CPU microseconds per packet of packetize + send() alone, for both transport modes."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    out.connect(sink.getsockname())
+    results = []
+    try:
+        for mode in ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"):
+            chosen = choose_mode([mode])
+            packetizer = Packetizer(1234, make_cipher(chosen, bytes(32)))
+            start = time.thread_time()
+            for i in range(rounds):
+                out.send(packetizer.packetize(frames[i % len(frames)]))
+            results.append((time.thread_time() - start) / rounds * 1e6)
+    finally:
+        out.close()
+        sink.close()
+    return results[0], results[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 20, 100])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
+    with asset.open("rb") as fileobj:
+        opus_frames = list(iter_opus_packets(fileobj))
+    frames = (opus_frames * (int(args.seconds * 50) // len(opus_frames) + 1))[
+        : int(args.seconds * 50)]
+    aes, xchacha = tight_loop_cost(frames)
+    print(f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
+          f"XChaCha20-Poly1305 {xchacha:.2f} us/packet")
+    header = (f"{'conns':>5} {'join p50':>9} {'join max':>9} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'max ms':>7} {'lost':>5} {'altered':>7} {'late':>5} {'stalls':>6} "
+              f"{'cpu us/pkt':>10}")
+    print(header)
+    for count in args.counts:
+        r = run(count, frames)
+        print(f"{r['connections']:>5} {r['join_p50_ms']:>8.1f}ms {r['join_max_ms']:>8.1f}ms "
+              f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['max_ms']:>7.3f} {r['lost']:>5} "
+              f"{r['altered']:>7} {r['late_frames']:>5} {r['stalls']:>6} "
+              f"{r['cpu_us_per_packet']:>10.1f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

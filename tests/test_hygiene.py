@@ -1,0 +1,441 @@
+"""Architecture rules, checked on the source tree as ordinary tests so CI enforces them.
+
+- tests never call ``time.sleep`` (a line may opt out with ``# sleep-ok: <reason>``);
+- ``discord_voice/core`` is sans-I/O: it imports no socket/thread/time/event-loop module, nor the
+  threaded layers, directly or through the other library modules it imports;
+- the library does not import ``discord_voice.testing`` (the CLI modules, which run the offline
+  demo against the fake, may; nothing else may import them);
+- no daemon threads, no ``print`` outside the CLI modules, and every thread gets a name with the
+  prefix the thread-leak check in conftest.py watches (``dv-`` library, ``fake-`` testing);
+- every folder of tests is a package, so same-named test files in two folders do not clash.
+
+Each checker is a small function over source text; the ``*_detects_*`` tests feed it known-bad
+source to prove that it can fail.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "discord_voice"
+CORE = PACKAGE / "core"
+TESTING = PACKAGE / "testing"
+TESTS = REPO / "tests"
+CLI_MODULES = frozenset({PACKAGE / "__main__.py", PACKAGE / "demo.py"})
+
+SLEEP_OK = "# sleep-ok:"
+# core must not reach these (a name matches itself and its submodules)
+CORE_FORBIDDEN = (
+    "socket", "ssl", "select", "selectors", "socketserver", "http", "urllib.request",
+    "threading", "_thread", "queue", "concurrent", "multiprocessing", "subprocess",
+    "asyncio", "time", "websocket", "websockets",
+    "discord_voice._shell", "discord_voice.voice", "discord_voice.connection",
+    "discord_voice.gateway", "discord_voice.testing",
+)  # fmt: skip
+LIBRARY_FORBIDDEN = ("discord_voice.testing", "discord_voice.demo", "discord_voice.__main__")
+
+
+# ---------------------------------------------------------------- helpers over files and ASTs
+
+
+def python_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def module_path(name: str) -> Path | None:
+    """The file of a module of this repository, or None for anything else."""
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def matches(name: str, prefixes: tuple[str, ...]) -> str | None:
+    for prefix in prefixes:
+        if name == prefix or name.startswith(prefix + "."):
+            return prefix
+    return None
+
+
+@dataclass(frozen=True)
+class Import:
+    """One module an import statement may load (``from a import b`` yields ``a`` and ``a.b``)."""
+
+    name: str
+    line: int
+    type_checking_only: bool
+    imported_names: tuple[str, ...] = ()  # for the `a` of `from a import b, c`: ("b", "c")
+
+    def loads_itself(self) -> bool:
+        """False for `from pkg import mod1, mod2` (only the submodules are this import's doing)."""
+        return not self.imported_names or not all(
+            module_path(f"{self.name}.{n}") for n in self.imported_names
+        )
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[Import]:
+    """Every import in `source` (at any depth), relative ones resolved against `module`."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                visit(child, True)
+            for child in node.orelse:
+                visit(child, guarded)
+            return
+        if isinstance(node, ast.Import):
+            found.extend(Import(alias.name, node.lineno, guarded) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, base] if base else parts)
+            names = tuple(alias.name for alias in node.names)
+            found.append(Import(base, node.lineno, guarded, names))
+            found.extend(
+                Import(f"{base}.{alias.name}", node.lineno, guarded)
+                for alias in node.names
+                if alias.name != "*"
+            )
+        for inner in ast.iter_child_nodes(node):
+            visit(inner, guarded)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def file_imports(path: Path) -> list[Import]:
+    return imports_of(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def _lines_with(source: str, marker: str) -> set[int]:
+    return {n for n, line in enumerate(source.splitlines(), 1) if marker in line}
+
+
+# ---------------------------------------------------------------- checkers over source text
+
+
+def sleep_calls(source: str) -> list[int]:
+    """Lines that call time.sleep (however imported) without a ``# sleep-ok:`` reason."""
+    tree = ast.parse(source)
+    time_names: set[str] = set()
+    sleep_names: set[str] = set()
+    hits: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            time_names.update(a.asname or a.name for a in node.names if a.name == "time")
+        elif isinstance(node, ast.ImportFrom) and node.module == "time":
+            for alias in node.names:
+                if alias.name == "sleep":
+                    sleep_names.add(alias.asname or alias.name)
+                    hits.add(node.lineno)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "sleep"
+            and isinstance(func.value, ast.Name)
+            and func.value.id in time_names
+        ) or (isinstance(func, ast.Name) and func.id in sleep_names):
+            hits.add(node.lineno)
+    allowed = {n for n in _lines_with(source, SLEEP_OK) if source.splitlines()[n - 1].split(
+        SLEEP_OK, 1)[1].strip()}
+    return sorted(hits - allowed)
+
+
+def daemon_threads(source: str) -> list[int]:
+    """Lines that make a thread a daemon: ``daemon=<not False>``, ``.daemon = ...``, setDaemon."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "setDaemon":
+                hits.append(node.lineno)
+            for keyword in node.keywords:
+                if keyword.arg == "daemon" and not _is_false(keyword.value):
+                    hits.append(node.lineno)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Attribute) and t.attr == "daemon" for t in targets) and not (
+                node.value is not None and _is_false(node.value)
+            ):
+                hits.append(node.lineno)
+    return sorted(hits)
+
+
+def _is_false(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
+
+
+def print_calls(source: str) -> list[int]:
+    return sorted(
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+    )
+
+
+def thread_naming_problems(source: str, prefix: str) -> list[str]:
+    """Threads (and thread pools, timers) created without a name starting with `prefix`."""
+    tree = ast.parse(source)
+    kinds = ("Thread", "Timer", "ThreadPoolExecutor")
+    module_aliases = {"threading": set[str](), "concurrent.futures": set[str]()}
+    class_names: dict[str, str] = {}  # local name -> one of `kinds`
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in module_aliases:
+                    module_aliases[alias.name].add(alias.asname or alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module in module_aliases:
+            for alias in node.names:
+                if alias.name in kinds:
+                    class_names[alias.asname or alias.name] = alias.name
+
+    def kind(func: ast.expr) -> str | None:
+        if isinstance(func, ast.Name):
+            return class_names.get(func.id)
+        if isinstance(func, ast.Attribute) and func.attr in kinds:
+            owner = ast.unparse(func.value)
+            if any(owner in names for names in module_aliases.values()):
+                return func.attr
+        return None
+
+    def check_name(call: ast.Call, keyword_name: str, what: str) -> str | None:
+        keyword = next((k for k in call.keywords if k.arg == keyword_name), None)
+        if keyword is None:
+            return f"line {call.lineno}: {what} without {keyword_name}="
+        value = keyword.value
+        if isinstance(value, ast.JoinedStr) and value.values:
+            value = value.values[0]
+        literal = value.value if isinstance(value, ast.Constant) else None
+        if isinstance(literal, str) and not literal.startswith(prefix):
+            return f"line {call.lineno}: {what} named {literal!r}, not {prefix!r}..."
+        return None
+
+    problems: list[str | None] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            found = kind(node.func)
+            if found == "Timer":
+                problems.append(f"line {node.lineno}: threading.Timer makes an unnamed thread")
+            elif found == "Thread":
+                problems.append(check_name(node, "name", "Thread(...)"))
+            elif found == "ThreadPoolExecutor":
+                problems.append(check_name(node, "thread_name_prefix", "ThreadPoolExecutor(...)"))
+        elif isinstance(node, ast.ClassDef) and any(kind(base) == "Thread" for base in node.bases):
+            inits = [
+                call
+                for call in ast.walk(node)
+                if isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "__init__"
+                and ast.unparse(call.func.value) in ("super()", "threading.Thread", "Thread")
+            ]
+            if not inits:
+                problems.append(
+                    f"line {node.lineno}: Thread subclass {node.name} never calls Thread.__init__"
+                )
+            problems.extend(check_name(call, "name", f"{node.name}.__init__") for call in inits)
+    found_problems = [p for p in problems if p]
+    return sorted(found_problems, key=lambda p: int(p.split(":")[0].removeprefix("line ")))
+
+
+# ---------------------------------------------------------------- the rules, on the real tree
+
+
+def test_the_scans_see_files() -> None:
+    assert len(python_files(CORE)) >= 2, "discord_voice/core has no modules: wrong path?"
+    assert Path(__file__) in python_files(TESTS)
+
+
+def test_no_sleep_in_tests() -> None:
+    problems = [
+        f"{relative(path)}:{line}: time.sleep in a test; wait on an event/condition with a "
+        f"timeout from tests/timeouts.py (or justify with '{SLEEP_OK} <reason>')"
+        for path in python_files(TESTS)
+        for line in sleep_calls(path.read_text())
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def forbidden_reached_indirectly(path: Path) -> list[str]:
+    """Forbidden modules that a core module reaches through non-core library modules.
+
+    Follows run-time imports only (not those under ``if TYPE_CHECKING:``); other core modules are
+    not followed because each is checked on its own.
+    """
+    start = module_name(path)
+    seen, todo = {start}, deque([[start]])
+    problems = []
+    while todo:
+        chain = todo.popleft()
+        source = module_path(chain[-1])
+        assert source is not None
+        for imp in file_imports(source):
+            if imp.type_checking_only or not imp.loads_itself():
+                continue
+            hit = matches(imp.name, CORE_FORBIDDEN)
+            if hit and len(chain) > 1:
+                problems.append(
+                    f"{relative(path)}: reaches {hit} via {' -> '.join(chain)} "
+                    f"({relative(source)}:{imp.line})"
+                )
+            follow = (
+                imp.name.startswith("discord_voice")
+                and not imp.name.startswith("discord_voice.core")
+                and imp.name not in seen
+                and module_path(imp.name) is not None
+            )
+            if follow:
+                seen.add(imp.name)
+                todo.append([*chain, imp.name])
+    return problems
+
+
+def test_core_is_sans_io() -> None:
+    problems: list[str] = []
+    for path in python_files(CORE):
+        problems.extend(
+            f"{relative(path)}:{imp.line}: imports {imp.name} ({hit})"
+            for imp in file_imports(path)
+            if (hit := matches(imp.name, CORE_FORBIDDEN))
+        )
+        problems.extend(forbidden_reached_indirectly(path))
+    assert not problems, "\n".join(sorted(set(problems)))
+
+
+def library_files() -> list[Path]:
+    return [
+        p for p in python_files(PACKAGE)
+        if TESTING not in p.parents and p not in CLI_MODULES
+    ]  # fmt: skip
+
+
+def test_library_does_not_import_testing_or_cli() -> None:
+    problems = [
+        f"{relative(path)}:{imp.line}: imports {imp.name}"
+        for path in library_files()
+        for imp in file_imports(path)
+        if matches(imp.name, LIBRARY_FORBIDDEN)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_daemon_threads() -> None:
+    problems = [
+        f"{relative(path)}:{line}: daemon thread (threads are owned and joined instead)"
+        for path in python_files(PACKAGE)
+        for line in daemon_threads(path.read_text())
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_print_outside_cli() -> None:
+    problems = [
+        f"{relative(path)}:{line}: print() in the library (use logging or return values)"
+        for path in python_files(PACKAGE)
+        if path not in CLI_MODULES
+        for line in print_calls(path.read_text())
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_thread_is_named() -> None:
+    problems = [
+        f"{relative(path)}: {problem}"
+        for path in python_files(PACKAGE)
+        for problem in thread_naming_problems(
+            path.read_text(), "fake-" if TESTING in path.parents else "dv-"
+        )
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_test_folder_is_a_package() -> None:
+    folders = {p.parent for p in python_files(TESTS)}
+    missing = sorted(relative(f) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, f"no __init__.py (same-named test files would clash) in: {missing}"
+
+
+# ---------------------------------------------------------------- the checkers can fail
+
+
+def test_sleep_checker_detects_sleeps() -> None:
+    source = (
+        "import time\nimport time as t\nfrom time import sleep as nap\n"
+        "time.sleep(1)\nt.sleep(1)\nnap(1)\ntime.sleep(0)  # sleep-ok: documented reason\n"
+        "time.sleep(0)  # sleep-ok:\nevent.wait(1)\n"
+    )
+    assert sleep_calls(source) == [3, 4, 5, 6, 8]
+
+
+def test_import_resolution_and_type_checking() -> None:
+    source = (
+        "import socket\nfrom .. import voice\nfrom ..testing.fake import X\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import threading\n"
+        "def f():\n    from discord_voice._shell import threads\n"
+    )
+    found = {(i.name, i.type_checking_only) for i in imports_of(source, "discord_voice.core.x")}
+    assert {
+        ("socket", False),
+        ("discord_voice.voice", False),
+        ("discord_voice.testing.fake", False),
+        ("threading", True),
+        ("discord_voice._shell.threads", False),
+    } <= found
+    assert matches("discord_voice.testing.fake", CORE_FORBIDDEN) == "discord_voice.testing"
+    assert matches("timeit", CORE_FORBIDDEN) is None
+    assert matches("urllib.parse", CORE_FORBIDDEN) is None
+
+
+def test_daemon_and_print_checkers_detect() -> None:
+    source = (
+        "t = Thread(target=f, daemon=True)\nt.daemon = True\nt.setDaemon(True)\n"
+        "u = Thread(target=f, daemon=False)\nprint('x')\nlog.info('print(')\n"
+    )
+    assert daemon_threads(source) == [1, 2, 3]
+    assert print_calls(source) == [5]
+
+
+def test_thread_name_checker_detects() -> None:
+    source = (
+        "import threading\nfrom threading import Thread as T\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "threading.Thread(target=f)\nT(target=f, name='worker')\n"
+        "threading.Thread(target=f, name=f'dv-reader-{n}')\nthreading.Timer(1, f)\n"
+        "ThreadPoolExecutor(2)\n"
+        "class R(threading.Thread):\n    def __init__(self):\n        super().__init__()\n"
+    )
+    problems = thread_naming_problems(source, "dv-")
+    assert [p.split(":")[0] for p in problems] == [
+        "line 4", "line 5", "line 7", "line 8", "line 11",
+    ]  # fmt: skip
