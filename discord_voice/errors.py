@@ -23,6 +23,7 @@ __all__ = [
     "HeartbeatTimeout",
     "JoinError",
     "JoinTimeout",
+    "GatewayTimeout",
     "EncryptionError",
     "UnsupportedEncryptionMode",
     "ShutdownTimeout",
@@ -114,6 +115,15 @@ class JoinTimeout(JoinError, TimeoutError):
         self.timeout = timeout
         message = f"join timed out after {timeout:g}s waiting for {stage}"
         super().__init__(message + (f" ({hint})" if hint else ""))
+
+
+class GatewayTimeout(VoiceError, TimeoutError):
+    """``Gateway.connect`` ran out of time; ``stage`` names what did not arrive."""
+
+    def __init__(self, stage: str, timeout: float) -> None:
+        self.stage = stage
+        self.timeout = timeout
+        super().__init__(f"main gateway connect timed out after {timeout:g}s waiting for {stage}")
 
 
 class EncryptionError(VoiceError):

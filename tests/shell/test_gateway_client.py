@@ -24,7 +24,7 @@ from discord_voice.clock import Signal
 from discord_voice.errors import (
     ConnectionClosed,
     HeartbeatTimeout,
-    JoinTimeout,
+    GatewayTimeout,
     LocalProtocolError,
     MainGatewayClosed,
     RemoteProtocolError,
@@ -364,7 +364,7 @@ def test_connect_timeout_names_the_missing_stage(
     clock.advance(10.0)
     worker.join(LONG)
     error = result["error"]
-    assert isinstance(error, JoinTimeout)
+    assert isinstance(error, GatewayTimeout)
     assert isinstance(error, TimeoutError) and isinstance(error, VoiceError)
     assert error.stage == f"main gateway {stage}"
     assert library_threads() == []
@@ -387,7 +387,7 @@ def test_silent_server_times_out_in_the_websocket_handshake(harness: Harness) ->
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         gw = harness.gateway(f"ws://127.0.0.1:{listener.getsockname()[1]}")
-        with pytest.raises(JoinTimeout) as info:
+        with pytest.raises(GatewayTimeout) as info:
             gw.connect(timeout=0.2)
     assert info.value.stage == "main gateway websocket handshake"
     assert gw.error is info.value and gw.closed
