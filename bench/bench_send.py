@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import multiprocessing
 import socket
 import statistics
@@ -124,7 +125,7 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
         lost += len(expected) - len(arrivals)
         altered += digests.get(ssrc) != digest.hexdigest()
         audio = arrivals[: len(frames)]
-        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in zip(audio, audio[1:])]
+        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(audio)]
     packets = sum(s.frames_sent for s in stats)
     cpu_ns = sum(cpu_after.get(t, 0) - cpu_before.get(t, 0) for t in cpu_before)
     return {

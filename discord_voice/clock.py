@@ -69,7 +69,7 @@ class Clock(Protocol):
         ...
 
     def wait_until(self, deadline: float, signal: Signal) -> bool:
-        """Block until ``monotonic() >= deadline`` or `signal` is set; return ``signal.is_set()``."""
+        """Block until ``monotonic() >= deadline`` or `signal` is set; return whether it is."""
         ...
 
 

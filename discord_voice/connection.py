@@ -297,7 +297,8 @@ class Connection:
             return future.result(max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             hint = self._last_protocol_error
-            raise JoinTimeout(stage, timeout, f"last protocol error: {hint}" if hint else "") from None
+            detail = f"last protocol error: {hint}" if hint else ""
+            raise JoinTimeout(stage, timeout, detail) from None
 
     # -- threads ----------------------------------------------------------------------------
 
@@ -316,10 +317,12 @@ class Connection:
                 self._on_close(frame)
                 return
             try:
-                if isinstance(frame, ws.Text):
-                    self._on_message(self._protocol_call(lambda p: p.receive_text(frame.data)))
-                else:
-                    self._protocol_call(lambda p: p.receive_binary(frame.data))
+                with self._lock:
+                    if isinstance(frame, ws.Text):
+                        message: vp.ServerMessage = self._protocol.receive_text(frame.data)
+                    else:
+                        message = self._protocol.receive_binary(frame.data)
+                self._on_message(message)
             except RemoteProtocolError as exc:
                 # Malformed or out-of-order data is survivable: count it, keep reading.
                 self._malformed += 1

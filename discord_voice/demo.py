@@ -8,6 +8,7 @@ asset when libopus is missing), stops speaking, leaves, and checks what the serv
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -99,7 +100,7 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
     intact = sum(1 for got, sent in zip(audio, frames, strict=False) if got.opus == sent)
     silences = sum(1 for got in received[len(frames):] if got.opus == OPUS_SILENCE_FRAME)
     deviations = [
-        abs((b.arrival - a.arrival) - 0.020) * 1000 for a, b in zip(audio, audio[1:], strict=False)
+        abs((b.arrival - a.arrival) - 0.020) * 1000 for a, b in itertools.pairwise(audio)
     ]
     quantiles = statistics.quantiles(deviations, n=100) if len(deviations) >= 2 else [0.0] * 99
     report = DemoReport(

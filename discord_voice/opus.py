@@ -211,7 +211,7 @@ def _import_opuslib(probes: list[_Probe]) -> ModuleType:
     try:
         with warnings.catch_warnings():
             # opuslib/api/decoder.py compares with `is not 0`; compiling it warns.
-            warnings.filterwarnings("ignore", '"is not" with a literal', SyntaxWarning)
+            warnings.filterwarnings("ignore", '"is not" with', SyntaxWarning)
             module = importlib.import_module("opuslib")
             for submodule in ("opuslib.api.encoder", "opuslib.api.ctl", "opuslib.api.info"):
                 importlib.import_module(submodule)

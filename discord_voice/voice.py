@@ -193,7 +193,7 @@ class Voice:
             pending = self._pending.get(guild)
             connection = self._connections.get(guild)
         if pending is not None:
-            if channel is not None and str(channel) == pending.channel_id and data.get("session_id"):
+            if str(channel) == pending.channel_id and data.get("session_id"):
                 _resolve(pending.state, data)
             return
         if connection is not None and channel is None:

@@ -237,7 +237,9 @@ def decode_text(text: str | bytes) -> tuple[int | None, ServerMessage]:
     try:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RemoteProtocolError(f"voice message is not valid JSON: {exc.__class__.__name__}") from None
+        raise RemoteProtocolError(
+            f"voice message is not valid JSON: {exc.__class__.__name__}"
+        ) from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("voice message is not a JSON object")
     op = obj.get("op")
@@ -263,7 +265,8 @@ def decode_text(text: str | bytes) -> tuple[int | None, ServerMessage]:
     elif op == VoiceOp.CLIENTS_CONNECT:
         message = _decode_clients_connect(_mapping(d, op))
     elif op == VoiceOp.CLIENT_DISCONNECT:
-        message = ClientDisconnect(user_id=_snowflake(_mapping(d, op).get("user_id"), op, "user_id"))
+        user = _mapping(d, op).get("user_id")
+        message = ClientDisconnect(user_id=_snowflake(user, op, "user_id"))
     elif op in (VoiceOp.DAVE_PREPARE_TRANSITION, VoiceOp.DAVE_EXECUTE_TRANSITION,
                 VoiceOp.DAVE_PREPARE_EPOCH):
         message = DaveMessage(op=op, data=_mapping(d, op))

@@ -32,6 +32,11 @@ def heartbeats(fake: FakeDiscord) -> list[dict[str, int]]:
             if m.direction == "client" and m.op == VoiceOp.HEARTBEAT and m.data]
 
 
+def acks(fake: FakeDiscord) -> list[dict[str, int]]:
+    return [m.data["d"] for m in fake.voice_messages
+            if m.direction == "server" and m.op == VoiceOp.HEARTBEAT_ACK and m.data]
+
+
 def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     fake, voice, clock = rig
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -42,15 +47,14 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     last_seq = max(m.data["seq"] for m in fake.voice_messages
                    if m.direction == "server" and m.data and "seq" in m.data)
     assert heartbeats(fake)[0] == {"t": 502000, "seq_ack": last_seq}
-    # the ACK is matched: logical time did not move, so the round trip is exactly 0
     assert clock.wait_for_sleepers(1, LONG) == [504.0]
-    assert fake.wait_until(lambda f: conn.latency is not None, LONG)
-    assert conn.latency == 0.0
     clock.advance(2.0)
-    assert fake.wait_until(lambda f: len(heartbeats(f)) == 2, LONG)
+    assert fake.wait_until(lambda f: len(heartbeats(f)) == 2 and len(acks(f)) == 2, LONG)
     assert heartbeats(fake)[1]["t"] == 504000
-    conn.disconnect()
-    assert conn.stats.heartbeats_sent == 2
+    assert [a["t"] for a in acks(fake)] == [502000, 504000]
+    conn.disconnect()  # the reader handles every message before the close: both ACKs matched
+    assert conn.stats.heartbeats_sent == 2 and conn.stats.heartbeat_acks == 2
+    assert conn.latency == 0.0  # logical time did not move between beat and ACK
 
 
 def test_missing_acks_end_the_connection_with_heartbeat_timeout(rig) -> None:

@@ -6,6 +6,7 @@ our bytes against an independent implementation of the server side.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -66,7 +67,7 @@ def test_stream_arrives_exactly_once_in_order_byte_identical(make_world, mode: s
 
     assert [f.opus for f in got] == sent + [SILENCE] * 5
     assert {f.ssrc for f in got} == {conn.ssrc} and {f.mode for f in got} == {mode}
-    for a, b in zip(got, got[1:], strict=False):
+    for a, b in itertools.pairwise(got):
         assert b.sequence == (a.sequence + 1) % 2**16
         assert b.timestamp == (a.timestamp + 960) % 2**32
         assert b.nonce == (a.nonce + 1) % 2**32
@@ -86,8 +87,9 @@ def test_stream_arrives_exactly_once_in_order_byte_identical(make_world, mode: s
 
 def test_identify_and_select_protocol_are_what_discord_expects(world: World) -> None:
     conn = world.voice.join_channel(str(GUILD), str(CHANNEL), self_deaf=True, timeout=LONG)
-    assert main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE) == [{"guild_id": str(GUILD), "channel_id": str(CHANNEL), "self_mute": False,
-                    "self_deaf": True}]
+    assert main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE) == [
+        {"guild_id": str(GUILD), "channel_id": str(CHANNEL), "self_mute": False, "self_deaf": True}
+    ]
     session = world.fake.voice_sessions[-1]
     identify = client_ops(world.fake, VoiceOp.IDENTIFY)[0]
     assert identify == {"server_id": str(GUILD), "user_id": str(world.fake.user_id),
@@ -152,6 +154,7 @@ def test_event_orders(make_world, order: str, hello_first: bool) -> None:
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.opus_send.put(b"\x01\x02")  # no explicit speaking(): the sender announces it
     assert w.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"\x01\x02"
+    assert w.fake.wait_until(lambda f: client_ops(f, VoiceOp.SPEAKING), LONG)
     assert client_ops(w.fake, VoiceOp.SPEAKING)[0]["speaking"] == 1
     conn.disconnect()
 

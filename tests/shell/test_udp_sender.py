@@ -118,7 +118,7 @@ def test_underrun_restarts_the_schedule_instead_of_bursting(rig: Rig) -> None:
     rig.clock.advance(0.5)  # producer is away for 500 ms
     for p in (b"b", b"c"):
         rig.frames.put(p)
-    seq_b, _, opus_b, t_b = rig.recv()
+    _, _, opus_b, t_b = rig.recv()
     assert opus_b == b"b" and t_b == pytest.approx(1000.52)  # at once, not bursting
     rig.advance_frame()
     _, _, opus_c, t_c = rig.recv()
