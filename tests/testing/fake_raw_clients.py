@@ -85,8 +85,10 @@ def main_ready(fake: FakeDiscord, intents: int = 129) -> tuple[websocket.WebSock
 
 
 def voice_state_update(guild: str, channel: str | None) -> dict[str, Any]:
-    return {"op": 4, "d": {"guild_id": guild, "channel_id": channel,
-                           "self_mute": False, "self_deaf": False}}
+    return {
+        "op": 4,
+        "d": {"guild_id": guild, "channel_id": channel, "self_mute": False, "self_deaf": False},
+    }
 
 
 def join(
@@ -98,10 +100,16 @@ def join(
     return events["VOICE_STATE_UPDATE"], events["VOICE_SERVER_UPDATE"]
 
 
-def voice_identify(guild: str, user: int, state: dict[str, Any], server: dict[str, Any],
-                   **override: Any) -> dict[str, Any]:
-    d = {"server_id": guild, "user_id": str(user), "session_id": state["session_id"],
-         "token": server["token"], "max_dave_protocol_version": 0}
+def voice_identify(
+    guild: str, user: int, state: dict[str, Any], server: dict[str, Any], **override: Any
+) -> dict[str, Any]:
+    d = {
+        "server_id": guild,
+        "user_id": str(user),
+        "session_id": state["session_id"],
+        "token": server["token"],
+        "max_dave_protocol_version": 0,
+    }
     d.update(override)
     return {"op": 0, "d": {k: v for k, v in d.items() if v is not _DROP}}
 
@@ -147,8 +155,9 @@ class VoiceClient:
     mode: str = ""
 
     @classmethod
-    def connect(cls, fake: FakeDiscord, main: websocket.WebSocket, guild: str = "111",
-                query: str = "/?v=8") -> VoiceClient:
+    def connect(
+        cls, fake: FakeDiscord, main: websocket.WebSocket, guild: str = "111", query: str = "/?v=8"
+    ) -> VoiceClient:
         state, server = join(fake, main, guild)
         ws = websocket.create_connection(server["endpoint"] + query, timeout=TIMEOUT)
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -161,8 +170,10 @@ class VoiceClient:
         self.udp.close()
 
     def identify(self, **override: Any) -> None:
-        send_json(self.ws, voice_identify(self.guild, self.fake.user_id, self.state, self.server,
-                                          **override))
+        send_json(
+            self.ws,
+            voice_identify(self.guild, self.fake.user_id, self.state, self.server, **override),
+        )
 
     def ready(self) -> dict[str, Any]:
         """Hello (already expected on connect) then Identify -> Ready."""
@@ -184,8 +195,13 @@ class VoiceClient:
 
     def select(self, mode: str, address: tuple[str, int] | None = None) -> None:
         host, port = address or self.external
-        send_json(self.ws, {"op": 1, "d": {"protocol": "udp", "data": {
-            "address": host, "port": port, "mode": mode}}})
+        send_json(
+            self.ws,
+            {
+                "op": 1,
+                "d": {"protocol": "udp", "data": {"address": host, "port": port, "mode": mode}},
+            },
+        )
 
     def session(self, mode: str) -> dict[str, Any]:
         """Ready, IP discovery, Select Protocol -> Session Description."""
@@ -199,8 +215,13 @@ class VoiceClient:
         return description
 
     def speaking(self, mask: int = 1, ssrc: int | None = None) -> None:
-        send_json(self.ws, {"op": 5, "d": {"speaking": mask, "delay": 0,
-                                           "ssrc": self.ssrc if ssrc is None else ssrc}})
+        send_json(
+            self.ws,
+            {
+                "op": 5,
+                "d": {"speaking": mask, "delay": 0, "ssrc": self.ssrc if ssrc is None else ssrc},
+            },
+        )
 
     def send_audio(self, sequence: int, opus: bytes, counter: int | None = None) -> bytes:
         header = rtp_header(self.ssrc, sequence, sequence * 960)
@@ -209,8 +230,9 @@ class VoiceClient:
         return packet
 
 
-def full_voice(fake: FakeDiscord, mode: str = XCHACHA, guild: str = "111"
-               ) -> tuple[websocket.WebSocket, VoiceClient]:
+def full_voice(
+    fake: FakeDiscord, mode: str = XCHACHA, guild: str = "111"
+) -> tuple[websocket.WebSocket, VoiceClient]:
     """Main gateway joined and a voice session with a key, Speaking already sent."""
     main, _ = main_ready(fake)
     client = VoiceClient.connect(fake, main, guild)

@@ -43,8 +43,13 @@ def test_hello_identify_ready_and_heartbeat(fake: FakeDiscord) -> None:
     # every message in both directions is recorded, in order, with parsed data
     messages = fake.main_messages
     assert [(m.direction, m.op) for m in messages] == [
-        ("server", 10), ("client", 1), ("server", 11), ("client", 2), ("server", 0),
-        ("client", 1), ("server", 11),
+        ("server", 10),
+        ("client", 1),
+        ("server", 11),
+        ("client", 2),
+        ("server", 0),
+        ("client", 1),
+        ("server", 11),
     ]
     assert [m.index for m in messages] == sorted(m.index for m in messages)
     assert json.loads(messages[4].raw) == ready and messages[4].data == ready
@@ -65,9 +70,16 @@ def test_voice_state_update_dispatches_in_configured_order(order: str) -> None:
         events = {m["t"]: m["d"] for m in (first, second)}
         state, server = events["VOICE_STATE_UPDATE"], events["VOICE_SERVER_UPDATE"]
         assert state == {
-            "guild_id": "111", "channel_id": "222", "user_id": "100000000000000001",
-            "session_id": state["session_id"], "deaf": False, "mute": False,
-            "self_deaf": False, "self_mute": False, "self_video": False, "suppress": False,
+            "guild_id": "111",
+            "channel_id": "222",
+            "user_id": "100000000000000001",
+            "session_id": state["session_id"],
+            "deaf": False,
+            "mute": False,
+            "self_deaf": False,
+            "self_mute": False,
+            "self_video": False,
+            "suppress": False,
             "request_to_speak_timestamp": None,
         }
         assert server["guild_id"] == "111" and server["endpoint"] == fake.voice_endpoint
@@ -147,18 +159,37 @@ def test_wrong_query_closes_4012(fake: FakeDiscord, query: str, reason_part: str
 @pytest.mark.parametrize(
     ("message", "identified", "code", "reason_part"),
     [
-        ('{"op": 4, "d": {"guild_id": "1", "channel_id": "2", "self_mute": false, '
-         '"self_deaf": false}}', False, 4003, "before identify"),
+        (
+            '{"op": 4, "d": {"guild_id": "1", "channel_id": "2", "self_mute": false, '
+            '"self_deaf": false}}',
+            False,
+            4003,
+            "before identify",
+        ),
         ('{"op": 99, "d": null}', True, 4001, "unknown opcode 99"),
         ("{not json", True, 4002, "json"),
         ('{"op": 1, "d": "x' + "x" * 5000 + '"}', True, 4002, "too large"),
-        ('{"op": 4, "d": {"guild_id": 111, "channel_id": "2", "self_mute": false, '
-         '"self_deaf": false}}', True, 4002, "guild_id must be a snowflake string"),
-        ('{"op": 4, "d": {"guild_id": "1", "channel_id": 2, "self_mute": false, '
-         '"self_deaf": false}}', True, 4002, "channel_id"),
+        (
+            '{"op": 4, "d": {"guild_id": 111, "channel_id": "2", "self_mute": false, '
+            '"self_deaf": false}}',
+            True,
+            4002,
+            "guild_id must be a snowflake string",
+        ),
+        (
+            '{"op": 4, "d": {"guild_id": "1", "channel_id": 2, "self_mute": false, '
+            '"self_deaf": false}}',
+            True,
+            4002,
+            "channel_id",
+        ),
         ('{"op": 1, "d": "seven"}', True, 4002, "heartbeat"),
-        ('{"op": 2, "d": {"token": "fake-bot-token", "intents": "129", "properties": {}}}',
-         False, 4013, "intents"),
+        (
+            '{"op": 2, "d": {"token": "fake-bot-token", "intents": "129", "properties": {}}}',
+            False,
+            4013,
+            "intents",
+        ),
     ],
 )
 def test_malformed_input_closes_with_discords_code(
@@ -203,8 +234,13 @@ def test_withheld_main_heartbeat_ack(fake: FakeDiscord) -> None:
 
 def test_scripted_send_and_close(fake: FakeDiscord) -> None:
     ws, _ = main_ready(fake)
-    fake.send_main({"op": 0, "t": "VOICE_SERVER_UPDATE",
-                    "d": {"token": "t", "guild_id": "111", "endpoint": None}})
+    fake.send_main(
+        {
+            "op": 0,
+            "t": "VOICE_SERVER_UPDATE",
+            "d": {"token": "t", "guild_id": "111", "endpoint": None},
+        }
+    )
     pushed = recv_json(ws)
     assert (pushed["t"], pushed["s"], pushed["d"]["endpoint"]) == ("VOICE_SERVER_UPDATE", 2, None)
     fake.close_main(4000, "scripted")

@@ -315,6 +315,7 @@ def test_speaking_then_audio_is_not_a_violation(fake: FakeDiscord) -> None:
 def test_scripted_send_binary_and_close(fake: FakeDiscord) -> None:
     main, client = full_voice(fake)
     fake.send_voice({"op": 18, "d": {"flags": 0}})
+    assert fake.voice_messages[-1].data == {"op": 18, "d": {"flags": 0}, "seq": 3}  # already sent
     assert recv_json(client.ws) == {"op": 18, "d": {"flags": 0}, "seq": 3}
     fake.send_voice_binary(25, b"\x01\x02")
     assert client.ws.recv() == b"\x00\x04\x19\x01\x02"
@@ -340,5 +341,17 @@ def test_server_json_messages_are_compact_json(fake: FakeDiscord) -> None:
         if message.direction == "server":
             assert isinstance(message.raw, str)
             assert json.loads(message.raw) == message.data
+    client.close()
+    main.close()
+
+
+def test_scripted_send_without_an_open_connection_fails(fake: FakeDiscord) -> None:
+    with pytest.raises(RuntimeError, match="no open voice gateway connection"):
+        fake.send_voice({"op": 18, "d": {}})
+    main, client = full_voice(fake)
+    client.ws.close()
+    assert fake.wait_until(lambda f: f.voice_sessions[0].closed)
+    with pytest.raises(RuntimeError):
+        fake.send_voice({"op": 18, "d": {}})
     client.close()
     main.close()

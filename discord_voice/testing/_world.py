@@ -1,0 +1,127 @@
+"""State shared by the fake's servers: configuration, scripted faults, issued voice credentials."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["WITHHOLDABLE", "Config", "Credentials", "IssuedVoice", "Script", "is_snowflake"]
+
+#: Names accepted by `FakeDiscord.withhold` ("heartbeat_ack" is the voice gateway's op 6;
+#: "main_heartbeat_ack" the main gateway's op 11).
+WITHHOLDABLE = frozenset(
+    {
+        "voice_state_update",
+        "voice_server_update",
+        "hello",
+        "ready",
+        "session_description",
+        "ip_discovery",
+        "heartbeat_ack",
+        "main_heartbeat_ack",
+    }
+)
+
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
+
+
+def is_snowflake(value: object) -> bool:
+    """A Discord id as it travels in JSON: a string of 1-20 ASCII digits."""
+    return isinstance(value, str) and _SNOWFLAKE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The constructor arguments of `FakeDiscord`, checked."""
+
+    token: str = field(repr=False)
+    user_id: int
+    modes: tuple[str, ...]
+    main_heartbeat_ms: int
+    voice_heartbeat_ms: int
+    event_order: str
+    voice_hello_first: bool
+    endpoint_scheme: bool
+
+
+@dataclass(frozen=True)
+class IssuedVoice:
+    """What one op 4 join handed out; the voice gateway accepts an Identify that matches it."""
+
+    guild_id: str
+    channel_id: str
+    user_id: str
+    session_id: str
+    token: str = field(repr=False)
+
+
+class Credentials:
+    """Voice sessions issued by the main gateway; the latest join per guild is the valid one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_guild: dict[str, IssuedVoice] = {}
+
+    def issue(self, guild_id: str, channel_id: str, user_id: str) -> IssuedVoice:
+        issued = IssuedVoice(
+            guild_id, channel_id, user_id, secrets.token_hex(16), secrets.token_hex(8)
+        )
+        with self._lock:
+            self._by_guild[guild_id] = issued
+        return issued
+
+    def revoke(self, guild_id: str) -> IssuedVoice | None:
+        with self._lock:
+            return self._by_guild.pop(guild_id, None)
+
+    def match(
+        self, server_id: str, user_id: str, session_id: str, token: str
+    ) -> IssuedVoice | None:
+        with self._lock:
+            issued = self._by_guild.get(server_id)
+        if issued is None:
+            return None
+        ok = hmac.compare_digest(issued.token.encode(), token.encode())
+        if ok and issued.user_id == user_id and issued.session_id == session_id:
+            return issued
+        return None
+
+
+class Script:
+    """Faults a test asked for: withheld messages and one-shot voice closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._withheld: set[str] = set()
+        self._close_on: list[tuple[int, int, str]] = []
+
+    def withhold(self, names: tuple[str, ...]) -> None:
+        unknown = sorted(set(names) - WITHHOLDABLE)
+        if unknown:
+            raise ValueError(f"cannot withhold {unknown}; choose from {sorted(WITHHOLDABLE)}")
+        with self._lock:
+            self._withheld.update(names)
+
+    def release(self, names: tuple[str, ...]) -> None:
+        with self._lock:
+            self._withheld.difference_update(names if names else tuple(self._withheld))
+
+    def withheld(self, name: str) -> bool:
+        with self._lock:
+            return name in self._withheld
+
+    def arm_close(self, op: int, code: int, reason: str) -> None:
+        with self._lock:
+            self._close_on.append((op, code, reason))
+
+    def take_close(self, op: int) -> tuple[int, str] | None:
+        """The armed close for client op `op`, consumed (first armed first)."""
+        with self._lock:
+            for position, (armed_op, code, reason) in enumerate(self._close_on):
+                if armed_op == op:
+                    del self._close_on[position]
+                    return code, reason
+        return None

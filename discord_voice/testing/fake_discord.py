@@ -1,0 +1,320 @@
+"""`FakeDiscord`: a main gateway, a voice gateway and a voice UDP server on 127.0.0.1, in-process.
+
+Use it in tests of anything that talks to Discord voice::
+
+    from discord_voice.testing import FakeDiscord
+
+    with FakeDiscord() as fake:
+        run_my_bot(gateway_url=fake.gateway_url, token=fake.token)  # joins, plays 50 frames
+        frames = fake.wait_for_frames(50)
+        assert [f.sequence for f in frames] == list(range(frames[0].sequence,
+                                                          frames[0].sequence + 50))
+        assert not fake.violations and not fake.udp_errors
+
+Everything the fake sees is recorded (``main_messages``, ``voice_messages``, ``frames()``,
+``voice_sessions``, ``violations``, ``udp_errors``); `FakeDiscord.wait_until` blocks until a
+predicate over the fake holds, woken by every new record (no polling). Faults are scripted with
+`withhold`, `close_voice_on`, `close_voice`, `send_voice` and friends.
+
+Every thread is named ``fake-...``, non-daemon and joined by `close` / ``__exit__``, which returns
+within about a second even when clients are still connected (they get close code 1001).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
+from discord_voice.testing._world import Config, Credentials, Script
+from discord_voice.testing._ws import Delivery, valid_close_code
+from discord_voice.testing.main_gateway import FakeMainGateway
+from discord_voice.testing.records import (
+    MainSession,
+    ReceivedFrame,
+    RecordedMessage,
+    Recorder,
+    VoiceSession,
+)
+from discord_voice.testing.udp_server import FakeUdpServer
+from discord_voice.testing.voice_gateway import FakeVoiceGateway
+
+__all__ = ["FakeDiscord"]
+
+_CLOSE_BUDGET = 0.6  # seconds close() waits for handlers before cutting connections
+_DELIVERY_TIMEOUT = 5.0  # bound on waiting for a connection thread to send a scripted message
+
+
+class FakeDiscord:
+    """A fake Discord for one test: start it (``with`` or `start`), point a client at it, assert.
+
+    Thread safety: every public method may be called from any thread.
+    """
+
+    #: Seconds of slack for "audio before Speaking": the websocket and UDP are read by different
+    #: threads, so a Speaking sent just before the first packet may be recorded just after it.
+    speaking_grace: float = 0.3
+
+    def __init__(
+        self,
+        token: str = "fake-bot-token",
+        user_id: int = 100000000000000001,
+        modes: Iterable[str] = (MODE_AES256_GCM, MODE_XCHACHA20),
+        main_heartbeat_interval: float = 41.25,
+        voice_heartbeat_interval: float = 13.75,
+        event_order: str = "state_first",
+        voice_hello_first: bool = True,
+        endpoint_scheme: bool = True,
+    ) -> None:
+        modes = tuple(modes)
+        if not isinstance(token, str) or not token:
+            raise ValueError("token must be a non-empty string")
+        if type(user_id) is not int or not 0 < user_id < 1 << 64:
+            raise ValueError("user_id must be a positive 64-bit int")
+        if not all(isinstance(m, str) for m in modes):
+            raise ValueError("modes must be strings")
+        if not (main_heartbeat_interval > 0 and voice_heartbeat_interval > 0):
+            raise ValueError("heartbeat intervals must be positive (seconds)")
+        if event_order not in ("state_first", "server_first"):
+            raise ValueError("event_order must be 'state_first' or 'server_first'")
+        self._config = Config(
+            token=token,
+            user_id=user_id,
+            modes=modes,
+            main_heartbeat_ms=round(main_heartbeat_interval * 1000),
+            voice_heartbeat_ms=round(voice_heartbeat_interval * 1000),
+            event_order=event_order,
+            voice_hello_first=bool(voice_hello_first),
+            endpoint_scheme=bool(endpoint_scheme),
+        )
+        self._rec = Recorder()
+        self._script = Script()
+        credentials = Credentials()
+        grace: Callable[[], float] = lambda: self.speaking_grace  # noqa: E731
+        self._udp = FakeUdpServer(self._rec, self._script, grace)
+        self._voice = FakeVoiceGateway(
+            self._config, self._rec, self._script, credentials, self._udp, grace
+        )
+        self._main = FakeMainGateway(
+            self._config, self._rec, self._script, credentials, lambda: self.voice_endpoint
+        )
+        self._state = "new"
+        self._gateway_url = ""
+        self._voice_endpoint = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"FakeDiscord(state={self._state!r}, gateway_url={self._gateway_url!r}, "
+            f"voice_endpoint={self._voice_endpoint!r})"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeDiscord:
+        """Bind and start the three servers (127.0.0.1, ephemeral ports); returns self."""
+        with self._rec.lock:
+            if self._state != "new":
+                raise RuntimeError(f"FakeDiscord cannot start: it is {self._state}")
+            self._state = "starting"
+        try:
+            self._udp.start()
+            self._voice.start()
+            self._main.start()
+        except BaseException:
+            self._shutdown()
+            raise
+        port = self._voice.port
+        self._voice_endpoint = (
+            f"ws://127.0.0.1:{port}" if self._config.endpoint_scheme else f"127.0.0.1:{port}"
+        )
+        self._gateway_url = self._main.url
+        with self._rec.lock:
+            if self._state == "starting":  # not closed meanwhile by another thread
+                self._state = "running"
+        return self
+
+    def close(self) -> None:
+        """Close every connection (1001), stop the servers and join all threads. Idempotent."""
+        with self._rec.lock:
+            was, self._state = self._state, "closed"
+        if was not in ("new", "closed"):
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._state = "closed"
+        for server in (self._main, self._voice, self._udp):
+            server.begin_close()
+        deadline = time.monotonic() + _CLOSE_BUDGET
+        for server in (self._main, self._voice, self._udp):
+            server.finish_close(deadline)
+        with self._rec.changing():
+            pass  # wake any wait_until so it can see the fake is closed
+
+    def __enter__(self) -> FakeDiscord:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The bot token the fake main gateway accepts."""
+        return self._config.token
+
+    @property
+    def user_id(self) -> int:
+        return self._config.user_id
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self._config.modes
+
+    @property
+    def gateway_url(self) -> str:
+        """``ws://127.0.0.1:PORT`` of the main gateway (add ``/?v=10&encoding=json``)."""
+        if not self._gateway_url:
+            raise RuntimeError("FakeDiscord is not started")
+        return self._gateway_url
+
+    @property
+    def voice_endpoint(self) -> str:
+        """The ``endpoint`` VOICE_SERVER_UPDATE carries."""
+        if not self._voice_endpoint:
+            raise RuntimeError("FakeDiscord is not started")
+        return self._voice_endpoint
+
+    @property
+    def udp_address(self) -> tuple[str, int]:
+        """Where the voice UDP server listens (also sent in voice Ready)."""
+        return ("127.0.0.1", self._udp.port)
+
+    # -- records -------------------------------------------------------------------------------
+
+    @property
+    def main_messages(self) -> list[RecordedMessage]:
+        with self._rec.lock:
+            return list(self._rec.main_messages)
+
+    @property
+    def voice_messages(self) -> list[RecordedMessage]:
+        with self._rec.lock:
+            return list(self._rec.voice_messages)
+
+    def frames(self, ssrc: int | None = None) -> list[ReceivedFrame]:
+        """Every decrypted RTP packet in arrival order (only those of `ssrc` if given)."""
+        with self._rec.lock:
+            if ssrc is None:
+                return list(self._rec.frames)
+            return list(self._rec.frames_by_ssrc.get(ssrc, ()))
+
+    @property
+    def udp_errors(self) -> list[str]:
+        with self._rec.lock:
+            return list(self._rec.udp_errors)
+
+    @property
+    def violations(self) -> list[str]:
+        with self._rec.lock:
+            return list(self._rec.violations)
+
+    @property
+    def voice_sessions(self) -> list[VoiceSession]:
+        with self._rec.lock:
+            return list(self._rec.voice_sessions)
+
+    @property
+    def main_sessions(self) -> list[MainSession]:
+        with self._rec.lock:
+            return list(self._rec.main_sessions)
+
+    def wait_until(self, predicate: Callable[[FakeDiscord], object], timeout: float = 5.0) -> bool:
+        """Block until `predicate(self)` is true; False after `timeout` seconds.
+
+        The predicate runs with the record lock held and is re-evaluated whenever anything is
+        recorded, so keep it quick and do no I/O in it.
+        """
+        with self._rec.cond:
+            return bool(self._rec.cond.wait_for(lambda: predicate(self), timeout))
+
+    def wait_for_frames(
+        self, n: int, timeout: float = 5.0, ssrc: int | None = None
+    ) -> list[ReceivedFrame]:
+        """The first `n` frames (of `ssrc` if given); `TimeoutError` if fewer arrive in time."""
+        rec = self._rec
+
+        def source() -> list[ReceivedFrame]:
+            return rec.frames if ssrc is None else rec.frames_by_ssrc.get(ssrc, [])
+
+        with rec.cond:
+            if rec.cond.wait_for(lambda: len(source()) >= n, timeout):
+                return list(source()[:n])
+            got, errors = len(source()), rec.udp_errors[-3:]
+        which = "" if ssrc is None else f" of ssrc {ssrc}"
+        raise TimeoutError(
+            f"only {got} of {n} frames{which} arrived within {timeout} s; last udp errors: {errors}"
+        )
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def withhold(self, *names: str) -> None:
+        """Never send these from now on: "voice_state_update", "voice_server_update", "hello",
+        "ready", "session_description", "ip_discovery", "heartbeat_ack" (voice op 6), or
+        "main_heartbeat_ack" (main op 11)."""
+        self._script.withhold(names)
+
+    def release(self, *names: str) -> None:
+        """Undo `withhold` for `names` (all of them when called without names)."""
+        self._script.release(names)
+
+    def close_voice_on(self, op: int, code: int, reason: str = "") -> None:
+        """When a voice connection next receives client op `op`, close it with `code` instead
+        of answering (one-shot; arm several times for several closes)."""
+        if not valid_close_code(code):
+            raise ValueError(f"{code} cannot be sent in a close frame")
+        self._script.arm_close(int(op), code, reason)
+
+    def send_voice(
+        self, payload: dict[str, Any], *, seq: bool = True, connection: int | None = None
+    ) -> None:
+        """Send a JSON message on the newest open voice connection (or `connection`), with the
+        next top-level ``seq`` unless `seq` is False. Returns once it has been sent (and
+        recorded in `voice_messages`); RuntimeError if the connection closed first."""
+        self._deliver(self._voice.post(("send", dict(payload), seq), connection), "voice message")
+
+    def send_voice_binary(self, op: int, payload: bytes, *, connection: int | None = None) -> None:
+        """Send a binary message ``[uint16 seq][op][payload]`` on a voice connection (as
+        `send_voice`; the seq is the connection's next one)."""
+        item = ("binary", bytes([op]) + bytes(payload))
+        self._deliver(self._voice.post(item, connection), "voice binary message")
+
+    def close_voice(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
+        """Close the newest open voice connection (or `connection`) with `code`. Returns once
+        its thread has started closing; wait for ``voice_sessions[i].closed`` if needed."""
+        if not valid_close_code(code):
+            raise ValueError(f"{code} cannot be sent in a close frame")
+        self._deliver(self._voice.post(("close", code, reason), connection), "voice close")
+
+    def send_main(self, payload: dict[str, Any], *, connection: int | None = None) -> None:
+        """Send a message on the newest open main connection (or `connection`); a dispatch
+        (op 0) without ``s`` gets the connection's next sequence number. Returns once sent."""
+        self._deliver(self._main.post(("send", dict(payload)), connection), "main message")
+
+    def close_main(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
+        """Close the newest open main gateway connection (or `connection`) with `code`."""
+        if not valid_close_code(code):
+            raise ValueError(f"{code} cannot be sent in a close frame")
+        self._deliver(self._main.post(("close", code, reason), connection), "main close")
+
+    @staticmethod
+    def _deliver(delivery: Delivery, what: str) -> None:
+        if not delivery.wait(_DELIVERY_TIMEOUT):
+            raise RuntimeError(f"the {what} was not sent: the connection closed first")

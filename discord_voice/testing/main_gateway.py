@@ -1,0 +1,314 @@
+"""The fake main gateway: Discord's v10 JSON gateway, reduced to what a voice bot needs.
+
+You normally use it through `FakeDiscord`: point your gateway client at ``fake.gateway_url``
+(append ``/?v=10&encoding=json`` as for Discord), identify with ``fake.token``, then send op 4
+Voice State Update; the fake answers with VOICE_STATE_UPDATE (only if your intents include
+GUILD_VOICE_STATES, 1 << 7) and VOICE_SERVER_UPDATE pointing at the fake voice gateway.
+
+It is strict: a wrong URL query (4012), bad token (4004), a payload over 4096 bytes or malformed
+JSON or fields (4002), an op before Identify (4003), a second Identify (4005), an unknown op (4001)
+or more than 120 events a minute (4008; heartbeats are not counted, so a test may shorten the
+heartbeat interval) closes the websocket with Discord's code and a reason that
+names the problem, and appends a line to ``fake.violations``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
+from discord_voice.testing import _checks as checks
+from discord_voice.testing._world import Config, Credentials, Script
+from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, WsServer
+from discord_voice.testing.records import MainSession, Recorder
+
+__all__ = ["FakeMainGateway"]
+
+#: Discord's send rate limit: events per window per connection.
+RATE_LIMIT = 120
+RATE_WINDOW = 60.0
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+class FakeMainGateway:
+    """A websocket server speaking the main gateway; one `_MainConnection` per client."""
+
+    def __init__(
+        self,
+        config: Config,
+        recorder: Recorder,
+        script: Script,
+        credentials: Credentials,
+        voice_endpoint: Callable[[], str],
+    ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.script = script
+        self.credentials = credentials
+        self.voice_endpoint = voice_endpoint
+        self._ws = WsServer(
+            "main", lambda peer: _MainConnection(self, peer).run(), recorder.violation
+        )
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self._ws.port}"
+
+    def start(self) -> None:
+        self._ws.start()
+
+    def begin_close(self) -> None:
+        self._ws.begin_close()
+
+    def finish_close(self, deadline: float) -> None:
+        self._ws.finish_close(deadline)
+
+    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
+        return self._ws.post(item, connection)
+
+
+class _MainConnection:
+    """The state of one main-gateway websocket, driven by its handler thread only."""
+
+    def __init__(self, gateway: FakeMainGateway, peer: Peer) -> None:
+        self.gw = gateway
+        self.config = gateway.config
+        self.rec = gateway.recorder
+        self.peer = peer
+        self.session = MainSession(peer.number, peer.path)
+        with self.rec.changing():
+            self.rec.main_sessions.append(self.session)
+        self.seq = 0  # `s` of the last dispatch sent
+        self.acked_seq: int | None = None  # `d` of the last heartbeat received
+        self.identified = False
+        self.intents = 0
+        self.events: collections.deque[float] = collections.deque()
+
+    def run(self) -> None:
+        try:
+            self._check_path()
+            self._send(
+                {
+                    "op": GatewayOp.HELLO,
+                    "d": {"heartbeat_interval": self.config.main_heartbeat_ms},
+                    "s": None,
+                    "t": None,
+                }
+            )
+            while True:
+                for item, delivery in self.peer.take_posted():
+                    self._run_posted(item, delivery)
+                raw = self.peer.recv()
+                if raw is None:
+                    if self.peer.stopping:
+                        raise CloseWith(1001, "fake discord is shutting down", violation=False)
+                    continue
+                self.rec.message("main", "client", raw, self.peer.number)
+                self._handle(raw)
+        except CloseWith as close:
+            if close.violation:
+                self.rec.violation(
+                    f"main#{self.peer.number}: {close.reason} (closed with {close.code})"
+                )
+            with self.rec.changing():
+                self.session.close_code = close.code
+                self.session.close_reason = close.reason
+                self.session.closed_by = "server"
+                self.session.closed = True
+            self.peer.close(close.code, close.reason)
+        except PeerGone as gone:
+            with self.rec.changing():
+                self.session.close_code = gone.code
+                self.session.close_reason = gone.reason
+                self.session.closed_by = "client"
+                self.session.closed = True
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        raw = _dumps(payload)
+        self.rec.message("main", "server", raw, self.peer.number)
+        self.peer.send(raw)
+
+    def _dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        self._send({"op": GatewayOp.DISPATCH, "d": data, "s": self.seq, "t": event})
+
+    def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
+        """A scripted action from the test thread (`FakeDiscord.send_voice` and friends)."""
+        if item[0] == "close":
+            delivery.finish(True)
+            raise CloseWith(item[1], item[2], violation=False)
+        try:
+            self._send_posted(item)
+        finally:
+            delivery.finish(not self.peer.closed)
+
+    def _send_posted(self, item: tuple[Any, ...]) -> None:
+        payload = dict(item[1])
+        if payload.get("op") == GatewayOp.DISPATCH and payload.get("s") is None:
+            self.seq += 1
+            payload["s"] = self.seq
+        self._send(payload)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _check_path(self) -> None:
+        query = parse_qs(urlsplit(self.peer.path).query, keep_blank_values=True)
+        if query.get("v") != ["10"]:
+            raise CloseWith(
+                GatewayCloseCode.INVALID_API_VERSION,
+                f"invalid api version: expected v=10 in the url, got {query.get('v')}",
+            )
+        if query.get("encoding") != ["json"]:
+            raise CloseWith(
+                GatewayCloseCode.INVALID_API_VERSION,
+                f"expected encoding=json in the url, got {query.get('encoding')}",
+            )
+        if "compress" in query:
+            raise CloseWith(
+                GatewayCloseCode.INVALID_API_VERSION,
+                "the fake does not support transport compression (compress=...)",
+            )
+
+    def _handle(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            raise CloseWith(
+                GatewayCloseCode.DECODE_ERROR, "binary message on an encoding=json gateway"
+            )
+        size = len(raw.encode("utf-8"))
+        if size > checks.MAX_PAYLOAD:
+            raise CloseWith(
+                GatewayCloseCode.DECODE_ERROR,
+                f"payload too large: {size} bytes > {checks.MAX_PAYLOAD}",
+            )
+        payload = checks.decode_object(raw, GatewayCloseCode.DECODE_ERROR)
+        op = payload["op"]
+        if op != GatewayOp.HEARTBEAT:  # not counted, so tests may use short heartbeat intervals
+            now = time.monotonic()
+            self.events.append(now)
+            while self.events and self.events[0] <= now - RATE_WINDOW:
+                self.events.popleft()
+            if len(self.events) > RATE_LIMIT:
+                raise CloseWith(
+                    GatewayCloseCode.RATE_LIMITED,
+                    f"rate limited: more than {RATE_LIMIT} events in {RATE_WINDOW:.0f} s",
+                )
+        if op == GatewayOp.HEARTBEAT:
+            self._on_heartbeat(payload)
+        elif op == GatewayOp.IDENTIFY:
+            self._on_identify(payload.get("d"))
+        elif op == GatewayOp.RESUME:
+            self._send({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None})
+        elif op in (
+            GatewayOp.PRESENCE_UPDATE,
+            GatewayOp.VOICE_STATE_UPDATE,
+            GatewayOp.REQUEST_GUILD_MEMBERS,
+        ):
+            if not self.identified:
+                raise CloseWith(
+                    GatewayCloseCode.NOT_AUTHENTICATED,
+                    f"not authenticated: op {op} sent before identify",
+                )
+            if op == GatewayOp.VOICE_STATE_UPDATE:
+                self._on_voice_state(payload.get("d"))
+        else:
+            raise CloseWith(GatewayCloseCode.UNKNOWN_OPCODE, f"unknown opcode {op}")
+
+    def _on_heartbeat(self, payload: dict[str, Any]) -> None:
+        d = checks.main_heartbeat(payload)
+        where = f"main#{self.peer.number}: heartbeat"
+        if d is not None and d > self.seq:
+            self.rec.violation(f"{where} d={d} but the last dispatch sent had s={self.seq}")
+        elif d is None and self.acked_seq is not None:
+            self.rec.violation(f"{where} d went back to null after d={self.acked_seq}")
+        elif d is not None and self.acked_seq is not None and d < self.acked_seq:
+            self.rec.violation(f"{where} d went backwards: {d} after {self.acked_seq}")
+        self.acked_seq = d
+        with self.rec.changing():
+            self.session.heartbeats += 1
+        if not self.gw.script.withheld("main_heartbeat_ack"):
+            self._send({"op": GatewayOp.HEARTBEAT_ACK, "d": None, "s": None, "t": None})
+
+    def _on_identify(self, d: Any) -> None:
+        if self.identified:
+            raise CloseWith(GatewayCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
+        intents = checks.main_identify(d, self.config.token)
+        self.identified = True
+        self.intents = intents
+        session_id = secrets.token_hex(16)
+        with self.rec.changing():
+            self.session.identify = d
+            self.session.intents = intents
+            self.session.session_id = session_id
+        user_id = str(self.config.user_id)
+        ready: dict[str, Any] = {
+            "v": 10,
+            "user": {
+                "id": user_id,
+                "username": "fake-bot",
+                "discriminator": "0",
+                "global_name": None,
+                "avatar": None,
+                "bot": True,
+                "flags": 0,
+            },
+            "guilds": [],
+            "session_id": session_id,
+            "session_type": "normal",
+            "resume_gateway_url": self.gw.url,
+            "application": {"id": user_id, "flags": 0},
+        }
+        if isinstance(d.get("shard"), list):
+            ready["shard"] = d["shard"]
+        self._dispatch("READY", ready)
+
+    def _on_voice_state(self, d: Any) -> None:
+        guild_id, channel_id = checks.main_voice_state(d)
+        user_id = str(self.config.user_id)
+        if channel_id is None:
+            revoked = self.gw.credentials.revoke(guild_id)
+            session_id = revoked.session_id if revoked else secrets.token_hex(16)
+            events = [("VOICE_STATE_UPDATE", self._voice_state(d, session_id))]
+        else:
+            issued = self.gw.credentials.issue(guild_id, channel_id, user_id)
+            server = {
+                "token": issued.token,
+                "guild_id": guild_id,
+                "endpoint": self.gw.voice_endpoint(),
+            }
+            events = [
+                ("VOICE_STATE_UPDATE", self._voice_state(d, issued.session_id)),
+                ("VOICE_SERVER_UPDATE", server),
+            ]
+            if self.config.event_order == "server_first":
+                events.reverse()
+        for event, data in events:
+            if event == "VOICE_STATE_UPDATE" and not self.intents & Intents.GUILD_VOICE_STATES:
+                continue  # like Discord: no intent, no event
+            if not self.gw.script.withheld(event.lower()):
+                self._dispatch(event, data)
+
+    def _voice_state(self, d: dict[str, Any], session_id: str) -> dict[str, Any]:
+        return {
+            "guild_id": d["guild_id"],
+            "channel_id": d["channel_id"],
+            "user_id": str(self.config.user_id),
+            "session_id": session_id,
+            "deaf": False,
+            "mute": False,
+            "self_deaf": d["self_deaf"],
+            "self_mute": d["self_mute"],
+            "self_video": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+        }

@@ -1,0 +1,275 @@
+"""The fake voice UDP server: answers IP discovery, decrypts and records every RTP packet.
+
+One socket on 127.0.0.1 serves every voice session; packets are told apart by SSRC (allocated in
+the voice gateway's Ready). What it received is in ``fake.frames()``; what it could not use
+(malformed packets, unknown SSRCs, failed authentication, audio before Session Description) is in
+``fake.udp_errors`` — the receive thread never dies on bad input.
+
+Arrival times come from the kernel (SO_TIMESTAMPNS on Linux, CLOCK_REALTIME, i.e. the
+`time.time()` clock), so pacing can be measured without the fake's own scheduling jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from discord_voice.testing._packets import (
+    RtpPacket,
+    TransportCipher,
+    discovery_response,
+    parse_discovery_request,
+    parse_rtp,
+)
+from discord_voice.testing._world import Script
+from discord_voice.testing.records import ReceivedFrame, Recorder, VoiceSession
+
+__all__ = ["FakeUdpServer"]
+
+# Linux's SO_TIMESTAMPNS (== SCM_TIMESTAMPNS); the socket module does not export it.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
+_MAX_DATAGRAM = 4096
+_MAX_BATCH = 512
+_RCVBUF = 4 << 20
+
+_log = logging.getLogger("discord_voice.testing")
+
+
+@dataclass
+class _Route:
+    session: VoiceSession
+    cipher: TransportCipher | None = None
+    problem: str = ""  # why `cipher` is None after a session description (unsupported mode)
+
+
+@dataclass
+class _Decoded:
+    arrival: float
+    packet: RtpPacket
+    route: _Route
+    opus: bytes
+    size: int
+    mode: str
+
+
+class FakeUdpServer:
+    """One UDP socket and its receive thread ``fake-udp-recv``."""
+
+    def __init__(
+        self, recorder: Recorder, script: Script, speaking_grace: Callable[[], float]
+    ) -> None:
+        self.recorder = recorder
+        self.script = script
+        self.speaking_grace = speaking_grace
+        self._lock = threading.Lock()
+        self._routes: dict[int, _Route] = {}
+        self._told: dict[int, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._kernel_timestamps = False
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        if not self._port:
+            raise RuntimeError("udp server not started")
+        return self._port
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        except OSError:
+            pass
+        if sys.platform.startswith("linux"):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._kernel_timestamps = True
+            except OSError:
+                pass
+        self._sock = sock
+        self._port = int(sock.getsockname()[1])
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="fake-udp-recv")
+        self._thread.start()
+
+    def begin_close(self) -> None:
+        self._stop.set()
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+
+    def finish_close(self, deadline: float) -> None:
+        self.begin_close()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+
+    # -- used by the voice gateway -------------------------------------------------------------
+
+    def add_session(self, session: VoiceSession) -> int:
+        """Allocate a fresh non-zero SSRC routed to `session`."""
+        with self._lock:
+            while True:
+                ssrc = secrets.randbits(32)
+                if ssrc and ssrc not in self._routes:
+                    self._routes[ssrc] = _Route(session)
+                    return ssrc
+
+    def set_key(self, ssrc: int, mode: str, key: bytes) -> None:
+        try:
+            cipher: TransportCipher | None = TransportCipher(mode, key)
+            problem = ""
+        except ValueError as exc:
+            cipher, problem = None, str(exc)
+        with self._lock:
+            route = self._routes[ssrc]
+            route.cipher, route.problem = cipher, problem
+
+    def told_address(self, ssrc: int) -> tuple[str, int] | None:
+        """What IP discovery answered for `ssrc` (None if it never did)."""
+        with self._lock:
+            return self._told.get(ssrc)
+
+    # -- the receive thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._sock is not None and self._wake_r is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self._sock, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                selector.select(timeout=1.0)  # bounded; begin_close wakes it at once
+                self._drain()
+        finally:
+            selector.close()
+
+    def _drain(self) -> None:
+        assert self._sock is not None
+        decoded: list[_Decoded] = []
+        errors: list[str] = []
+        for _ in range(_MAX_BATCH):
+            try:
+                data, ancdata, flags, address = self._sock.recvmsg(_MAX_DATAGRAM, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable from an earlier reply; not a packet
+            except OSError as exc:
+                errors.append(f"udp: receive failed: {exc}")
+                break
+            arrival = self._arrival(ancdata)
+            where = f"udp from {address[0]}:{address[1]}"
+            if flags & socket.MSG_TRUNC:
+                errors.append(f"{where}: datagram larger than {_MAX_DATAGRAM} bytes")
+            elif data[:1] == b"\x00":  # IP discovery starts with type 0x0001; RTP never does
+                error = self._discovery(data, address)
+                if error:
+                    errors.append(f"{where}: {error}")
+            else:
+                try:
+                    decoded.append(self._open(data, arrival))
+                except ValueError as exc:
+                    errors.append(f"{where}: {exc}")
+                except Exception as exc:  # noqa: BLE001 - a bug in the fake: logged, recorded
+                    _log.exception("fake udp server failed on a packet")
+                    errors.append(f"{where}: fake internal error: {exc!r}")
+        if decoded or errors:
+            self._commit(decoded, errors)
+
+    def _arrival(self, ancdata: list[tuple[int, int, bytes]]) -> float:
+        if self._kernel_timestamps:
+            for level, kind, payload in ancdata:
+                ours = level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS
+                if ours and len(payload) >= _TIMESPEC.size:
+                    seconds, nanos = _TIMESPEC.unpack_from(payload)
+                    return float(seconds) + float(nanos) / 1e9
+        return time.time()
+
+    def _discovery(self, data: bytes, address: tuple[str, int]) -> str:
+        """Answer one IP discovery request; returns an error text or ""."""
+        try:
+            ssrc = parse_discovery_request(data)
+        except ValueError as exc:
+            return f"bad ip discovery request: {exc}"
+        with self._lock:
+            route = self._routes.get(ssrc)
+        if route is None:
+            return f"ip discovery request for unknown ssrc {ssrc}"
+        if self.script.withheld("ip_discovery"):
+            return ""
+        ip, port = address[0], address[1]
+        with self._lock:
+            self._told[ssrc] = (ip, port)
+        with self.recorder.changing():
+            route.session.discovered_address = (ip, port)
+        assert self._sock is not None
+        try:
+            self._sock.sendto(discovery_response(ssrc, ip, port), address)
+        except OSError as exc:
+            return f"could not answer ip discovery: {exc}"
+        return ""
+
+    def _open(self, data: bytes, arrival: float) -> _Decoded:
+        packet = parse_rtp(data)
+        with self._lock:
+            route = self._routes.get(packet.ssrc)
+        if route is None:
+            raise ValueError(f"rtp packet for unknown ssrc {packet.ssrc}")
+        cipher = route.cipher
+        if cipher is None:
+            raise ValueError(
+                f"ssrc {packet.ssrc} seq {packet.sequence}: "
+                + (route.problem or "rtp packet before the session description")
+            )
+        try:
+            opus = cipher.open(packet)
+        except ValueError as exc:
+            raise ValueError(f"ssrc {packet.ssrc} seq {packet.sequence}: {exc}") from None
+        return _Decoded(arrival, packet, route, opus, len(data), cipher.mode)
+
+    def _commit(self, decoded: list[_Decoded], errors: list[str]) -> None:
+        rec = self.recorder
+        grace = self.speaking_grace()
+        with rec.changing():  # one wake-up for the whole batch
+            rec.udp_errors.extend(errors)
+            now = time.monotonic()
+            for item in decoded:
+                packet, session = item.packet, item.route.session
+                frame = ReceivedFrame(
+                    index=rec.take_index(),
+                    arrival=item.arrival,
+                    ssrc=packet.ssrc,
+                    sequence=packet.sequence,
+                    timestamp=packet.timestamp,
+                    nonce=int.from_bytes(packet.nonce, "big"),
+                    opus=item.opus,
+                    size=item.size,
+                    mode=item.mode,
+                )
+                rec.frames.append(frame)
+                rec.frames_by_ssrc.setdefault(packet.ssrc, []).append(frame)
+                violation = session._note_audio(now, grace)
+                if violation:
+                    rec.violations.append(f"voice#{session.connection}: {violation}")
