@@ -16,13 +16,11 @@ from discord_voice.core.main_gateway import (
     GatewaySession,
     HeartbeatAck,
     HeartbeatRequest,
-    HeartbeatSchedule,
     Hello,
     InvalidSession,
     Payload,
     Ready,
     Reconnect,
-    SendRateLimiter,
     UnknownOp,
     decode_payload,
     describe_gateway_close,
@@ -30,10 +28,10 @@ from discord_voice.core.main_gateway import (
     heartbeat_payload,
     identify_payload,
     normalize_gateway_url,
-    parse_close_frame,
     parse_event,
     voice_state_update_payload,
 )
+from discord_voice.core.main_gateway_timing import HeartbeatSchedule, SendRateLimiter
 from discord_voice.errors import LocalProtocolError, RemoteProtocolError
 
 TOKEN = "MTIzNDU2Nzg5.core-secret-token"
@@ -339,14 +337,7 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window(gaps: list[float]) -
         assert len(in_window) <= 110
 
 
-# --- close frames -----------------------------------------------------------------------------
-
-
-def test_parse_close_frame() -> None:
-    assert parse_close_frame(b"") == (None, "")
-    assert parse_close_frame(b"\x0f") == (None, "")
-    assert parse_close_frame(b"\x0f\xa4Authentication failed.") == (4004, "Authentication failed.")
-    assert parse_close_frame(b"\x0f\xa0\xff") == (4000, "\ufffd")
+# --- close codes -----------------------------------------------------------------------------
 
 
 def test_describe_gateway_close() -> None:

@@ -2,7 +2,8 @@
 
 The server side is `websockets`' sync server (a different implementation from the client's
 websocket-client), scripted per test: Hello, Identify check, READY, ACKs, close codes and
-dispatch injection. Heartbeat timing runs on `StepClock`, a logical clock the test advances.
+dispatch injection. Heartbeat and rate-limit timing run on `discord_voice.testing.FakeClock`:
+a test asserts exactly which deadlines the library's threads are parked on, then advances.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from discord_voice.clock import Signal
 from discord_voice.errors import (
     ConnectionClosed,
-    HeartbeatTimeout,
     GatewayTimeout,
+    HeartbeatTimeout,
     LocalProtocolError,
     MainGatewayClosed,
     RemoteProtocolError,
@@ -33,59 +33,12 @@ from discord_voice.errors import (
 )
 from discord_voice.gateway import Gateway
 from discord_voice.main_gateway import MainGateway
-from discord_voice.testing import FakeDiscord
+from discord_voice.testing import FakeClock, FakeDiscord
 from tests.timeouts import LONG, SHORT
 
 TOKEN = "MTIzNDU2Nzg5.fake-secret-token"
 USER_ID = 80351110224678912
 Message = dict[str, Any]
-
-
-class StepClock:
-    """Logical time for tests: `wait_until` parks until `advance` passes the deadline."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self._now = start
-        self._cond = threading.Condition()
-        self._parked: dict[int, float] = {}
-
-    def monotonic(self) -> float:
-        with self._cond:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._cond:
-            self._now += seconds
-            self._cond.notify_all()
-
-    def wait_until(self, deadline: float, signal: Signal) -> bool:
-        def wake() -> None:
-            with self._cond:
-                self._cond.notify_all()
-
-        registered = signal.add_listener(wake)
-        me = threading.get_ident()
-        try:
-            with self._cond:
-                self._parked[me] = deadline
-                self._cond.notify_all()
-                while not signal.is_set() and self._now < deadline:
-                    self._cond.wait(1.0)
-                del self._parked[me]
-                self._cond.notify_all()
-        finally:
-            if registered:
-                signal.remove_listener(wake)
-        return signal.is_set()
-
-    def wait_parked(self, deadline: float, timeout: float = LONG) -> None:
-        """Block (real time, bounded) until some thread is parked on `deadline`."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while not any(abs(d - deadline) < 1e-9 for d in self._parked.values()):
-                remaining = end - time.monotonic()
-                assert remaining > 0, f"nobody parked on {deadline}: {self._parked}"
-                self._cond.wait(remaining)
 
 
 class FixedRandom:
@@ -169,26 +122,24 @@ class ScriptedDiscord:
             conn.send(json.dumps({"op": 11}))
             self.dispatch("TEST_ACKED", {})
 
-    def send(self, payload: Message | str) -> None:
+    def connection(self) -> ServerConnection:
         with self._cond:
             conn = self._conn
         assert conn is not None
-        conn.send(payload if isinstance(payload, str) else json.dumps(payload))
+        return conn
+
+    def send(self, payload: Message | str) -> None:
+        self.connection().send(payload if isinstance(payload, str) else json.dumps(payload))
 
     def dispatch(self, name: str, data: Any) -> int:
         with self._cond:
             self._seq += 1
             seq = self._seq
-            conn = self._conn
-        assert conn is not None
-        conn.send(json.dumps({"op": 0, "t": name, "s": seq, "d": data}))
+        self.send({"op": 0, "t": name, "s": seq, "d": data})
         return seq
 
     def close_connection(self, code: int, reason: str) -> None:
-        with self._cond:
-            conn = self._conn
-        assert conn is not None
-        conn.close(code, reason)
+        self.connection().close(code, reason)
 
     def ops(self, op: int) -> list[Message]:
         with self._cond:
@@ -281,7 +232,7 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     def run() -> None:
         try:
             result["value"] = fn()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test, which asserts on it
             result["error"] = exc
 
     thread = threading.Thread(target=run, name="fake-test-worker")
@@ -354,12 +305,14 @@ def test_connect_timeout_names_the_missing_stage(
     harness: Harness, hello: bool, stage: str
 ) -> None:
     fake = harness.fake(hello=hello, ready=False)
-    clock = StepClock(start=100.0)
+    clock = FakeClock(start=100.0)
     gw = harness.gateway(fake.url, clock=clock)
     worker, result = in_thread(lambda: gw.connect(timeout=10.0))
     if hello:
-        fake.wait_ops(2, 1)
-    clock.wait_parked(110.0)
+        fake.wait_ops(2, 1)  # connect() parks on its deadline, the heartbeat on its first beat
+        assert clock.wait_for_sleepers(2, LONG) == [110.0, 120.625]
+    else:
+        assert clock.wait_for_sleepers(1, LONG) == [110.0]
     assert worker.is_alive()
     clock.advance(10.0)
     worker.join(LONG)
@@ -417,12 +370,12 @@ def test_lifecycle_misuse(harness: Harness) -> None:
 def test_heartbeats_follow_jitter_then_interval_and_measure_latency(harness: Harness) -> None:
     fake = harness.fake(interval_ms=1000)
     fake.ack_gate = threading.Event()
-    clock = StepClock(start=100.0)
+    clock = FakeClock(start=100.0)
     seen = Recorder()
     gw = harness.gateway(fake.url, clock=clock, rng=FixedRandom(0.25))
     gw.add_dispatch_listener(seen)
     gw.connect(timeout=LONG)
-    clock.wait_parked(100.25)  # first beat after interval * jitter
+    assert clock.wait_for_sleepers(1, LONG) == [100.25]  # first beat after interval * jitter
     assert fake.ops(1) == []
     clock.advance(0.25)
     assert fake.wait_ops(1, 1) == [{"op": 1, "d": 1}]  # READY was s=1
@@ -432,18 +385,18 @@ def test_heartbeats_follow_jitter_then_interval_and_measure_latency(harness: Har
     assert gw.latency == pytest.approx(0.1)
     fake.dispatch("GUILD_CREATE", {"id": "1"})
     seen.wait_for("GUILD_CREATE")
-    clock.wait_parked(101.25)  # then every interval on a fixed grid
+    assert clock.wait_for_sleepers(1, LONG) == [101.25]  # then every interval on a fixed grid
     clock.advance(0.9)
     assert fake.wait_ops(1, 2)[1] == {"op": 1, "d": 3}
 
 
 def test_missing_ack_is_a_zombie_closed_with_4000(harness: Harness) -> None:
     fake = harness.fake(interval_ms=1000, ack=False)
-    clock = StepClock(start=100.0)
+    clock = FakeClock(start=100.0)
     gw = harness.gateway(fake.url, clock=clock, rng=FixedRandom(0.0))
     gw.connect(timeout=LONG)
-    fake.wait_ops(1, 1)
-    clock.wait_parked(101.0)
+    fake.wait_ops(1, 1)  # jitter 0: the first beat went at once
+    assert clock.wait_for_sleepers(1, LONG) == [101.0]
     assert gw.error is None
     clock.advance(1.0)
     with pytest.raises(HeartbeatTimeout) as info:
@@ -458,7 +411,7 @@ def test_missing_ack_is_a_zombie_closed_with_4000(harness: Harness) -> None:
 
 def test_server_heartbeat_request_is_answered_at_once(harness: Harness) -> None:
     fake = harness.fake()
-    clock = StepClock(start=100.0)
+    clock = FakeClock(start=100.0)
     seen = Recorder()
     gw = harness.gateway(fake.url, clock=clock)
     gw.add_dispatch_listener(seen)
@@ -624,6 +577,44 @@ def test_malformed_message_is_a_remote_protocol_error(harness: Harness) -> None:
     assert fake.wait_closed() == 4000
 
 
+def test_fragments_and_pings_are_handled_frame_by_frame(harness: Harness) -> None:
+    fake = harness.fake()
+    seen = Recorder()
+    gw = harness.gateway(fake.url)
+    gw.add_dispatch_listener(seen)
+    gw.connect(timeout=LONG)
+    assert fake.connection().ping(b"are you there").wait(LONG)  # the reader answered the ping
+    text = json.dumps({"op": 0, "t": "SPLIT", "s": 2, "d": {"name": "\u00e9t\u00e9 " * 8}})
+    fake.connection().send([text[:7], text[7:40], text[40:]])  # one message in three frames
+    seen.wait_for("SPLIT")
+    assert seen.events[-1] == ("SPLIT", {"name": "\u00e9t\u00e9 " * 8})
+    assert gw.error is None
+
+
+def test_text_that_is_not_utf8_is_a_remote_protocol_error(harness: Harness) -> None:
+    fake = harness.fake()
+    gw = harness.gateway(fake.url)
+    gw.connect(timeout=LONG)
+    fake.connection().send(b'{"op": 0, "t": "BAD\xff", "d": {}}', text=True)
+    with pytest.raises(RemoteProtocolError, match="invalid frame") as info:
+        gw.wait(timeout=LONG)
+    assert info.value.__cause__ is not None
+    assert fake.wait_closed() == 4000
+
+
+def test_dropped_connection_is_main_gateway_closed_without_a_code(harness: Harness) -> None:
+    fake = harness.fake()
+    gw = harness.gateway(fake.url)
+    gw.connect(timeout=LONG)
+    fake.connection().socket.shutdown(socket.SHUT_RDWR)  # TCP ends, no close frame
+    with pytest.raises(MainGatewayClosed, match="dropped") as info:
+        gw.wait(timeout=LONG)
+    assert info.value.code is None and info.value.__cause__ is not None
+    with pytest.raises(ConnectionClosed) as later:
+        gw.update_voice_state("1", None, self_mute=False, self_deaf=False)
+    assert later.value.__cause__ is info.value
+
+
 # --- sending ----------------------------------------------------------------------------------
 
 
@@ -650,7 +641,7 @@ def test_update_voice_state_sends_op_4(harness: Harness) -> None:
 
 def test_sends_beyond_the_burst_wait_on_the_clock(harness: Harness) -> None:
     fake = harness.fake()
-    clock = StepClock(start=100.0)
+    clock = FakeClock(start=100.0)
     gw = harness.gateway(fake.url, clock=clock)
     gw.connect(timeout=LONG)  # Identify used 1 of the 55-token burst
     for _ in range(54):
@@ -659,7 +650,8 @@ def test_sends_beyond_the_burst_wait_on_the_clock(harness: Harness) -> None:
     worker, result = in_thread(
         lambda: gw.update_voice_state("1", "2", self_mute=False, self_deaf=False)
     )
-    clock.wait_parked(100.0 + 60.0 / 55.0)  # one token refills in 60/55 s
+    # the sender waits until one token has refilled (60/55 s); the heartbeat waits too
+    assert clock.wait_for_sleepers(2, LONG) == pytest.approx([100.0 + 60.0 / 55.0, 120.625])
     assert worker.is_alive() and len(fake.ops(4)) == 54
     clock.advance(1.1)
     worker.join(LONG)
