@@ -113,7 +113,8 @@ class UdpSender:
                     packet = self._next_packet(block=True)
                     if packet is None:
                         continue
-                pacer.start(clock.monotonic())
+                if clock.wait_until(pacer.start(clock.monotonic()), stop):
+                    return
             self._transmit(packet)
             packet = self._next_packet(block=False)  # prepare the next one while warm
 

@@ -1,0 +1,106 @@
+"""Prototype for the proposed design: one pacing thread for every connection of a process.
+
+The library runs one sender thread per connection (arikawa's model). On this 2-core VM every
+wake-up of a thread costs 100-300 us of CPU and the woken threads then queue for the GIL, so with
+many connections the per-thread model misses the jitter and CPU targets (see bench_send.py). This
+prototype measures the alternative with the library's real pieces: it joins N connections through
+`Voice`, then drives their real `Packetizer`s and UDP sockets from ONE thread that wakes once per
+20 ms tick, sends every connection's prepared packet, and prepares the next ones while warm
+(the discord.js / songbird model). The receiver is the same fake Discord in another process.
+
+It reaches into private attributes (``_sender``, ``_udp``): it is a measurement, not an API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import math
+import multiprocessing
+import sys
+import time
+from importlib import resources
+
+from bench.bench_send import _percentile, _serve
+from discord_voice import Gateway, Voice
+from discord_voice.ogg import iter_opus_packets
+
+
+def run(count: int, frames: list[bytes]) -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-proto")
+    server.start()
+    try:
+        url, token = parent.recv()
+        gateway = Gateway(token, url=url)
+        gateway.connect(timeout=30)
+        voice = Voice(gateway)
+        conns = [voice.join_channel(400000000000000000 + i, 500000000000000000 + i, timeout=120)
+                 for i in range(count)]
+        for conn in conns:
+            conn.speaking()
+        packetizers = [conn._sender._packetizer for conn in conns]  # type: ignore[union-attr]
+        sockets = [conn._udp for conn in conns]
+        prepared = [p.packetize(frames[0]) for p in packetizers]
+        cpu_start = time.thread_time()
+        origin = math.ceil(time.monotonic() / 0.020) * 0.020 + 0.020
+        for n in range(len(frames)):
+            delay = origin + n * 0.020 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for sock, packet in zip(sockets, prepared, strict=True):
+                sock.send(packet)  # type: ignore[union-attr]
+            if n + 1 < len(frames):
+                prepared = [p.packetize(frames[n + 1]) for p in packetizers]
+        cpu = time.thread_time() - cpu_start
+        ssrcs = [conn.ssrc for conn in conns]
+        for conn in conns:
+            conn.disconnect()
+        gateway.close()
+        parent.send("frames")
+        by_ssrc, digests, _ = parent.recv()
+        parent.send("stop")
+    finally:
+        server.join(60)
+        if server.is_alive():
+            server.kill()
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(len(frame).to_bytes(2, "big") + frame)
+    deviations: list[float] = []
+    lost = altered = 0
+    for ssrc in ssrcs:
+        arrivals = by_ssrc.get(ssrc, [])
+        lost += len(frames) - len(arrivals)
+        altered += digests.get(ssrc) != digest.hexdigest()
+        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(arrivals)]
+    return {"connections": count, "p50": _percentile(deviations, 50),
+            "p99": _percentile(deviations, 99), "max": max(deviations, default=0.0),
+            "lost": lost, "altered": altered,
+            "cpu_us": cpu / (count * len(frames)) * 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 20, 100])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
+    with asset.open("rb") as fileobj:
+        opus_frames = list(iter_opus_packets(fileobj))
+    frames = (opus_frames * (int(args.seconds * 50) // len(opus_frames) + 1))[
+        : int(args.seconds * 50)]
+    print(f"{'conns':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'lost':>5} {'altered':>7} "
+          f"{'cpu us/pkt':>10}")
+    for count in args.counts:
+        r = run(count, frames)
+        print(f"{r['connections']:>5.0f} {r['p50']:>7.3f} {r['p99']:>7.3f} {r['max']:>7.3f} "
+              f"{r['lost']:>5.0f} {r['altered']:>7.0f} {r['cpu_us']:>10.1f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
