@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -49,7 +50,9 @@ def _audio(seconds: float, frequency: float) -> tuple[list[bytes], str]:
         from discord_voice import opus
 
         frames = list(opus.encode_frames(opus.tone(frequency, seconds)))
-        return frames, f"{frequency:g} Hz tone encoded with {opus.libopus_version()}"
+        library = os.path.basename(opus.find_libopus() or "libopus")
+        version = opus.libopus_version().removeprefix("libopus ")
+        return frames, f"{frequency:g} Hz tone encoded with libopus {version} ({library})"
     except OpusNotAvailable as exc:
         from discord_voice.ogg import iter_opus_packets
 
