@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from discord_voice._shell import websocket as ws
+from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice._shell.heartbeat import run_heartbeat
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, join_all
@@ -246,6 +247,12 @@ class Connection:
 
     close = disconnect
 
+    def _close_at_exit(self) -> None:
+        if not self._closing:
+            log.warning("voice connection in guild %s still open at interpreter exit: "
+                        "disconnecting", self.guild_id)
+        self.disconnect(timeout=2.0)
+
     def __enter__(self) -> Connection:
         return self
 
@@ -263,6 +270,7 @@ class Connection:
         self._socket = ws.WebSocketChannel.connect(
             info.url, timeout=remaining, what="voice websocket"
         )
+        close_at_exit(self, Connection._close_at_exit)
         self._start_thread("dv-voice-reader", self._read_loop)
         self._send_text(self._protocol_call(lambda p: p.identify()))
         self._await(self._hello, deadline, timeout, "hello")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Final
 
+from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice._shell.gateway_connection import (
     CLOSE_HANDSHAKE_TIMEOUT,
     SHUTDOWN_TIMEOUT,
@@ -157,6 +158,7 @@ class Gateway:
         if not timeout > 0:
             raise LocalProtocolError("connect timeout must be positive")
         self._claim_start()
+        close_at_exit(self, Gateway._close_at_exit)
         deadline = self._clock.monotonic() + timeout
         try:
             self._open(timeout)
@@ -215,6 +217,11 @@ class Gateway:
             error = self.error
             if error is not None:
                 raise error
+
+    def _close_at_exit(self) -> None:
+        if not self.closed:
+            _log.warning("main gateway still open at interpreter exit: closing it")
+        self.close(timeout=2.0)
 
     def close(self, timeout: float = 5.0) -> None:
         """Log out (close code 1000) and join every thread; idempotent, callable from any thread.

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
 from discord_voice.testing._world import Config, Credentials, Script
 from discord_voice.testing._ws import Delivery, valid_close_code
@@ -118,6 +119,7 @@ class FakeDiscord:
             if self._state != "new":
                 raise RuntimeError(f"FakeDiscord cannot start: it is {self._state}")
             self._state = "starting"
+        close_at_exit(self, FakeDiscord.close)  # a test that forgets close() must not hang
         try:
             self._udp.start()
             self._voice.start()
