@@ -378,10 +378,14 @@ class Connection:
 
     # -- failure and shutdown ---------------------------------------------------------------
 
-    def _fail(self, exc: BaseException) -> None:
-        """Record the first failure and end the connection (from any thread, never blocks)."""
+    def _fail(self, exc: BaseException, *, report: bool = True) -> None:
+        """Record the first failure and end the connection (from any thread, never blocks).
+
+        `report` logs it too; a failed join does not, since the caller gets the exception.
+        """
         if self._begin_close(exc):
-            log.error("voice connection (guild %s) failed: %s", self.guild_id, exc)
+            if report:
+                log.error("voice connection (guild %s) failed: %s", self.guild_id, exc)
             self._owner._forget(self, leave=False)
 
     def _begin_close(self, error: BaseException | None) -> bool:

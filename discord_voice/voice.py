@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from discord_voice.clock import Clock, SystemClock
-from discord_voice.connection import Connection
+from discord_voice.connection import Connection, ConnectionState
 from discord_voice.core.voice_gateway import VoiceServerInfo
 from discord_voice.errors import JoinError, JoinTimeout, LocalProtocolError, VoiceError
 from discord_voice.main_gateway import MainGateway
@@ -119,7 +119,7 @@ class Voice:
         with self._lock:
             existing = self._connections.get(guild)
         if existing is not None:
-            if existing.error is None and existing.channel_id == channel:
+            if existing.state is ConnectionState.READY and existing.channel_id == channel:
                 return existing
             existing.disconnect()
         user_id = self._gateway.user_id
@@ -155,7 +155,7 @@ class Voice:
         try:
             connection._open(deadline, timeout)
         except BaseException as exc:
-            connection._fail(exc)
+            connection._fail(exc, report=False)
             connection._join(self._close_timeout)
             self._leave_quietly(guild)
             raise

@@ -145,6 +145,21 @@ def test_rejoining_the_same_channel_returns_the_live_connection(world: World) ->
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert world.voice.join_channel(str(GUILD), CHANNEL, timeout=LONG) is conn
     conn.disconnect()
+    again = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # a closed one is not reused
+    assert again is not conn and again.state.value == "ready"
+    again.opus_send.put(b"second life")
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=again.ssrc)[0].opus == b"second life"
+    again.disconnect()
+
+
+def test_joining_another_channel_replaces_the_connection(world: World) -> None:
+    first = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    second = world.voice.join_channel(GUILD, CHANNEL + 1, timeout=LONG)
+    assert second is not first and second.channel_id == str(CHANNEL + 1)
+    with pytest.raises(ConnectionClosed):
+        first.opus_send.put(b"old")
+    assert world.voice.connection(GUILD) is second
+    second.disconnect()
 
 
 @pytest.mark.parametrize("order", ["state_first", "server_first"])
