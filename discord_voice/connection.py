@@ -1,53 +1,35 @@
 """Connection: one guild's voice connection (arikawa's ``*Connection``).
 
-It owns three threads, started in this order and stopped in reverse:
-
-* ``dv-voice-reader:<guild>`` — the only reader of the voice websocket; feeds the protocol core,
-  resolves the join's futures, matches heartbeat ACKs.
-* ``dv-voice-heartbeat:<guild>`` — started on Hello; beats on the pacemaker's schedule.
-* ``dv-udp-sender:<guild>`` — started on Session Description; sends ``opus_send`` paced.
+It owns three threads, started in this order and stopped in reverse: the voice websocket's
+reader and heartbeat (in its `VoiceSocketSession`) and ``dv-udp-sender:<guild>``, started on
+Session Description, which sends ``opus_send`` paced.
 
 The first failure of any of them is stored, ends the connection, and is re-raised by `wait()`
-and by the next public call (``opus_send.put`` included). One lock guards the protocol state;
-it is never held across network I/O.
+and by the next public call (``opus_send.put`` included). No lock is held across network I/O.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import logging
 import random
 import socket
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from discord_voice._shell import websocket as ws
 from discord_voice._shell.exit_hook import close_at_exit
-from discord_voice._shell.heartbeat import run_heartbeat
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, join_all
 from discord_voice._shell.udp import discover_ip, open_udp
 from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
+from discord_voice._shell.voice_session import VoiceSocketSession
 from discord_voice.clock import Clock, Signal
 from discord_voice.core import crypto
-from discord_voice.core import voice_payloads as vp
-from discord_voice.core.opcodes import SpeakingFlag, describe_voice_close
-from discord_voice.core.pacemaker import Pacemaker
+from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.core.packetizer import Packetizer
-from discord_voice.core.voice_gateway import VoiceGatewayProtocol, VoiceServerInfo
-from discord_voice.errors import (
-    ConnectionClosed,
-    JoinTimeout,
-    LocalProtocolError,
-    RemoteProtocolError,
-    ShutdownTimeout,
-    VoiceError,
-    VoiceGatewayClosed,
-)
+from discord_voice.core.voice_gateway import VoiceServerInfo
+from discord_voice.errors import ConnectionClosed, ShutdownTimeout
 
 if TYPE_CHECKING:
     from discord_voice.voice import Voice
@@ -55,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionState", "ConnectionStats"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class ConnectionState(enum.Enum):
@@ -107,28 +88,19 @@ class Connection:
         #: Queue Opus frames here (bytes, one 20 ms packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size)
-        self._lock = threading.Lock()  # guards the protocol, pacemaker and error; never I/O
-        self._protocol = VoiceGatewayProtocol(
-            info, max_dave_protocol_version=max_dave_protocol_version
-        )
+        self._lock = threading.Lock()  # guards state, error and closing; never held for I/O
         self._state = ConnectionState.CONNECTING
         self._error: BaseException | None = None
         self._closing = False
         self._closed = Signal()
-        self._stop_heartbeat = Signal()
         self._stop_sender = Signal()
-        self._hello: concurrent.futures.Future[vp.Hello] = concurrent.futures.Future()
-        self._ready: concurrent.futures.Future[vp.Ready] = concurrent.futures.Future()
-        self._session: concurrent.futures.Future[vp.SessionDescription] = (
-            concurrent.futures.Future()
+        self._threads: list[ServiceThread] = []
+        self._session = VoiceSocketSession(
+            info, clock=clock, max_dave_protocol_version=max_dave_protocol_version,
+            on_failure=self._fail, threads=self._threads,
         )
-        self._pacemaker: Pacemaker | None = None
-        self._socket: ws.WebSocketChannel | None = None
         self._udp: socket.socket | None = None
         self._sender: UdpSender | None = None
-        self._threads: list[ServiceThread] = []
-        self._malformed = 0
-        self._last_protocol_error: str | None = None
         self._discarded = 0
         self.mode: str | None = None
         self.ssrc: int | None = None
@@ -155,30 +127,28 @@ class Connection:
     @property
     def latency(self) -> float | None:
         """The last voice heartbeat round trip in seconds (None before the first ACK)."""
-        with self._lock:
-            return None if self._pacemaker is None else self._pacemaker.latency
+        return self._session.latency
 
     @property
     def stats(self) -> ConnectionStats:
         """Counters for sending and the websocket (a consistent-enough snapshot, not atomic)."""
         sender = self._sender
         pacing = sender.pacer.stats() if sender else None
-        with self._lock:
-            pm = self._pacemaker
-            return ConnectionStats(
-                frames_sent=pacing.frames_sent if pacing else 0,
-                late_frames=pacing.late_frames if pacing else 0,
-                max_lateness=pacing.max_lateness if pacing else 0.0,
-                underruns=pacing.underruns if pacing else 0,
-                stalls=pacing.stalls if pacing else 0,
-                frames_discarded=self._discarded,
-                bytes_sent=sender.bytes_sent if sender else 0,
-                heartbeats_sent=pm.beats_sent if pm else 0,
-                heartbeat_acks=pm.acks_received if pm else 0,
-                latency=pm.latency if pm else None,
-                ignored_messages=sum(self._protocol.ignored.values()),
-                malformed_messages=self._malformed,
-            )
+        beats, acks = self._session.heartbeat_counts()
+        return ConnectionStats(
+            frames_sent=pacing.frames_sent if pacing else 0,
+            late_frames=pacing.late_frames if pacing else 0,
+            max_lateness=pacing.max_lateness if pacing else 0.0,
+            underruns=pacing.underruns if pacing else 0,
+            stalls=pacing.stalls if pacing else 0,
+            frames_discarded=self._discarded + (sender.held if sender else 0),
+            bytes_sent=sender.bytes_sent if sender else 0,
+            heartbeats_sent=beats,
+            heartbeat_acks=acks,
+            latency=self._session.latency,
+            ignored_messages=self._session.ignored,
+            malformed_messages=self._session.malformed,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -190,7 +160,7 @@ class Connection:
         """Send Speaking (op 5) with `flags`; required (and sent for you) before audio."""
         self._raise_if_failed()
         flags = SpeakingFlag(flags)
-        self._send_text(self._protocol_call(lambda p: p.speaking(flags)))
+        self._session.send_speaking(flags)
         if self._sender is not None:
             self._sender.announced = bool(flags)
 
@@ -209,7 +179,7 @@ class Connection:
         finally:
             self._closed.remove_listener(done.set)
         self._raise_if_failed()
-        self._send_text(self._protocol_call(lambda p: p.speaking(SpeakingFlag.NONE)))
+        self._session.send_speaking(SpeakingFlag.NONE)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the connection ends; raise its failure (return None after `disconnect`).
@@ -240,8 +210,7 @@ class Connection:
         try:
             join_all(self._threads, timeout / 2)
         except ShutdownTimeout:
-            if self._socket is not None:
-                self._socket.abort()
+            self._session.abort()
             join_all(self._threads, timeout / 2)
         self._release()
 
@@ -263,118 +232,34 @@ class Connection:
 
     def _open(self, deadline: float, timeout: float) -> None:
         """Run the voice handshake; raise the real reason or `JoinTimeout` naming the stage."""
-        info = self._info
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise JoinTimeout("websocket_connect", timeout)
-        self._socket = ws.WebSocketChannel.connect(
-            info.url, timeout=remaining, what="voice websocket"
-        )
         close_at_exit(self, Connection._close_at_exit)
-        self._start_thread("dv-voice-reader", self._read_loop)
-        self._send_text(self._protocol_call(lambda p: p.identify()))
-        self._await(self._hello, deadline, timeout, "hello")
-        ready = self._await(self._ready, deadline, timeout, "ready")
+        session = self._session
+        session.open(deadline, timeout)
+        ready = session.await_ready(deadline, timeout)
         self.ssrc = ready.ssrc
         mode = crypto.choose_mode(ready.modes)
         self._udp = open_udp(ready.ip, ready.port)
         address, port = discover_ip(self._udp, ready.ssrc, deadline=deadline, timeout=timeout)
-        self._send_text(self._protocol_call(lambda p: p.select_protocol(address, port, mode)))
-        session = self._await(self._session, deadline, timeout, "session_description")
-        self.mode = session.mode
+        description = session.select_protocol(address, port, mode, deadline=deadline,
+                                              timeout=timeout)
+        self.mode = description.mode
         packetizer = Packetizer(
             ready.ssrc,
-            crypto.make_cipher(session.mode, session.secret_key),
+            crypto.make_cipher(description.mode, description.secret_key),
             sequence=random.getrandbits(16),
             timestamp=random.getrandbits(32),
         )
         self._sender = UdpSender(
             sock=self._udp, packetizer=packetizer, frames=self.opus_send, clock=self._clock,
-            stop=self._stop_sender, announce=self._announce,
+            stop=self._stop_sender, announce=lambda: session.send_speaking(SpeakingFlag.MICROPHONE),
         )
-        self._start_thread("dv-udp-sender", self._sender.run)
+        thread = ServiceThread(f"dv-udp-sender:{self.guild_id}", self._sender.run, self._fail)
+        self._threads.append(thread)
+        thread.start()
         with self._lock:
             if self._error is None and not self._closing:
                 self._state = ConnectionState.READY
         self._raise_if_failed()
-
-    def _await(
-        self, future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
-    ) -> T:
-        try:
-            return future.result(max(0.0, deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            hint = self._last_protocol_error
-            detail = f"last protocol error: {hint}" if hint else ""
-            raise JoinTimeout(stage, timeout, detail) from None
-
-    # -- threads ----------------------------------------------------------------------------
-
-    def _start_thread(self, role: str, body: Callable[[], None]) -> None:
-        thread = ServiceThread(f"{role}:{self.guild_id}", body, self._fail)
-        self._threads.append(thread)
-        thread.start()
-
-    def _read_loop(self) -> None:
-        assert self._socket is not None
-        while True:
-            frame = self._socket.recv()
-            if isinstance(frame, ws.Timeout):
-                continue
-            if isinstance(frame, ws.Close):
-                self._on_close(frame)
-                return
-            try:
-                with self._lock:
-                    if isinstance(frame, ws.Text):
-                        message: vp.ServerMessage = self._protocol.receive_text(frame.data)
-                    else:
-                        message = self._protocol.receive_binary(frame.data)
-                self._on_message(message)
-            except RemoteProtocolError as exc:
-                # Malformed or out-of-order data is survivable: count it, keep reading.
-                self._malformed += 1
-                self._last_protocol_error = str(exc)
-                log.warning("voice gateway (guild %s): %s", self.guild_id, exc)
-
-    def _on_message(self, message: vp.ServerMessage) -> None:
-        if isinstance(message, vp.Hello):
-            if self._pacemaker is None:
-                with self._lock:
-                    self._pacemaker = Pacemaker(message.heartbeat_interval, self._clock.monotonic())
-                self._start_thread("dv-voice-heartbeat", self._heartbeat_loop)
-            _resolve(self._hello, message)
-        elif isinstance(message, vp.Ready):
-            _resolve(self._ready, message)
-        elif isinstance(message, vp.SessionDescription):
-            _resolve(self._session, message)
-        elif isinstance(message, vp.HeartbeatAck):
-            with self._lock:
-                if self._pacemaker is not None:
-                    self._pacemaker.ack(message.nonce, self._clock.monotonic())
-
-    def _heartbeat_loop(self) -> None:
-        assert self._pacemaker is not None
-        run_heartbeat(
-            clock=self._clock, stop=self._stop_heartbeat, lock=self._lock,
-            pacemaker=self._pacemaker, make_frame=self._protocol.heartbeat, send=self._send_text,
-        )
-
-    def _on_close(self, frame: ws.Close) -> None:
-        with self._lock:
-            self._protocol.receive_close()
-            expected = self._closing
-        if expected:
-            return
-        if frame.code == 4017:
-            message = "the voice server requires DAVE end-to-end encryption (close code 4017)"
-            error: VoiceError = VoiceGatewayClosed(frame.code, frame.reason, message=message)
-        else:
-            error = VoiceGatewayClosed(frame.code, frame.reason or describe_voice_close(frame.code))
-        self._fail(error)
-
-    def _announce(self) -> None:
-        self._send_text(self._protocol_call(lambda p: p.speaking(SpeakingFlag.MICROPHONE)))
 
     # -- failure and shutdown ---------------------------------------------------------------
 
@@ -397,46 +282,22 @@ class Connection:
             if error is not None:
                 self._error = error
             self._state = ConnectionState.CLOSED
-        for future in (self._hello, self._ready, self._session):
-            if not future.done():
-                future.set_exception(
-                    error if isinstance(error, VoiceError)
-                    else ConnectionClosed(f"the voice connection ended: {error}")
-                    if error is not None
-                    else ConnectionClosed("the voice connection was closed")
-                )
         discarded = self.opus_send.close(_as_connection_closed(error))
         if discarded:
             self._discarded += len(discarded)
             log.warning("voice connection (guild %s): %d queued frames discarded at close",
                         self.guild_id, len(discarded))
         self._stop_sender.set()
-        self._stop_heartbeat.set()
-        if self._socket is not None:
-            if error is None:
-                self._socket.close(1000)
-            else:
-                self._socket.abort()
+        self._session.stop(error)
         self._closed.set()
         return True
 
     def _release(self) -> None:
-        if self._socket is not None:
-            self._socket.release()
+        self._session.release()
         if self._udp is not None:
             self._udp.close()
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _protocol_call(self, call: Callable[[VoiceGatewayProtocol], T]) -> T:
-        with self._lock:
-            return call(self._protocol)
-
-    def _send_text(self, text: str) -> None:
-        socket_ = self._socket
-        if socket_ is None:
-            raise LocalProtocolError("the voice websocket is not open")
-        socket_.send_text(text)
 
     def _raise_if_failed(self) -> None:
         error = self._error
@@ -445,11 +306,6 @@ class Connection:
                 raise ConnectionClosed("the voice connection is closed")
             return
         raise _as_connection_closed(error)
-
-
-def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _as_connection_closed(error: BaseException | None) -> ConnectionClosed:

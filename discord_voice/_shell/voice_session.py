@@ -1,0 +1,243 @@
+"""VoiceSocketSession: one voice websocket with its protocol state and its two threads.
+
+* ``dv-voice-reader:<guild>`` — the only reader of the socket; feeds the protocol core,
+  resolves the handshake futures, matches heartbeat ACKs.
+* ``dv-voice-heartbeat:<guild>`` — started on Hello; beats on the pacemaker's schedule.
+
+The session knows nothing about UDP or audio: a `Connection` owns one session (and, after a
+resume, a new one over the same UDP socket and key). One lock guards the protocol and the
+pacemaker; it is never held across network I/O. Failures go to the owner's ``on_failure``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from discord_voice._shell import websocket as ws
+from discord_voice._shell.heartbeat import run_heartbeat
+from discord_voice._shell.threads import ServiceThread
+from discord_voice.clock import Clock, Signal
+from discord_voice.core import voice_payloads as vp
+from discord_voice.core.opcodes import SpeakingFlag, VoiceCloseCode, describe_voice_close
+from discord_voice.core.pacemaker import Pacemaker
+from discord_voice.core.voice_gateway import VoiceGatewayProtocol, VoiceServerInfo
+from discord_voice.errors import (
+    ConnectionClosed,
+    JoinTimeout,
+    RemoteProtocolError,
+    VoiceError,
+    VoiceGatewayClosed,
+)
+
+__all__ = ["VoiceSocketSession"]
+
+log = logging.getLogger("discord_voice.connection")
+T = TypeVar("T")
+
+
+class VoiceSocketSession:
+    """The voice websocket of one connection attempt.
+
+    Thread safety: `send_*`, `latency` and the counters from any thread; `open` and the
+    ``await_*`` methods from the joining thread.
+    """
+
+    def __init__(
+        self,
+        info: VoiceServerInfo,
+        *,
+        clock: Clock,
+        max_dave_protocol_version: int,
+        on_failure: Callable[[BaseException], None],
+        threads: list[ServiceThread],
+    ) -> None:
+        self._info = info
+        self._clock = clock
+        self._on_failure = on_failure
+        self._threads = threads  # the owner's list: it joins them
+        self._lock = threading.Lock()
+        self._protocol = VoiceGatewayProtocol(
+            info, max_dave_protocol_version=max_dave_protocol_version
+        )
+        self._socket: ws.WebSocketChannel | None = None
+        self._pacemaker: Pacemaker | None = None
+        self._stop_heartbeat = Signal()
+        self._closing = False
+        self._hello: concurrent.futures.Future[vp.Hello] = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[vp.Ready] = concurrent.futures.Future()
+        self._session: concurrent.futures.Future[vp.SessionDescription] = (
+            concurrent.futures.Future()
+        )
+        self.malformed = 0
+        self.last_protocol_error: str | None = None
+
+    # -- handshake (on the joining thread) --------------------------------------------------
+
+    def open(self, deadline: float, timeout: float) -> None:
+        """Connect the websocket, start the reader and send Identify."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JoinTimeout("websocket_connect", timeout)
+        self._socket = ws.WebSocketChannel.connect(
+            self._info.url, timeout=remaining, what="voice websocket"
+        )
+        self._start_thread("dv-voice-reader", self._read_loop)
+        self.send_text(self._call(lambda p: p.identify()))
+
+    def await_ready(self, deadline: float, timeout: float) -> vp.Ready:
+        """Wait for Hello, then Ready."""
+        self._await(self._hello, deadline, timeout, "hello")
+        return self._await(self._ready, deadline, timeout, "ready")
+
+    def select_protocol(
+        self, address: str, port: int, mode: str, *, deadline: float, timeout: float
+    ) -> vp.SessionDescription:
+        """Send Select Protocol and wait for the Session Description."""
+        self.send_text(self._call(lambda p: p.select_protocol(address, port, mode)))
+        return self._await(self._session, deadline, timeout, "session_description")
+
+    def _await(
+        self, future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
+    ) -> T:
+        try:
+            return future.result(max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            hint = self.last_protocol_error
+            detail = f"last protocol error: {hint}" if hint else ""
+            raise JoinTimeout(stage, timeout, detail) from None
+
+    # -- sending (any thread) ---------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        if self._socket is None:
+            raise ConnectionClosed("the voice websocket is not open")
+        self._socket.send_text(text)
+
+    def send_speaking(self, flags: SpeakingFlag) -> None:
+        self.send_text(self._call(lambda p: p.speaking(flags)))
+
+    # -- state (any thread) -----------------------------------------------------------------
+
+    @property
+    def latency(self) -> float | None:
+        with self._lock:
+            return None if self._pacemaker is None else self._pacemaker.latency
+
+    def heartbeat_counts(self) -> tuple[int, int]:
+        """(heartbeats sent, ACKs received)."""
+        with self._lock:
+            pm = self._pacemaker
+            return (pm.beats_sent, pm.acks_received) if pm else (0, 0)
+
+    @property
+    def ignored(self) -> int:
+        with self._lock:
+            return sum(self._protocol.ignored.values())
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def stop(self, error: BaseException | None) -> None:
+        """Stop the threads (never blocks): fail pending futures, close or abort the socket."""
+        with self._lock:
+            self._closing = True
+        reason: BaseException = (
+            error if isinstance(error, VoiceError)
+            else ConnectionClosed(f"the voice connection ended: {error}") if error is not None
+            else ConnectionClosed("the voice connection was closed")
+        )
+        for future in (self._hello, self._ready, self._session):
+            if not future.done():
+                future.set_exception(reason)
+        self._stop_heartbeat.set()
+        if self._socket is not None:
+            if error is None:
+                self._socket.close(1000)
+            else:
+                self._socket.abort()
+
+    def abort(self) -> None:
+        if self._socket is not None:
+            self._socket.abort()
+
+    def release(self) -> None:
+        if self._socket is not None:
+            self._socket.release()
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def _start_thread(self, role: str, body: Callable[[], None]) -> None:
+        thread = ServiceThread(f"{role}:{self._info.guild_id}", body, self._on_failure)
+        self._threads.append(thread)
+        thread.start()
+
+    def _read_loop(self) -> None:
+        assert self._socket is not None
+        while True:
+            frame = self._socket.recv()
+            if isinstance(frame, ws.Timeout):
+                continue
+            if isinstance(frame, ws.Close):
+                self._on_close(frame)
+                return
+            try:
+                with self._lock:
+                    if isinstance(frame, ws.Text):
+                        message: vp.ServerMessage = self._protocol.receive_text(frame.data)
+                    else:
+                        message = self._protocol.receive_binary(frame.data)
+                self._on_message(message)
+            except RemoteProtocolError as exc:
+                # Malformed or out-of-order data is survivable: count it, keep reading.
+                self.malformed += 1
+                self.last_protocol_error = str(exc)
+                log.warning("voice gateway (guild %s): %s", self._info.guild_id, exc)
+
+    def _on_message(self, message: vp.ServerMessage) -> None:
+        if isinstance(message, vp.Hello):
+            if self._pacemaker is None:
+                with self._lock:
+                    self._pacemaker = Pacemaker(message.heartbeat_interval, self._clock.monotonic())
+                self._start_thread("dv-voice-heartbeat", self._heartbeat_loop)
+            _resolve(self._hello, message)
+        elif isinstance(message, vp.Ready):
+            _resolve(self._ready, message)
+        elif isinstance(message, vp.SessionDescription):
+            _resolve(self._session, message)
+        elif isinstance(message, vp.HeartbeatAck):
+            with self._lock:
+                if self._pacemaker is not None:
+                    self._pacemaker.ack(message.nonce, self._clock.monotonic())
+
+    def _heartbeat_loop(self) -> None:
+        assert self._pacemaker is not None
+        run_heartbeat(
+            clock=self._clock, stop=self._stop_heartbeat, lock=self._lock,
+            pacemaker=self._pacemaker, make_frame=self._protocol.heartbeat, send=self.send_text,
+        )
+
+    def _on_close(self, frame: ws.Close) -> None:
+        with self._lock:
+            self._protocol.receive_close()
+            expected = self._closing
+        if expected:
+            return
+        if frame.code == VoiceCloseCode.E2EE_REQUIRED:
+            message = "the voice server requires DAVE end-to-end encryption (close code 4017)"
+            error = VoiceGatewayClosed(frame.code, frame.reason, message=message)
+        else:
+            error = VoiceGatewayClosed(frame.code, frame.reason or describe_voice_close(frame.code))
+        self._on_failure(error)
+
+    def _call(self, call: Callable[[VoiceGatewayProtocol], T]) -> T:
+        with self._lock:
+            return call(self._protocol)
+
+
+def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
