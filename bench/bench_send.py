@@ -17,6 +17,7 @@ Run: ``python3 dev.py bench`` or ``python bench/bench_send.py --counts 1 20 100 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -25,6 +26,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from importlib import resources
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
@@ -57,6 +59,39 @@ def _serve(pipe: Pipe) -> None:
                        len(fake.udp_errors)))
 
 
+@contextlib.contextmanager
+def remote_fake() -> Iterator[tuple[Gateway, Pipe]]:
+    """A FakeDiscord in a child process and a connected `Gateway` to it.
+
+    After the block the gateway is closed; ask the child for ``"frames"`` inside the block.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-bench")
+    server.start()
+    try:
+        url, token = parent.recv()
+        gateway = Gateway(token, url=url)
+        gateway.connect(timeout=30)
+        try:
+            yield gateway, parent
+        finally:
+            gateway.close()
+        parent.send("stop")
+    finally:
+        server.join(60)
+        if server.is_alive():
+            server.kill()
+
+
+def stream_digest(frames: list[bytes]) -> str:
+    """The digest `_serve` reports for a stream that received exactly `frames`."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(len(frame).to_bytes(2, "big") + frame)
+    return digest.hexdigest()
+
+
 def _sender_cpu_ns() -> dict[int, int]:
     """On-CPU nanoseconds of every live sender thread, by native thread id."""
     result = {}
@@ -77,21 +112,14 @@ def _percentile(values: list[float], p: int) -> float:
 
 
 def run(count: int, frames: list[bytes]) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-bench")
-    server.start()
-    try:
-        url, token = parent.recv()
-        gateway = Gateway(token, url=url)
-        gateway.connect(timeout=30)
+    with remote_fake() as (gateway, pipe):
         voice = Voice(gateway, queue_size=len(frames) + 8)
         joins = []
         conns = []
         for i in range(count):
             started = time.perf_counter()
             conns.append(voice.join_channel(200000000000000000 + i, 300000000000000000 + i,
-                                            timeout=30))
+                                            timeout=120))
             joins.append(time.perf_counter() - started)
         cpu_before = _sender_cpu_ns()
         for conn in conns:
@@ -106,24 +134,16 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
         ssrcs = [conn.ssrc for conn in conns]
         for conn in conns:
             conn.disconnect()
-        gateway.close()
-        parent.send("frames")
-        by_ssrc, digests, udp_errors = parent.recv()
-        parent.send("stop")
-    finally:
-        server.join(30)
-        if server.is_alive():
-            server.kill()
+        pipe.send("frames")
+        by_ssrc, digests, udp_errors = pipe.recv()
     expected = frames + [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
-    digest = hashlib.sha256()
-    for frame in expected:
-        digest.update(len(frame).to_bytes(2, "big") + frame)
+    expected_digest = stream_digest(expected)
     deviations: list[float] = []
     lost = altered = 0
     for ssrc in ssrcs:
         arrivals = by_ssrc.get(ssrc, [])
         lost += len(expected) - len(arrivals)
-        altered += digests.get(ssrc) != digest.hexdigest()
+        altered += digests.get(ssrc) != expected_digest
         audio = arrivals[: len(frames)]
         deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(audio)]
     packets = sum(s.frames_sent for s in stats)

@@ -14,28 +14,19 @@ It reaches into private attributes (``_sender``, ``_udp``): it is a measurement,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import math
-import multiprocessing
 import sys
 import time
 from importlib import resources
 
-from bench.bench_send import _percentile, _serve
-from discord_voice import Gateway, Voice
+from bench.bench_send import _percentile, remote_fake, stream_digest
+from discord_voice import Voice
 from discord_voice.ogg import iter_opus_packets
 
 
 def run(count: int, frames: list[bytes]) -> dict[str, float]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-proto")
-    server.start()
-    try:
-        url, token = parent.recv()
-        gateway = Gateway(token, url=url)
-        gateway.connect(timeout=30)
+    with remote_fake() as (gateway, pipe):
         voice = Voice(gateway)
         conns = [voice.join_channel(400000000000000000 + i, 500000000000000000 + i, timeout=120)
                  for i in range(count)]
@@ -58,23 +49,15 @@ def run(count: int, frames: list[bytes]) -> dict[str, float]:
         ssrcs = [conn.ssrc for conn in conns]
         for conn in conns:
             conn.disconnect()
-        gateway.close()
-        parent.send("frames")
-        by_ssrc, digests, _ = parent.recv()
-        parent.send("stop")
-    finally:
-        server.join(60)
-        if server.is_alive():
-            server.kill()
-    digest = hashlib.sha256()
-    for frame in frames:
-        digest.update(len(frame).to_bytes(2, "big") + frame)
+        pipe.send("frames")
+        by_ssrc, digests, _ = pipe.recv()
+    expected_digest = stream_digest(frames)
     deviations: list[float] = []
     lost = altered = 0
     for ssrc in ssrcs:
         arrivals = by_ssrc.get(ssrc, [])
         lost += len(frames) - len(arrivals)
-        altered += digests.get(ssrc) != digest.hexdigest()
+        altered += digests.get(ssrc) != expected_digest
         deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(arrivals)]
     return {"connections": count, "p50": _percentile(deviations, 50),
             "p99": _percentile(deviations, 99), "max": max(deviations, default=0.0),

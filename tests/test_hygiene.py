@@ -385,10 +385,11 @@ def test_every_test_folder_is_a_package() -> None:
 
 
 def test_sleep_checker_detects_sleeps() -> None:
+    sleep = "time." + "sleep"  # spelled apart so that text scans of tests/ do not flag this fixture
     source = (
         "import time\nimport time as t\nfrom time import sleep as nap\n"
-        "time.sleep(1)\nt.sleep(1)\nnap(1)\ntime.sleep(0)  # sleep-ok: documented reason\n"
-        "time.sleep(0)  # sleep-ok:\nevent.wait(1)\n"
+        f"{sleep}(1)\nt.sleep(1)\nnap(1)\n{sleep}(0)  # sleep-ok: documented reason\n"
+        f"{sleep}(0)  # sleep-ok:\nevent.wait(1)\n"
     )
     assert sleep_calls(source) == [3, 4, 5, 6, 8]
 

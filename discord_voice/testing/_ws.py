@@ -292,3 +292,28 @@ class WsServer:
             peer.finish_posts()
             if not peer.closed:  # safety net: the gateway logic normally closes itself
                 peer.close(1001 if peer.stopping else 1000, "")
+
+
+class ServedGateway:
+    """Base of the fake gateways: one `WsServer` whose lifecycle `FakeDiscord` drives."""
+
+    def __init__(
+        self, name: str, handler: Callable[[Peer], None], violation: Callable[[str], None]
+    ) -> None:
+        self._ws = WsServer(name, handler, violation)
+
+    @property
+    def port(self) -> int:
+        return self._ws.port
+
+    def start(self) -> None:
+        self._ws.start()
+
+    def begin_close(self) -> None:
+        self._ws.begin_close()
+
+    def finish_close(self, deadline: float) -> None:
+        self._ws.finish_close(deadline)
+
+    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
+        return self._ws.post(item, connection)

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
 from discord_voice.testing import _checks as checks
 from discord_voice.testing._world import Config, Credentials, Script
-from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, WsServer
+from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, ServedGateway
 from discord_voice.testing.records import MainSession, Recorder
 
 __all__ = ["FakeMainGateway"]
@@ -39,7 +39,7 @@ def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-class FakeMainGateway:
+class FakeMainGateway(ServedGateway):
     """A websocket server speaking the main gateway; one `_MainConnection` per client."""
 
     def __init__(
@@ -55,25 +55,13 @@ class FakeMainGateway:
         self.script = script
         self.credentials = credentials
         self.voice_endpoint = voice_endpoint
-        self._ws = WsServer(
+        super().__init__(
             "main", lambda peer: _MainConnection(self, peer).run(), recorder.violation
         )
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self._ws.port}"
-
-    def start(self) -> None:
-        self._ws.start()
-
-    def begin_close(self) -> None:
-        self._ws.begin_close()
-
-    def finish_close(self, deadline: float) -> None:
-        self._ws.finish_close(deadline)
-
-    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
-        return self._ws.post(item, connection)
 
 
 class _MainConnection:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing import _checks as checks
 from discord_voice.testing._world import Config, Credentials, Script, is_snowflake
-from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, WsServer
+from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, ServedGateway
 from discord_voice.testing.records import Recorder, VoiceSession
 from discord_voice.testing.udp_server import FakeUdpServer
 
@@ -50,7 +50,7 @@ _CLIENT_OPS = frozenset(
 _CLIENT_BINARY_OPS = frozenset({VoiceOp.DAVE_MLS_KEY_PACKAGE, VoiceOp.DAVE_MLS_COMMIT_WELCOME})
 
 
-class FakeVoiceGateway:
+class FakeVoiceGateway(ServedGateway):
     """A websocket server speaking the voice gateway; one `_VoiceConnection` per client."""
 
     def __init__(
@@ -68,25 +68,9 @@ class FakeVoiceGateway:
         self.credentials = credentials
         self.udp = udp
         self.speaking_grace = speaking_grace
-        self._ws = WsServer(
+        super().__init__(
             "voice", lambda peer: _VoiceConnection(self, peer).run(), recorder.violation
         )
-
-    @property
-    def port(self) -> int:
-        return self._ws.port
-
-    def start(self) -> None:
-        self._ws.start()
-
-    def begin_close(self) -> None:
-        self._ws.begin_close()
-
-    def finish_close(self, deadline: float) -> None:
-        self._ws.finish_close(deadline)
-
-    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
-        return self._ws.post(item, connection)
 
 
 class _VoiceConnection:
