@@ -18,6 +18,7 @@ from discord_voice.core.frames import MAX_OPUS_PACKET_SIZE, OPUS_SILENCE_FRAME
 from discord_voice.core.opcodes import Intents, SpeakingFlag
 from discord_voice.errors import (
     ConnectionClosed,
+    DaveRequired,
     EncryptionError,
     GatewayClosed,
     GatewayTimeout,
@@ -49,6 +50,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionState",
     "ConnectionStats",
+    "DaveRequired",
     "EncryptionError",
     "Gateway",
     "GatewayClosed",

@@ -20,6 +20,7 @@ __all__ = [
     "GatewayClosed",
     "VoiceGatewayClosed",
     "MainGatewayClosed",
+    "DaveRequired",
     "HeartbeatTimeout",
     "JoinError",
     "JoinTimeout",
@@ -86,6 +87,17 @@ class VoiceGatewayClosed(GatewayClosed):
     """The voice websocket was closed by the server (see Discord's voice close codes)."""
 
     _what = "voice gateway"
+
+
+class DaveRequired(VoiceGatewayClosed):
+    """Close code 4017: the channel requires DAVE end-to-end encryption. Fatal, never retried."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(
+            4017, reason,
+            message="the voice server closed with 4017: this channel requires DAVE end-to-end "
+            "encryption, which this client did not offer",
+        )
 
 
 class MainGatewayClosed(GatewayClosed):

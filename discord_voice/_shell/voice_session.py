@@ -28,6 +28,7 @@ from discord_voice.core.pacemaker import Pacemaker
 from discord_voice.core.voice_gateway import VoiceGatewayProtocol, VoiceServerInfo
 from discord_voice.errors import (
     ConnectionClosed,
+    DaveRequired,
     JoinTimeout,
     RemoteProtocolError,
     VoiceError,
@@ -226,9 +227,9 @@ class VoiceSocketSession:
             expected = self._closing
         if expected:
             return
+        error: VoiceGatewayClosed
         if frame.code == VoiceCloseCode.E2EE_REQUIRED:
-            message = "the voice server requires DAVE end-to-end encryption (close code 4017)"
-            error = VoiceGatewayClosed(frame.code, frame.reason, message=message)
+            error = DaveRequired(frame.reason)
         else:
             error = VoiceGatewayClosed(frame.code, frame.reason or describe_voice_close(frame.code))
         self._on_failure(error)

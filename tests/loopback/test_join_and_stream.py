@@ -15,6 +15,7 @@ import pytest
 
 from discord_voice import (
     ConnectionClosed,
+    DaveRequired,
     InvalidFrame,
     JoinTimeout,
     SpeakingFlag,
@@ -218,7 +219,7 @@ def test_close_during_join_raises_the_close_code(world: World, op: int, code: in
         world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert info.value.code == code
     if code == 4017:
-        assert "DAVE" in str(info.value)
+        assert isinstance(info.value, DaveRequired) and "requires DAVE" in str(info.value)
 
 
 def test_voice_server_closing_mid_stream_reaches_the_producer(world: World) -> None:
