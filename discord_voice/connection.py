@@ -242,16 +242,19 @@ class Connection:
         address, port = discover_ip(self._udp, ready.ssrc, deadline=deadline, timeout=timeout)
         description = session.select_protocol(address, port, mode, deadline=deadline,
                                               timeout=timeout)
+        session.await_e2ee(deadline, timeout)  # at once when the call has no DAVE
         self.mode = description.mode
         packetizer = Packetizer(
             ready.ssrc,
             crypto.make_cipher(description.mode, description.secret_key),
             sequence=random.getrandbits(16),
             timestamp=random.getrandbits(32),
+            transform=session,
         )
         self._sender = UdpSender(
             sock=self._udp, packetizer=packetizer, frames=self.opus_send, clock=self._clock,
             stop=self._stop_sender, announce=lambda: session.send_speaking(SpeakingFlag.MICROPHONE),
+            wait_e2ee=session.wait_e2ee,
         )
         thread = ServiceThread(f"dv-udp-sender:{self.guild_id}", self._sender.run, self._fail)
         self._threads.append(thread)

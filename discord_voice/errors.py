@@ -27,6 +27,7 @@ __all__ = [
     "GatewayTimeout",
     "EncryptionError",
     "UnsupportedEncryptionMode",
+    "DaveNotReady",
     "ShutdownTimeout",
     "OpusError",
     "OpusNotAvailable",
@@ -140,6 +141,13 @@ class GatewayTimeout(VoiceError, TimeoutError):
 
 class EncryptionError(VoiceError):
     """Transport or end-to-end encryption failed (bad key, nonce exhaustion, ...)."""
+
+
+class DaveNotReady(EncryptionError):
+    """DAVE end-to-end encryption is required but the group key is not there (yet).
+
+    The sender holds frames until it is; they are never sent unencrypted.
+    """
 
 
 class UnsupportedEncryptionMode(EncryptionError):

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from discord_voice.clock import Clock, SystemClock
 from discord_voice.connection import Connection, ConnectionState
+from discord_voice.core.dave import supported_protocol_version
 from discord_voice.core.voice_gateway import VoiceServerInfo
 from discord_voice.errors import JoinError, JoinTimeout, LocalProtocolError, VoiceError
 from discord_voice.main_gateway import MainGateway
@@ -148,7 +149,8 @@ class Voice:
         )
         connection = Connection(
             self, info, clock=self._clock, queue_size=self._queue_size,
-            close_timeout=self._close_timeout, max_dave_protocol_version=0,
+            close_timeout=self._close_timeout,
+            max_dave_protocol_version=supported_protocol_version(),
         )
         with self._lock:
             self._connections[guild] = connection

@@ -20,7 +20,7 @@ from discord_voice.clock import Clock, Signal
 from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
 from discord_voice.core.pacing import Pacer
 from discord_voice.core.packetizer import Packetizer
-from discord_voice.errors import ConnectionClosed
+from discord_voice.errors import ConnectionClosed, DaveNotReady
 
 from .opus_queue import STOP, OpusQueue
 
@@ -67,6 +67,7 @@ class UdpSender:
         clock: Clock,
         stop: Signal,
         announce: Callable[[], None],
+        wait_e2ee: Callable[[Signal], bool] | None = None,
         pacer: Pacer | None = None,
     ) -> None:
         self._sock = sock
@@ -75,6 +76,9 @@ class UdpSender:
         self._clock = clock
         self._stop = stop
         self._announce = announce
+        self._wait_e2ee = wait_e2ee
+        # A frame the transform refused for want of a DAVE key: retried, never dropped.
+        self._waiting: tuple[bytes, bool] | None = None
         self.pacer = pacer or Pacer()
         #: Whether Speaking (op 5) with a non-zero mask has been sent for the current run of
         #: audio; the sender announces it itself before the first frame if the user did not.
@@ -94,6 +98,14 @@ class UdpSender:
         pacer, clock, stop, pending = self.pacer, self._clock, self._stop, self._pending
         packet: _Packet | None = None
         while not stop.is_set():
+            if self._waiting is not None:  # E2EE key missing: hold the stream, do not burst
+                pacer.pause()
+                if self._wait_e2ee is None or self._wait_e2ee(stop):
+                    return
+                frame, from_queue = self._waiting
+                self._waiting = None
+                packet = self._packetize(frame, from_queue=from_queue)
+                continue
             # stop_speaking completes only once its last silence frame is sent, not just built
             while packet is None and pending and isinstance(pending[0], _Done):
                 pacer.pause()
@@ -105,7 +117,7 @@ class UdpSender:
                 if packet is None:
                     packet = self._next_packet(block=False)
                     if packet is None:
-                        if not pending:  # nothing queued at the due time
+                        if self._waiting is None and not pending:  # nothing queued when due
                             pacer.underrun()
                         continue
             else:
@@ -138,8 +150,13 @@ class UdpSender:
             return None
         return self._packetize(item, from_queue=True)
 
-    def _packetize(self, frame: bytes, *, from_queue: bool) -> _Packet:
-        packet = _Packet(self._packetizer.packetize(frame), from_queue)
+    def _packetize(self, frame: bytes, *, from_queue: bool) -> _Packet | None:
+        try:
+            packet = _Packet(self._packetizer.packetize(frame), from_queue)
+        except DaveNotReady:
+            self._waiting = (frame, from_queue)
+            self.held = int(from_queue)
+            return None
         self.held = int(from_queue)
         return packet
 

@@ -23,6 +23,7 @@ from discord_voice._shell.heartbeat import run_heartbeat
 from discord_voice._shell.threads import ServiceThread
 from discord_voice.clock import Clock, Signal
 from discord_voice.core import voice_payloads as vp
+from discord_voice.core.dave import DaveProtocol
 from discord_voice.core.opcodes import SpeakingFlag, VoiceCloseCode, describe_voice_close
 from discord_voice.core.pacemaker import Pacemaker
 from discord_voice.core.voice_gateway import VoiceGatewayProtocol, VoiceServerInfo
@@ -76,6 +77,13 @@ class VoiceSocketSession:
         )
         self.malformed = 0
         self.last_protocol_error: str | None = None
+        # DAVE: its own lock, because the sender thread encrypts while the reader applies
+        # transitions; never held across I/O (frames to send are collected, then sent).
+        self._dave = DaveProtocol(info.user_id, info.channel_id)
+        self._dave_lock = threading.Lock()
+        self._dave_started = False
+        self._e2ee: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._e2ee_signal = Signal()  # set while media can be sent; replaced when that stops
 
     # -- handshake (on the joining thread) --------------------------------------------------
 
@@ -102,6 +110,10 @@ class VoiceSocketSession:
         self.send_text(self._call(lambda p: p.select_protocol(address, port, mode)))
         return self._await(self._session, deadline, timeout, "session_description")
 
+    def await_e2ee(self, deadline: float, timeout: float) -> None:
+        """Wait until the DAVE group key is there (returns at once when DAVE is off)."""
+        self._await(self._e2ee, deadline, timeout, "dave_session")
+
     def _await(
         self, future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
     ) -> T:
@@ -121,6 +133,52 @@ class VoiceSocketSession:
 
     def send_speaking(self, flags: SpeakingFlag) -> None:
         self.send_text(self._call(lambda p: p.speaking(flags)))
+
+    def _send_frames(self, frames: list[str | bytes]) -> None:
+        for frame in frames:
+            if isinstance(frame, str):
+                self.send_text(frame)
+            else:
+                if self._socket is None:
+                    raise ConnectionClosed("the voice websocket is not open")
+                self._socket.send_binary(frame)
+
+    # -- DAVE media (the sender thread) -----------------------------------------------------
+
+    def transform(self, frame: bytes) -> bytes:
+        """`FrameTransform` for the packetizer: DAVE-encrypt when E2EE is in effect.
+
+        Raises `DaveNotReady` when E2EE is required but there is no group key: the sender then
+        holds the frame (`wait_e2ee`), it never sends it unencrypted.
+        """
+        with self._dave_lock:
+            return self._dave.transform(frame)
+
+    def wait_e2ee(self, stop: Signal) -> bool:
+        """Block until media can be sent again or `stop` is set; return whether stopped."""
+        while True:
+            with self._dave_lock:
+                ready = self._e2ee_signal
+            wake = Signal()
+            if not ready.add_listener(wake.set):
+                return stop.is_set()
+            if not stop.add_listener(wake.set):
+                ready.remove_listener(wake.set)
+                return True
+            wake.wait()
+            ready.remove_listener(wake.set)
+            stop.remove_listener(wake.set)
+            if stop.is_set():
+                return True
+
+    @property
+    def dave(self) -> DaveProtocol:
+        """The DAVE state (read it under `dave_lock`)."""
+        return self._dave
+
+    @property
+    def dave_lock(self) -> threading.Lock:
+        return self._dave_lock
 
     # -- state (any thread) -----------------------------------------------------------------
 
@@ -151,7 +209,7 @@ class VoiceSocketSession:
             else ConnectionClosed(f"the voice connection ended: {error}") if error is not None
             else ConnectionClosed("the voice connection was closed")
         )
-        for future in (self._hello, self._ready, self._session):
+        for future in (self._hello, self._ready, self._session, self._e2ee):
             if not future.done():
                 future.set_exception(reason)
         self._stop_heartbeat.set()
@@ -208,11 +266,44 @@ class VoiceSocketSession:
         elif isinstance(message, vp.Ready):
             _resolve(self._ready, message)
         elif isinstance(message, vp.SessionDescription):
+            self._dave_input(lambda d: d.start(message.dave_protocol_version), started=True)
             _resolve(self._session, message)
+        elif isinstance(message, (vp.BinaryMessage, vp.DaveMessage)):
+            self._dave_input(lambda d: d.receive_message(message))
+        elif isinstance(message, vp.ClientsConnect):
+            with self._dave_lock:
+                self._dave.clients_connect(message.user_ids)
+        elif isinstance(message, vp.ClientDisconnect):
+            with self._dave_lock:
+                self._dave.client_disconnect(message.user_id)
         elif isinstance(message, vp.HeartbeatAck):
             with self._lock:
                 if self._pacemaker is not None:
                     self._pacemaker.ack(message.nonce, self._clock.monotonic())
+
+    def _dave_input(
+        self, apply: Callable[[DaveProtocol], list[str | bytes]], *, started: bool = False
+    ) -> None:
+        """Apply one DAVE input, send its replies, and publish whether media can flow."""
+        try:
+            with self._dave_lock:
+                frames = apply(self._dave)
+                self._dave_started = self._dave_started or started
+                can_send = self._dave_started and (
+                    not self._dave.active or self._dave.ready
+                )
+                signal = self._e2ee_signal
+                if not can_send and signal.is_set():
+                    self._e2ee_signal = Signal()  # media must wait for the next key
+        except RemoteProtocolError as exc:
+            self.malformed += 1
+            self.last_protocol_error = str(exc)
+            log.warning("voice gateway (guild %s): dave: %s", self._info.guild_id, exc)
+            return
+        self._send_frames(frames)
+        if can_send:
+            signal.set()
+            _resolve(self._e2ee, None)
 
     def _heartbeat_loop(self) -> None:
         assert self._pacemaker is not None

@@ -95,7 +95,7 @@ def test_identify_and_select_protocol_are_what_discord_expects(world: World) -> 
     identify = client_ops(world.fake, VoiceOp.IDENTIFY)[0]
     assert identify == {"server_id": str(GUILD), "user_id": str(world.fake.user_id),
                         "session_id": session.session_id, "token": identify["token"],
-                        "max_dave_protocol_version": 0}
+                        "max_dave_protocol_version": 1}
     select = client_ops(world.fake, VoiceOp.SELECT_PROTOCOL)[0]
     assert select["protocol"] == "udp"
     assert session.client_address is not None
