@@ -150,6 +150,37 @@ class Connection:
             malformed_messages=self._session.malformed,
         )
 
+    # -- DAVE end-to-end encryption ---------------------------------------------------------
+
+    @property
+    def e2ee_active(self) -> bool:
+        """Whether the audio we send is end-to-end encrypted with DAVE right now."""
+        with self._session.dave_lock:
+            return self._session.dave.active
+
+    @property
+    def dave_protocol_version(self) -> int:
+        """The DAVE protocol version in effect (0: the call is not end-to-end encrypted)."""
+        with self._session.dave_lock:
+            return self._session.dave.protocol_version
+
+    @property
+    def dave_epoch(self) -> int | None:
+        """The MLS epoch of the call's group (changes when members join or leave)."""
+        with self._session.dave_lock:
+            return self._session.dave.epoch
+
+    @property
+    def voice_privacy_code(self) -> str | None:
+        """The code every member of the call sees; compare it to check the call is private."""
+        with self._session.dave_lock:
+            return self._session.dave.privacy_code
+
+    def verification_code(self, user_id: int | str) -> str:
+        """The code to compare with `user_id` out of band (`EncryptionError` if there is none)."""
+        with self._session.dave_lock:
+            return self._session.dave.verification_code(user_id)
+
     def __repr__(self) -> str:
         return (
             f"<Connection guild={self.guild_id} channel={self.channel_id} "
