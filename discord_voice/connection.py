@@ -176,6 +176,21 @@ class Connection:
         with self._session.dave_lock:
             return self._session.dave.privacy_code
 
+    def wait_for_e2ee(self, timeout: float = 10.0, *, encrypted: bool = True) -> bool:
+        """Block until the audio we send is end-to-end encrypted with a group key (or, with
+        ``encrypted=False``, until it is not, after a downgrade).
+
+        Returns False after `timeout` seconds (for example while alone in the call: the DAVE
+        group needs a second member). Raises the connection's error if it ends meanwhile.
+        """
+        self._raise_if_failed()
+        if encrypted:
+            ok = self._session.wait_dave(lambda d: d.ready, timeout)
+        else:
+            ok = self._session.wait_dave(lambda d: not d.active, timeout)
+        self._raise_if_failed()
+        return ok
+
     def verification_code(self, user_id: int | str) -> str:
         """The code to compare with `user_id` out of band (`EncryptionError` if there is none)."""
         with self._session.dave_lock:

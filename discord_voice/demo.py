@@ -43,6 +43,7 @@ class DemoReport:
     late_frames: int
     underruns: int
     threads_left: int
+    e2ee: str
 
 
 def _audio(seconds: float, frequency: float) -> tuple[list[bytes], str]:
@@ -64,7 +65,7 @@ def _audio(seconds: float, frequency: float) -> tuple[list[bytes], str]:
 
 
 def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None = None,
-             out: TextIO = sys.stdout) -> DemoReport:
+             dave: bool = True, out: TextIO = sys.stdout) -> DemoReport:
     """Run the flow once and print progress and the report to `out`."""
     import threading
 
@@ -73,7 +74,7 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
     modes = (mode,) if mode else (MODE_AES256_GCM, MODE_XCHACHA20)
     frames, source = _audio(seconds, frequency)
     before = {t.ident for t in threading.enumerate()}
-    with FakeDiscord(modes=modes) as fake:
+    with FakeDiscord(modes=modes, dave=dave) as fake:
         print(f"fake Discord: main gateway {fake.gateway_url}, voice {fake.voice_endpoint}",
               file=out)
         gateway = Gateway(fake.token, url=fake.gateway_url)
@@ -85,6 +86,15 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
             join_seconds = time.perf_counter() - started
             print(f"joined in {join_seconds * 1000:.1f} ms, mode {conn.mode}, ssrc {conn.ssrc}",
                   file=out)
+            if conn.e2ee_active:
+                member = fake.add_member(CHANNEL_ID)  # a libdave peer in the call
+                conn.wait_for_e2ee(10.0)  # the group (and its key) exists once a peer is in
+                e2ee = (f"DAVE v{conn.dave_protocol_version}, epoch {conn.dave_epoch}, "
+                        f"privacy code {conn.voice_privacy_code}, decrypted by a libdave member "
+                        f"(user {member})")
+            else:
+                e2ee = "off (no DAVE)"
+            print(f"end-to-end encryption: {e2ee}", file=out)
             print(f"streaming {len(frames)} frames ({len(frames) / 50:g} s): {source}", file=out)
             conn.speaking(SpeakingFlag.MICROPHONE)
             for frame in frames:
@@ -111,7 +121,7 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
         frames_received=len(received), frames_intact=intact, silence_frames=silences,
         jitter_p50_ms=quantiles[49], jitter_p99_ms=quantiles[98],
         jitter_max_ms=max(deviations, default=0.0), late_frames=stats.late_frames,
-        underruns=stats.underruns, threads_left=threads_left,
+        underruns=stats.underruns, threads_left=threads_left, e2ee=e2ee,
     )
     _print_report(report, len(frames), out)
     return report
@@ -122,6 +132,7 @@ def _print_report(r: DemoReport, audio_frames: int, out: TextIO) -> None:
     print("\nreport", file=out)
     print(f"  join time            {r.join_seconds * 1000:8.1f} ms", file=out)
     print(f"  transport mode       {r.mode}", file=out)
+    print(f"  end-to-end (DAVE)    {r.e2ee}", file=out)
     print(f"  frames sent          {r.frames_sent:8d}  ({audio_frames} audio + "
           f"{SILENCE_FRAMES_ON_STOP} silence)", file=out)
     print(f"  frames received      {r.frames_received:8d}  ({r.frames_intact} audio "
@@ -141,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--frequency", type=float, default=440.0)
     demo.add_argument("--mode", choices=("aes", "xchacha"), default=None,
                       help="offer only this transport mode (default: both, AES-GCM preferred)")
+    demo.add_argument("--no-dave", action="store_true",
+                      help="a channel without DAVE end-to-end encryption (like a stage)")
     args = parser.parse_args(argv)
     mode = {"aes": MODE_AES256_GCM, "xchacha": MODE_XCHACHA20}.get(args.mode)
-    report = run_demo(seconds=args.seconds, frequency=args.frequency, mode=mode)
+    report = run_demo(seconds=args.seconds, frequency=args.frequency, mode=mode,
+                      dave=not args.no_dave)
     ok = report.frames_intact == min(report.frames_received, round(args.seconds * 50))
     return 0 if ok and report.threads_left == 0 else 1

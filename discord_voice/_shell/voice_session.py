@@ -81,6 +81,7 @@ class VoiceSocketSession:
         # transitions; never held across I/O (frames to send are collected, then sent).
         self._dave = DaveProtocol(info.user_id, info.channel_id)
         self._dave_lock = threading.Lock()
+        self._dave_changed = threading.Condition(self._dave_lock)  # notified on DAVE input
         self._dave_started = False
         self._e2ee: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._e2ee_signal = Signal()  # set while media can be sent; replaced when that stops
@@ -111,7 +112,8 @@ class VoiceSocketSession:
         return self._await(self._session, deadline, timeout, "session_description")
 
     def await_e2ee(self, deadline: float, timeout: float) -> None:
-        """Wait until the DAVE group key is there (returns at once when DAVE is off)."""
+        """Wait until DAVE is settled: the group key is there, or we are alone in the call with
+        our pending group (returns at once when DAVE is off)."""
         self._await(self._e2ee, deadline, timeout, "dave_session")
 
     def _await(
@@ -170,6 +172,11 @@ class VoiceSocketSession:
             stop.remove_listener(wake.set)
             if stop.is_set():
                 return True
+
+    def wait_dave(self, predicate: Callable[[DaveProtocol], bool], timeout: float) -> bool:
+        """Block until `predicate(dave)` holds (re-checked on every DAVE input) or timeout."""
+        with self._dave_changed:
+            return self._dave_changed.wait_for(lambda: predicate(self._dave), timeout)
 
     @property
     def dave(self) -> DaveProtocol:
@@ -292,9 +299,13 @@ class VoiceSocketSession:
                 can_send = self._dave_started and (
                     not self._dave.active or self._dave.ready
                 )
+                # A lone member has no key until someone joins; the join completes anyway and
+                # frames wait in the sender (never sent in plaintext).
+                joined = can_send or (self._dave_started and self._dave.waiting_alone)
                 signal = self._e2ee_signal
                 if not can_send and signal.is_set():
                     self._e2ee_signal = Signal()  # media must wait for the next key
+                self._dave_changed.notify_all()
         except RemoteProtocolError as exc:
             self.malformed += 1
             self.last_protocol_error = str(exc)
@@ -303,6 +314,7 @@ class VoiceSocketSession:
         self._send_frames(frames)
         if can_send:
             signal.set()
+        if joined:
             _resolve(self._e2ee, None)
 
     def _heartbeat_loop(self) -> None:

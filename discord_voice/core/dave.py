@@ -261,6 +261,17 @@ class DaveProtocol:
         return self.active and self._engine.ready
 
     @property
+    def waiting_alone(self) -> bool:
+        """E2EE is required, we are the only member known, and our pending local group exists.
+
+        The protocol cannot give a lone member a group key (the first commit needs a second
+        member), so this is as ready as a call can be until someone joins.
+        """
+        others = self._connected - {self._user_id}
+        return (self.active and not self._engine.ready and not others
+                and self._group_version > 0 and self._external_sender is not None)
+
+    @property
     def epoch(self) -> int | None:
         """The MLS epoch of our group, None before we are in one."""
         return self._engine.epoch if self._group_version else None

@@ -64,6 +64,7 @@ class Credentials:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_guild: dict[str, IssuedVoice] = {}
+        self._others: dict[tuple[str, str], IssuedVoice] = {}  # scripted users, by (guild, user)
 
     def issue(self, guild_id: str, channel_id: str, user_id: str) -> IssuedVoice:
         issued = IssuedVoice(
@@ -71,6 +72,15 @@ class Credentials:
         )
         with self._lock:
             self._by_guild[guild_id] = issued
+        return issued
+
+    def issue_other(self, guild_id: str, channel_id: str, user_id: str) -> IssuedVoice:
+        """Voice credentials for a user other than the bot (a second client in a channel)."""
+        issued = IssuedVoice(
+            guild_id, channel_id, user_id, secrets.token_hex(16), secrets.token_hex(8)
+        )
+        with self._lock:
+            self._others[(guild_id, user_id)] = issued
         return issued
 
     def revoke(self, guild_id: str) -> IssuedVoice | None:
@@ -82,6 +92,8 @@ class Credentials:
     ) -> IssuedVoice | None:
         with self._lock:
             issued = self._by_guild.get(server_id)
+            if issued is None or issued.user_id != user_id:
+                issued = self._others.get((server_id, user_id), issued)
         if issued is None:
             return None
         ok = hmac.compare_digest(issued.token.encode(), token.encode())

@@ -16,6 +16,15 @@ Everything the fake sees is recorded (``main_messages``, ``voice_messages``, ``f
 predicate over the fake holds, woken by every new record (no polling). Faults are scripted with
 `withhold`, `close_voice_on`, `close_voice`, `send_voice` and friends.
 
+DAVE: ``FakeDiscord(dave=True)`` plays Discord's E2EE role (4017 for clients without DAVE
+outside stage channels; the voice gateway as MLS external sender; the UDP server DAVE-decrypts
+with a libdave member of the channel). Script it with `add_member`, `remove_member`,
+`send_invalid_commit`, `downgrade`, `upgrade`; inspect with `dave_state` (see `dave_scripting`).
+``stage=True`` or `set_stage` makes channels stage-like (no DAVE). A client alone in a DAVE
+channel stays a pending member (no one can commit its Add), as on Discord;
+``dave_listener=True`` hosts a libdave member in every DAVE channel a client joins, so it is
+never alone and its audio is always DAVE-decrypted. Needs ``dave-py``.
+
 Every thread is named ``fake-...``, non-daemon and joined by `close` / ``__exit__``, which returns
 within about a second even when clients are still connected (they get close code 1001).
 """
@@ -25,12 +34,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
-from discord_voice.testing._world import Config, Credentials, Script
+from discord_voice.testing._world import Config, Credentials, IssuedVoice, Script
 from discord_voice.testing._ws import Delivery, valid_close_code
+from discord_voice.testing.dave_scripting import DaveScripting
 from discord_voice.testing.main_gateway import FakeMainGateway
 from discord_voice.testing.records import (
     MainSession,
@@ -42,13 +52,16 @@ from discord_voice.testing.records import (
 from discord_voice.testing.udp_server import FakeUdpServer
 from discord_voice.testing.voice_gateway import FakeVoiceGateway
 
+if TYPE_CHECKING:
+    from discord_voice.testing.dave_hub import DaveHub
+
 __all__ = ["FakeDiscord"]
 
 _CLOSE_BUDGET = 0.6  # seconds close() waits for handlers before cutting connections
 _DELIVERY_TIMEOUT = 5.0  # bound on waiting for a connection thread to send a scripted message
 
 
-class FakeDiscord:
+class FakeDiscord(DaveScripting):
     """A fake Discord for one test: start it (``with`` or `start`), point a client at it, assert.
 
     Thread safety: every public method may be called from any thread.
@@ -68,6 +81,9 @@ class FakeDiscord:
         event_order: str = "state_first",
         voice_hello_first: bool = True,
         endpoint_scheme: bool = True,
+        dave: bool = False,
+        stage: bool = False,
+        dave_listener: bool = False,
     ) -> None:
         modes = tuple(modes)
         if not isinstance(token, str) or not token:
@@ -92,11 +108,18 @@ class FakeDiscord:
         )
         self._rec = Recorder()
         self._script = Script()
-        credentials = Credentials()
+        self._credentials = credentials = Credentials()
         grace: Callable[[], float] = lambda: self.speaking_grace  # noqa: E731
-        self._udp = FakeUdpServer(self._rec, self._script, grace)
+        self._dave: DaveHub | None = None
+        if dave:
+            from discord_voice.testing.dave_hub import DaveHub  # needs dave-py
+
+            self._dave = DaveHub(
+                self._rec, enabled=True, stage=bool(stage), listener=bool(dave_listener)
+            )
+        self._udp = FakeUdpServer(self._rec, self._script, grace, self._dave)
         self._voice = FakeVoiceGateway(
-            self._config, self._rec, self._script, credentials, self._udp, grace
+            self._config, self._rec, self._script, credentials, self._udp, grace, self._dave
         )
         self._main = FakeMainGateway(
             self._config, self._rec, self._script, credentials, lambda: self.voice_endpoint
@@ -315,6 +338,13 @@ class FakeDiscord:
         if not valid_close_code(code):
             raise ValueError(f"{code} cannot be sent in a close frame")
         self._deliver(self._main.post(("close", code, reason), connection), "main close")
+
+    def issue_voice(self, guild_id: int, channel_id: int, user_id: int) -> IssuedVoice:
+        """Voice credentials for another user (not the bot), as if Discord had sent that user's
+        client VOICE_STATE_UPDATE/VOICE_SERVER_UPDATE: lets a test put several clients in one
+        channel. Identify with ``server_id=str(guild_id)``, ``user_id``, ``.session_id``,
+        ``.token`` at `voice_endpoint`."""
+        return self._credentials.issue_other(str(guild_id), str(channel_id), str(user_id))
 
     @staticmethod
     def _deliver(delivery: Delivery, what: str) -> None:

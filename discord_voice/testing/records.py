@@ -70,6 +70,11 @@ class ReceivedFrame:
     when the fake read the packet. ``nonce`` is the 4-byte trailing counter (big-endian), ``opus``
     the decrypted payload with any RTP header-extension body removed, ``size`` the UDP payload
     length on the wire.
+
+    In a DAVE call ``e2ee_payload`` keeps the transport-decrypted bytes and ``opus`` is what a
+    libdave member of the channel decrypted from them; ``dave`` says which case it was: "off"
+    (no DAVE), "decrypted", "silence" (the plaintext silence frame), "plaintext" (not a DAVE
+    frame) or "undecryptable" (no libdave member in the channel: ``opus`` is empty).
     """
 
     index: int
@@ -81,6 +86,8 @@ class ReceivedFrame:
     opus: bytes
     size: int
     mode: str
+    e2ee_payload: bytes | None = None
+    dave: str = "off"
 
 
 @dataclass(eq=False)
@@ -123,6 +130,7 @@ class VoiceSession:
     client_address: tuple[str, int] | None = None
     discovered_address: tuple[str, int] | None = None
     identify: dict[str, Any] | None = field(default=None, repr=False)
+    dave_protocol_version: int | None = None  # as sent in Session Description
     speaking: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: int = 0
     close_code: int | None = None

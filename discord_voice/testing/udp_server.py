@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from discord_voice.testing._packets import (
     RtpPacket,
@@ -31,6 +32,9 @@ from discord_voice.testing._packets import (
 )
 from discord_voice.testing._world import Script
 from discord_voice.testing.records import ReceivedFrame, Recorder, VoiceSession
+
+if TYPE_CHECKING:
+    from discord_voice.testing.dave_hub import DaveHub
 
 __all__ = ["FakeUdpServer"]
 
@@ -59,15 +63,23 @@ class _Decoded:
     opus: bytes
     size: int
     mode: str
+    e2ee_payload: bytes | None = None
+    dave: str = "off"
+    violation: str = ""
 
 
 class FakeUdpServer:
     """One UDP socket and its receive thread ``fake-udp-recv``."""
 
     def __init__(
-        self, recorder: Recorder, script: Script, speaking_grace: Callable[[], float]
+        self,
+        recorder: Recorder,
+        script: Script,
+        speaking_grace: Callable[[], float],
+        dave: DaveHub | None = None,
     ) -> None:
         self.recorder = recorder
+        self.dave = dave  # DAVE-decrypts frames of DAVE calls (None: the fake has DAVE off)
         self.script = script
         self.speaking_grace = speaking_grace
         self._lock = threading.Lock()
@@ -247,7 +259,15 @@ class FakeUdpServer:
             opus = cipher.open(packet)
         except ValueError as exc:
             raise ValueError(f"ssrc {packet.ssrc} seq {packet.sequence}: {exc}") from None
-        return _Decoded(arrival, packet, route, opus, len(data), cipher.mode)
+        decoded = _Decoded(arrival, packet, route, opus, len(data), cipher.mode)
+        opened = self.dave.open_frame(route.session, opus) if self.dave is not None else None
+        if opened is None:
+            return decoded
+        if opened.error:
+            raise ValueError(f"ssrc {packet.ssrc} seq {packet.sequence}: {opened.error}")
+        decoded.opus, decoded.e2ee_payload = opened.opus, opus
+        decoded.dave, decoded.violation = opened.kind, opened.violation
+        return decoded
 
     def _commit(self, decoded: list[_Decoded], errors: list[str]) -> None:
         rec = self.recorder
@@ -267,9 +287,13 @@ class FakeUdpServer:
                     opus=item.opus,
                     size=item.size,
                     mode=item.mode,
+                    e2ee_payload=item.e2ee_payload,
+                    dave=item.dave,
                 )
                 rec.frames.append(frame)
                 rec.frames_by_ssrc.setdefault(packet.ssrc, []).append(frame)
+                if item.violation:
+                    rec.violations.append(f"voice#{session.connection}: {item.violation}")
                 violation = session._note_audio(now, grace)
                 if violation:
                     rec.violations.append(f"voice#{session.connection}: {violation}")

@@ -1,4 +1,4 @@
-"""The fake voice gateway: Discord's voice websocket, v8, without DAVE (dave_protocol_version 0).
+"""The fake voice gateway: Discord's voice websocket, v8, with DAVE when the fake has it on.
 
 You normally use it through `FakeDiscord`: after a join on the fake main gateway, connect to the
 VOICE_SERVER_UPDATE ``endpoint`` with ``/?v=8`` and run the usual flow — Identify (op 0), Hello
@@ -13,7 +13,14 @@ Identify (4005), no integer ``max_dave_protocol_version`` (4020), a protocol oth
 (4020), an unknown op (4001). Resume (op 7) is not implemented and gets 4006. Softer mistakes
 (Select Protocol address differing from IP discovery, wrong Speaking ssrc, audio before Speaking)
 are recorded as violations without closing. Server messages carry a top-level ``seq`` except
-Hello and Heartbeat ACK, as on Discord.
+Hello and Heartbeat ACK, as on Discord; binary messages (``[uint16 seq][op][payload]``) count in
+the same sequence.
+
+DAVE (``FakeDiscord(dave=True)``; off by default): outside stage-like channels an Identify with
+``max_dave_protocol_version`` < 1 is closed with 4017, Session Description carries
+``dave_protocol_version: 1`` and the connection joins its channel's `DaveGroup` (the gateway
+as MLS external sender: ops 11/13, 21-31; see `dave_group`). Without DAVE, DAVE ops from a
+client are recorded as violations.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
@@ -32,6 +39,10 @@ from discord_voice.testing._world import Config, Credentials, Script, is_snowfla
 from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, ServedGateway
 from discord_voice.testing.records import Recorder, VoiceSession
 from discord_voice.testing.udp_server import FakeUdpServer
+
+if TYPE_CHECKING:
+    from discord_voice.testing.dave_hub import DaveHub
+    from discord_voice.testing.dave_link import DaveLink
 
 __all__ = ["FakeVoiceGateway"]
 
@@ -47,6 +58,7 @@ _CLIENT_OPS = frozenset(
         VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME,
     }
 )
+_NO_DAVE_WHY = " (dave_protocol_version 0, or before Session Description)"
 _CLIENT_BINARY_OPS = frozenset({VoiceOp.DAVE_MLS_KEY_PACKAGE, VoiceOp.DAVE_MLS_COMMIT_WELCOME})
 
 
@@ -61,8 +73,10 @@ class FakeVoiceGateway(ServedGateway):
         credentials: Credentials,
         udp: FakeUdpServer,
         speaking_grace: Callable[[], float],
+        dave: DaveHub | None = None,
     ) -> None:
         self.config = config
+        self.dave = dave  # None: DAVE off (every session at dave_protocol_version 0)
         self.recorder = recorder
         self.script = script
         self.credentials = credentials
@@ -90,6 +104,8 @@ class _VoiceConnection:
         self.acked: int | None = None
         self.identified = False
         self.selected = False
+        self.max_dave = 0
+        self.dave_link: DaveLink | None = None  # set once it joined its channel's DAVE group
 
     def run(self) -> None:
         try:
@@ -122,6 +138,8 @@ class _VoiceConnection:
             self._closed(gone.code, gone.reason, "client")
         finally:
             self._check_audio_rule(final=True)
+            if self.dave_link is not None:
+                self.dave_link.leave()
 
     def _closed(self, code: int | None, reason: str, by: str) -> None:
         with self.rec.changing():
@@ -216,8 +234,10 @@ class _VoiceConnection:
             self._on_select(d)
         elif op == VoiceOp.SPEAKING:
             self._on_speaking(d)
+        elif self.dave_link is not None:
+            self.dave_link.on_json(op, d)
         else:
-            self._violation(f"DAVE op {op} sent but the session's dave_protocol_version is 0")
+            self._violation(f"DAVE op {op} sent but the session has no DAVE{_NO_DAVE_WHY}")
 
     def _handle_binary(self, raw: bytes) -> None:
         if not raw:
@@ -233,7 +253,10 @@ class _VoiceConnection:
                 VoiceCloseCode.NOT_AUTHENTICATED,
                 f"not authenticated: binary op {op} sent before identify",
             )
-        self._violation(f"DAVE binary op {op} sent but the session's dave_protocol_version is 0")
+        if self.dave_link is not None:
+            self.dave_link.on_binary(op, raw[1:])
+            return
+        self._violation(f"DAVE binary op {op} sent but the session has no DAVE{_NO_DAVE_WHY}")
 
     def _on_heartbeat(self, d: Any) -> None:
         t, seq_ack = checks.voice_heartbeat(d)
@@ -256,6 +279,14 @@ class _VoiceConnection:
                 VoiceCloseCode.AUTHENTICATION_FAILED,
                 "authentication failed: server_id/user_id/session_id/token do not match "
                 "a voice session issued by the main gateway",
+            )
+        self.max_dave = d["max_dave_protocol_version"]
+        hub = self.gw.dave
+        if hub is not None and hub.requires_dave(int(issued.channel_id)) and self.max_dave < 1:
+            raise CloseWith(
+                VoiceCloseCode.E2EE_REQUIRED,
+                "E2EE/DAVE is required in this channel: identify with "
+                f"max_dave_protocol_version >= 1 (got {self.max_dave})",
             )
         self.identified = True
         ssrc = self.gw.udp.add_session(self.session)
@@ -299,22 +330,33 @@ class _VoiceConnection:
             )
         key = os.urandom(32)
         self.gw.udp.set_key(ssrc, mode, key)  # before the client can know the key
+        channel = self.session.channel_id
+        assert channel is not None
+        hub = self.gw.dave
+        in_dave = hub is not None and hub.requires_dave(channel)
+        version = hub.group(channel).version if hub is not None and in_dave else 0
         with self.rec.changing():
             self.session.client_address = (address, port)
             self.session.mode = mode
             self.session.secret_key = key
+            self.session.dave_protocol_version = version
         if not self.script.withheld("session_description"):
             self._send(
                 VoiceOp.SESSION_DESCRIPTION,
                 {
                     "mode": mode,
                     "secret_key": list(key),
-                    "dave_protocol_version": 0,
+                    "dave_protocol_version": version,
                     "audio_codec": "opus",
                     "video_codec": None,
                     "media_session_id": secrets.token_hex(16),
                 },
             )
+        if hub is not None and in_dave:
+            from discord_voice.testing.dave_link import DaveLink  # needs dave-py
+
+            user = self.session.user_id if self.session.user_id is not None else 0
+            self.dave_link = DaveLink(hub, channel, user, self.where, self.peer.post)
 
     def _on_speaking(self, d: Any) -> None:
         mask = checks.voice_speaking(d)
