@@ -81,9 +81,9 @@ class FakeDiscord(DaveScripting):
         event_order: str = "state_first",
         voice_hello_first: bool = True,
         endpoint_scheme: bool = True,
-        dave: bool = False,
+        dave: bool = True,
         stage: bool = False,
-        dave_listener: bool = False,
+        dave_listener: bool = True,
     ) -> None:
         modes = tuple(modes)
         if not isinstance(token, str) or not token:

@@ -32,7 +32,7 @@ def stream(world: World, conn: object, frames: list[bytes]) -> None:
 
 
 def test_alone_the_join_completes_and_frames_wait_for_a_second_member(make_world) -> None:
-    w: World = make_world(dave=True)
+    w: World = make_world(dave=True, dave_listener=False)
     started = time.perf_counter()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     join_seconds = time.perf_counter() - started

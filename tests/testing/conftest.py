@@ -11,5 +11,5 @@ from discord_voice.testing import FakeDiscord
 
 @pytest.fixture
 def fake() -> Iterator[FakeDiscord]:
-    with FakeDiscord() as running:
+    with FakeDiscord(dave=False) as running:
         yield running

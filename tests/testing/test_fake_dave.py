@@ -22,12 +22,14 @@ SECOND_USER = 200000000000000002
 
 @pytest.fixture
 def dave_fake() -> Iterator[FakeDiscord]:
-    with FakeDiscord(dave=True) as running:
+    with FakeDiscord(dave=True, dave_listener=False) as running:
         yield running
 
 
-def test_dave_is_off_by_default() -> None:
+def test_dave_is_on_by_default_as_on_discord_and_can_be_switched_off() -> None:
     with FakeDiscord() as fake:
+        assert fake.dave
+    with FakeDiscord(dave=False) as fake:
         assert not fake.dave
         with pytest.raises(RuntimeError, match="DAVE is off"):
             fake.add_member(CHANNEL)
@@ -94,7 +96,7 @@ def test_max_dave_zero_closes_4017(dave_fake: FakeDiscord) -> None:
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_stage_channel_needs_no_dave(per_channel: bool) -> None:
-    with FakeDiscord(dave=True, stage=not per_channel) as fake:
+    with FakeDiscord(dave=True, stage=not per_channel, dave_listener=False) as fake:
         if per_channel:
             fake.set_stage(CHANNEL)
         main, client = bot_client(fake, max_dave=0)

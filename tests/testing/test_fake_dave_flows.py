@@ -24,7 +24,7 @@ SECOND_USER = 200000000000000002
 
 @pytest.fixture
 def dave_fake() -> Iterator[FakeDiscord]:
-    with FakeDiscord(dave=True) as running:
+    with FakeDiscord(dave=True, dave_listener=False) as running:
         yield running
 
 

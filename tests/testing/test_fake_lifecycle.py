@@ -25,7 +25,7 @@ def _fake_threads() -> list[str]:
 
 def test_constructing_starts_nothing() -> None:
     before = threading.active_count()
-    fake = FakeDiscord()
+    fake = FakeDiscord(dave=False)
     assert threading.active_count() == before and _fake_threads() == []
     with pytest.raises(RuntimeError, match="not started"):
         _ = fake.gateway_url
@@ -36,7 +36,7 @@ def test_constructing_starts_nothing() -> None:
 
 
 def test_start_and_close_without_with() -> None:
-    fake = FakeDiscord().start()
+    fake = FakeDiscord(dave=False).start()
     try:
         assert fake.gateway_url.startswith("ws://127.0.0.1:")
         assert set(_fake_threads()) == {"fake-main-serve", "fake-voice-serve", "fake-udp-recv"}
@@ -49,7 +49,7 @@ def test_start_and_close_without_with() -> None:
 
 
 def test_exit_is_prompt_and_leaves_no_threads_with_clients_connected() -> None:
-    with FakeDiscord() as fake:
+    with FakeDiscord(dave=False) as fake:
         main, client = full_voice(fake)
         assert any(name.startswith("fake-voice-conn-") for name in _fake_threads())
         assert any(name.endswith("-recv") for name in _fake_threads())
@@ -65,7 +65,7 @@ def test_exit_is_prompt_and_leaves_no_threads_with_clients_connected() -> None:
 
 
 def test_reprs_never_show_secrets() -> None:
-    with FakeDiscord(token="super-secret-bot-token") as fake:
+    with FakeDiscord(dave=False, token="super-secret-bot-token") as fake:
         main, client = full_voice(fake)
         voice_token = client.server["token"]
         texts = [
@@ -86,7 +86,7 @@ def test_reprs_never_show_secrets() -> None:
 
 def test_debug_logs_never_show_secrets(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with FakeDiscord(token="super-secret-bot-token") as fake:
+    with FakeDiscord(dave=False, token="super-secret-bot-token") as fake:
         main, client = full_voice(fake)
         voice_token = client.server["token"]
         client.close()
@@ -96,10 +96,10 @@ def test_debug_logs_never_show_secrets(caplog: pytest.LogCaptureFixture) -> None
 
 def test_argument_checks() -> None:
     with pytest.raises(ValueError, match="event_order"):
-        FakeDiscord(event_order="random")
+        FakeDiscord(dave=False, event_order="random")
     with pytest.raises(ValueError, match="user_id"):
-        FakeDiscord(user_id="100")  # type: ignore[arg-type]
-    fake = FakeDiscord()
+        FakeDiscord(dave=False, user_id="100")  # type: ignore[arg-type]
+    fake = FakeDiscord(dave=False)
     with pytest.raises(ValueError, match="cannot withhold"):
         fake.withhold("readdy")
     with pytest.raises(ValueError, match="close frame"):
@@ -122,7 +122,7 @@ def test_wait_until_is_woken_by_records(fake: FakeDiscord) -> None:
 def test_hundred_sessions_at_fifty_packets_each() -> None:
     """100 concurrent sessions, 50 packets each, sent in rounds of one packet per session."""
     sessions, packets = 100, 50
-    with FakeDiscord() as fake:
+    with FakeDiscord(dave=False) as fake:
         main, _ = main_ready(fake)
         clients = []
         try:

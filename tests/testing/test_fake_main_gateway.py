@@ -58,7 +58,7 @@ def test_hello_identify_ready_and_heartbeat(fake: FakeDiscord) -> None:
 
 @pytest.mark.parametrize("order", ["state_first", "server_first"])
 def test_voice_state_update_dispatches_in_configured_order(order: str) -> None:
-    with FakeDiscord(event_order=order) as fake:
+    with FakeDiscord(dave=False, event_order=order) as fake:
         ws, _ = main_ready(fake)
         send_json(ws, voice_state_update("111", "222"))
         first, second = recv_json(ws), recv_json(ws)
@@ -121,7 +121,7 @@ def test_withheld_voice_server_update_is_not_sent(fake: FakeDiscord) -> None:
 
 
 def test_endpoint_without_scheme() -> None:
-    with FakeDiscord(endpoint_scheme=False) as fake:
+    with FakeDiscord(dave=False, endpoint_scheme=False) as fake:
         ws, _ = main_ready(fake)
         _, server = join(fake, ws)
         assert server["endpoint"] == fake.voice_endpoint
@@ -130,7 +130,7 @@ def test_endpoint_without_scheme() -> None:
 
 
 def test_bad_token_closes_4004_without_leaking_it() -> None:
-    with FakeDiscord(token="right-token") as fake:
+    with FakeDiscord(dave=False, token="right-token") as fake:
         ws = connect_main(fake)
         recv_json(ws)
         send_json(ws, identify_payload("wrong-secret-token"))

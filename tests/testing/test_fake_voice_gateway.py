@@ -78,7 +78,7 @@ def test_full_handshake_bytes_and_records(fake: FakeDiscord) -> None:
 
 
 def test_hello_after_identify() -> None:
-    with FakeDiscord(voice_hello_first=False, voice_heartbeat_interval=5.0) as fake:
+    with FakeDiscord(dave=False, voice_hello_first=False, voice_heartbeat_interval=5.0) as fake:
         main, _ = main_ready(fake)
         client = VoiceClient.connect(fake, main)
         client.identify()
@@ -112,7 +112,7 @@ def test_v7_style_heartbeat_closes_4020(fake: FakeDiscord) -> None:
 
 
 def test_unoffered_mode_closes_4016() -> None:
-    with FakeDiscord(modes=(XCHACHA,)) as fake:
+    with FakeDiscord(dave=False, modes=(XCHACHA,)) as fake:
         main, _ = main_ready(fake)
         client = VoiceClient.connect(fake, main)
         assert client.ready()["d"]["modes"] == [XCHACHA]
