@@ -135,18 +135,25 @@ class SecondBot:
 
 
 def test_two_of_our_clients_and_a_libdave_member(make_world) -> None:
-    w: World = make_world(dave=True)
-    w.fake.add_member(CHANNEL)
+    w: World = make_world(dave=True)  # a libdave listener stays in the channel throughout
+    member = w.fake.add_member(CHANNEL)  # and a second libdave member comes and goes
     conn_a = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     other = Voice(SecondBot(w.fake, 300000000000000003))  # type: ignore[arg-type]
     conn_b = other.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert w.fake.wait_until(lambda f: conn_a.dave_epoch == conn_b.dave_epoch, LONG)
     assert conn_a.voice_privacy_code == conn_b.voice_privacy_code
-    a, b = frames_of(20), frames_of(20, start=100)
-    stream(w, conn_a, a)
-    stream(w, conn_b, b)
-    assert [f.opus for f in w.fake.wait_for_frames(20, timeout=LONG, ssrc=conn_a.ssrc)] == a
-    assert [f.opus for f in w.fake.wait_for_frames(20, timeout=LONG, ssrc=conn_b.ssrc)] == b
+    a, b = frames_of(60), frames_of(60, start=100)
+    epoch = conn_a.dave_epoch or 0
+    for step in range(6):  # both stream while the group changes twice under them
+        stream(w, conn_a, a[step * 10:(step + 1) * 10])
+        stream(w, conn_b, b[step * 10:(step + 1) * 10])
+        if step == 1:
+            w.fake.remove_member(member)
+        elif step == 3:
+            w.fake.add_member(CHANNEL)
+    assert [f.opus for f in w.fake.wait_for_frames(60, timeout=LONG, ssrc=conn_a.ssrc)] == a
+    assert [f.opus for f in w.fake.wait_for_frames(60, timeout=LONG, ssrc=conn_b.ssrc)] == b
+    assert (conn_a.dave_epoch or 0) > epoch + 1
     assert not w.fake.violations and not w.fake.udp_errors
     conn_b.disconnect()
     conn_a.disconnect()
