@@ -6,7 +6,7 @@ libdave members join and leave (each an MLS epoch change), and the libdave side 
 frame. A frame counts as lost if it never arrives decrypted; the gap is the longest silence
 between two decrypted frames around each transition.
 
-Run: ``python bench/bench_dave.py`` (from the repository root, in the project's .venv).
+Run: ``python -m bench.bench_dave`` (from the repository root, in the project's .venv).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import itertools
 import statistics
 import sys
 import time
-from importlib import resources
 
+from bench.bench_send import asset_frames
 from discord_voice import Gateway, Voice
-from discord_voice.ogg import iter_opus_packets
 from discord_voice.testing import FakeDiscord
 
 GUILD, CHANNEL = 41771983423143937, 127121515262115840
@@ -30,9 +29,7 @@ def main() -> int:
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
-    with asset.open("rb") as fileobj:
-        frames = list(iter_opus_packets(fileobj))[: int(args.seconds * 50)]
+    frames = asset_frames(args.seconds)
     with FakeDiscord() as fake:
         gateway = Gateway(fake.token, url=fake.gateway_url)
         gateway.connect(timeout=10)

@@ -11,7 +11,7 @@ real Opus frames (the bundled 440 Hz asset), then stop speaking; the report give
 * CPU time per packet of the sender threads (from /proc/self/task/<tid>/schedstat), and of the
   bare packetize + send() path in a tight loop.
 
-Run: ``python3 dev.py bench`` or ``python bench/bench_send.py --counts 1 20 100 --seconds 5``.
+Run: ``python3 dev.py bench`` or ``python -m bench.bench_send --counts 1 20 100 --seconds 5``.
 """
 
 from __future__ import annotations
@@ -185,16 +185,21 @@ def tight_loop_cost(frames: list[bytes], rounds: int = 20000) -> tuple[float, fl
     return results[0], results[1]
 
 
+def asset_frames(seconds: float) -> list[bytes]:
+    """`seconds` of real Opus frames from the bundled 440 Hz asset (repeated if needed)."""
+    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
+    with asset.open("rb") as fileobj:
+        opus_frames = list(iter_opus_packets(fileobj))
+    count = int(seconds * 50)
+    return (opus_frames * (count // len(opus_frames) + 1))[:count]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
-    with asset.open("rb") as fileobj:
-        opus_frames = list(iter_opus_packets(fileobj))
-    frames = (opus_frames * (int(args.seconds * 50) // len(opus_frames) + 1))[
-        : int(args.seconds * 50)]
+    frames = asset_frames(args.seconds)
     aes, xchacha = tight_loop_cost(frames)
     print(f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
           f"XChaCha20-Poly1305 {xchacha:.2f} us/packet")

@@ -18,11 +18,9 @@ import itertools
 import math
 import sys
 import time
-from importlib import resources
 
-from bench.bench_send import _percentile, remote_fake, stream_digest
+from bench.bench_send import _percentile, asset_frames, remote_fake, stream_digest
 from discord_voice import Voice
-from discord_voice.ogg import iter_opus_packets
 
 
 def run(count: int, frames: list[bytes]) -> dict[str, float]:
@@ -70,11 +68,7 @@ def main() -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    asset = resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"
-    with asset.open("rb") as fileobj:
-        opus_frames = list(iter_opus_packets(fileobj))
-    frames = (opus_frames * (int(args.seconds * 50) // len(opus_frames) + 1))[
-        : int(args.seconds * 50)]
+    frames = asset_frames(args.seconds)
     print(f"{'conns':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'lost':>5} {'altered':>7} "
           f"{'cpu us/pkt':>10}")
     for count in args.counts:

@@ -317,3 +317,20 @@ class ServedGateway:
 
     def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
         return self._ws.post(item, connection)
+
+
+def run_posted(
+    item: tuple[Any, ...], delivery: Delivery, peer: Peer,
+    send: Callable[[tuple[Any, ...]], None],
+) -> None:
+    """Carry out one scripted action on a connection's own thread and report it delivered.
+
+    ``("close", code, reason)`` closes the connection; anything else goes to `send`.
+    """
+    if item[0] == "close":
+        delivery.finish(True)
+        raise CloseWith(item[1], item[2], violation=False)
+    try:
+        send(item)
+    finally:
+        delivery.finish(not peer.closed)

@@ -25,7 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
 from discord_voice.testing import _checks as checks
 from discord_voice.testing._world import Config, Credentials, Script
-from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, ServedGateway
+from discord_voice.testing._ws import (
+    CloseWith,
+    Delivery,
+    Peer,
+    PeerGone,
+    ServedGateway,
+    run_posted,
+)
 from discord_voice.testing.records import MainSession, Recorder
 
 __all__ = ["FakeMainGateway"]
@@ -133,13 +140,7 @@ class _MainConnection:
 
     def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
         """A scripted action from the test thread (`FakeDiscord.send_voice` and friends)."""
-        if item[0] == "close":
-            delivery.finish(True)
-            raise CloseWith(item[1], item[2], violation=False)
-        try:
-            self._send_posted(item)
-        finally:
-            delivery.finish(not self.peer.closed)
+        run_posted(item, delivery, self.peer, self._send_posted)
 
     def _send_posted(self, item: tuple[Any, ...]) -> None:
         payload = dict(item[1])

@@ -36,7 +36,14 @@ from urllib.parse import parse_qs, urlsplit
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing import _checks as checks
 from discord_voice.testing._world import Config, Credentials, Script, is_snowflake
-from discord_voice.testing._ws import CloseWith, Delivery, Peer, PeerGone, ServedGateway
+from discord_voice.testing._ws import (
+    CloseWith,
+    Delivery,
+    Peer,
+    PeerGone,
+    ServedGateway,
+    run_posted,
+)
 from discord_voice.testing.records import Recorder, VoiceSession
 from discord_voice.testing.udp_server import FakeUdpServer
 
@@ -183,13 +190,7 @@ class _VoiceConnection:
 
     def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
         """A scripted action from the test thread (`FakeDiscord.send_voice` and friends)."""
-        if item[0] == "close":
-            delivery.finish(True)
-            raise CloseWith(item[1], item[2], violation=False)
-        try:
-            self._send_posted(item)
-        finally:
-            delivery.finish(not self.peer.closed)
+        run_posted(item, delivery, self.peer, self._send_posted)
 
     def _send_posted(self, item: tuple[Any, ...]) -> None:
         if item[0] == "binary":  # server binary frame: uint16 seq, then opcode and payload
