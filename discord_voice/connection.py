@@ -10,11 +10,13 @@ and by the next public call (``opus_send.put`` included). No lock is held across
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import logging
 import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -243,12 +245,20 @@ class Connection:
 
         Idempotent and safe from any thread (from the library's own threads it signals but does
         not join them). Frames still queued are discarded and counted in
-        ``stats.frames_discarded``; call `stop_speaking` first to send them. Raises
-        `ShutdownTimeout` if a thread cannot be joined within `timeout` seconds.
+        ``stats.frames_discarded``; call `stop_speaking` first to send them. Waits (within
+        `timeout`) for Discord to confirm the leave, so that an immediate rejoin cannot race it.
+        Raises `ShutdownTimeout` if a thread cannot be joined within `timeout` seconds.
         """
-        if self._begin_close(None):
-            self._owner._forget(self, leave=True)
-        self._join(self._close_timeout if timeout is None else timeout)
+        timeout = self._close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        confirmed = self._owner._forget(self, leave=True) if self._begin_close(None) else None
+        self._join(timeout)
+        if confirmed is not None:  # bounded: an immediate rejoin must not race our leave
+            try:
+                confirmed.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                log.info("guild %s: Discord did not confirm the leave within %gs",
+                         self.guild_id, timeout)
 
     def _join(self, timeout: float) -> None:
         """Join every thread (the reader gets half the time to see the server's close frame,

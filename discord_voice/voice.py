@@ -84,6 +84,8 @@ class Voice:
         self._close_timeout = close_timeout
         self._lock = threading.Lock()
         self._pending: dict[str, _PendingJoin] = {}
+        # guild -> resolved when Discord confirms a leave (our VOICE_STATE_UPDATE, no channel)
+        self._leaves: dict[str, concurrent.futures.Future[None]] = {}
         self._connections: dict[str, Connection] = {}
         self._remove_handler: Callable[[], None] = gateway.add_voice_handler(self)
 
@@ -119,6 +121,12 @@ class Voice:
         deadline = time.monotonic() + timeout
         with self._lock:
             existing = self._connections.get(guild)
+            leaving = self._leaves.get(guild)
+        if leaving is not None:  # a leave in flight: let Discord confirm it before rejoining
+            try:
+                leaving.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                log.debug("guild %s: leave not confirmed before the rejoin", guild)
         if existing is not None:
             if existing.state is ConnectionState.READY and existing.channel_id == channel:
                 return existing
@@ -194,6 +202,10 @@ class Voice:
         with self._lock:
             pending = self._pending.get(guild)
             connection = self._connections.get(guild)
+            leave = self._leaves.pop(guild, None) if channel is None else None
+        if leave is not None:
+            _resolve(leave, None)
+            return
         if pending is not None:
             if str(channel) == pending.channel_id and data.get("session_id"):
                 _resolve(pending.state, data)
@@ -213,22 +225,33 @@ class Voice:
 
     # -- internal ---------------------------------------------------------------------------
 
-    def _forget(self, connection: Connection, *, leave: bool) -> None:
-        """Drop `connection` from the registry; with `leave`, tell Discord we left."""
+    def _forget(
+        self, connection: Connection, *, leave: bool
+    ) -> concurrent.futures.Future[None] | None:
+        """Drop `connection` from the registry; with `leave`, tell Discord we left and return a
+        future resolved by Discord's confirmation (our VOICE_STATE_UPDATE with no channel)."""
         guild = connection.guild_id
+        confirmed: concurrent.futures.Future[None] | None = None
         with self._lock:
-            if self._connections.get(guild) is connection:
-                del self._connections[guild]
-            else:
-                leave = False
-        if leave:
-            self._leave_quietly(guild)
+            if self._connections.get(guild) is not connection:
+                return None
+            del self._connections[guild]
+            if leave:
+                confirmed = self._leaves[guild] = concurrent.futures.Future()
+        if confirmed is not None and not self._leave_quietly(guild):
+            with self._lock:
+                self._leaves.pop(guild, None)
+            _resolve(confirmed, None)  # nothing was sent: nothing to wait for
+        return confirmed
 
-    def _leave_quietly(self, guild: str) -> None:
+    def _leave_quietly(self, guild: str) -> bool:
+        """Send op 4 with no channel; False (logged) if the main gateway could not send it."""
         try:
             self._gateway.update_voice_state(guild, None, self_mute=False, self_deaf=False)
         except VoiceError as exc:
             log.warning("could not send the leave for guild %s: %s", guild, exc)
+            return False
+        return True
 
 
 def _disconnected_by_discord() -> VoiceError:

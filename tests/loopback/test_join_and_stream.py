@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 
 import pytest
 
@@ -140,6 +141,27 @@ def test_disconnect_sends_leave_closes_everything_and_is_idempotent(world: World
         conn.speaking()
     conn.wait(timeout=LONG)  # a user-initiated close is not an error
     assert world.voice.connection(GUILD) is None
+
+
+def confirmed_leaves(fake: FakeDiscord) -> list[dict[str, object]]:
+    """The VOICE_STATE_UPDATE dispatches with no channel that the fake sent (leave confirmed)."""
+    return [m.data["d"] for m in fake.main_messages if m.direction == "server" and m.data
+            and m.data.get("t") == "VOICE_STATE_UPDATE" and m.data["d"]["channel_id"] is None]
+
+
+def test_disconnect_returns_once_discord_confirmed_the_leave(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    conn.disconnect()
+    assert len(confirmed_leaves(world.fake)) == 1  # already sent: disconnect waited for it
+
+
+def test_disconnect_without_confirmation_is_still_bounded(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    world.fake.withhold("voice_state_update")
+    started = time.perf_counter()
+    conn.disconnect(timeout=0.3)
+    assert time.perf_counter() - started < 1.0
+    assert confirmed_leaves(world.fake) == []
 
 
 def test_rejoining_the_same_channel_returns_the_live_connection(world: World) -> None:
