@@ -27,6 +27,9 @@ __all__ = ["Voice"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: How long a join waits for Discord to confirm the previous leave in the same guild.
+_LEAVE_WAIT = 1.0
+
 _HINTS = {
     "voice_state_update": "no VOICE_STATE_UPDATE for the bot: is the GUILD_VOICE_STATES intent "
     "enabled, is the channel id a voice channel of this guild, and may the bot CONNECT to it?",
@@ -123,8 +126,8 @@ class Voice:
             existing = self._connections.get(guild)
             leaving = self._leaves.get(guild)
         if leaving is not None:  # a leave in flight: let Discord confirm it before rejoining
-            try:
-                leaving.result(max(0.0, deadline - time.monotonic()))
+            try:  # capped: without the voice-states intent no confirmation ever comes
+                leaving.result(min(_LEAVE_WAIT, max(0.0, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:
                 log.debug("guild %s: leave not confirmed before the rejoin", guild)
         if existing is not None:
@@ -145,7 +148,7 @@ class Voice:
             state = _await(pending.state, deadline, timeout, "voice_state_update")
             server = _await(pending.server, deadline, timeout, "voice_server_update")
         except BaseException:
-            self._leave_quietly(guild)
+            self._leave(guild)
             raise
         finally:
             with self._lock:
@@ -167,7 +170,7 @@ class Voice:
         except BaseException as exc:
             connection._fail(exc, report=False)
             connection._join(self._close_timeout)
-            self._leave_quietly(guild)
+            self._leave(guild)
             raise
         log.info("joined voice channel %s in guild %s (mode %s)", channel, guild, connection.mode)
         return connection
@@ -231,16 +234,21 @@ class Voice:
         """Drop `connection` from the registry; with `leave`, tell Discord we left and return a
         future resolved by Discord's confirmation (our VOICE_STATE_UPDATE with no channel)."""
         guild = connection.guild_id
-        confirmed: concurrent.futures.Future[None] | None = None
         with self._lock:
             if self._connections.get(guild) is not connection:
                 return None
             del self._connections[guild]
-            if leave:
-                confirmed = self._leaves[guild] = concurrent.futures.Future()
-        if confirmed is not None and not self._leave_quietly(guild):
+        return self._leave(guild) if leave else None
+
+    def _leave(self, guild: str) -> concurrent.futures.Future[None]:
+        """Send the leave and track Discord's confirmation (resolved at once if not sent)."""
+        confirmed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            self._leaves[guild] = confirmed
+        if not self._leave_quietly(guild):
             with self._lock:
-                self._leaves.pop(guild, None)
+                if self._leaves.get(guild) is confirmed:
+                    del self._leaves[guild]
             _resolve(confirmed, None)  # nothing was sent: nothing to wait for
         return confirmed
 
