@@ -104,3 +104,266 @@ class FakeVoiceGateway(ServedGateway):
         )
 
 
+class _Dropped(Exception):
+    """A scripted fault: cut the TCP connection without a close frame (session resumable)."""
+
+
+class _VoiceConnection(VoiceHandshake):
+    """The state of one voice websocket, driven by its handler thread only."""
+
+    def __init__(self, gateway: FakeVoiceGateway, peer: Peer) -> None:
+        self.gw = gateway
+        self.config = gateway.config
+        self.rec = gateway.recorder
+        self.script = gateway.script
+        self.peer = peer
+        self.where = f"voice#{peer.number}"
+        self.live = LiveVoice(VoiceSession(peer.number, peer.path))
+        self.live.attach(peer)
+        with self.rec.changing():
+            self.rec.voice_sessions.append(self.live.session)
+
+    def run(self) -> None:
+        final = True
+        try:
+            query = parse_qs(urlsplit(self.peer.path).query)
+            if query.get("v") != ["8"]:
+                raise CloseWith(
+                    VoiceCloseCode.SESSION_NO_LONGER_VALID,
+                    f"voice gateway version missing or unsupported (v={query.get('v')}; "
+                    "this fake speaks v=8)",
+                )
+            if self.config.voice_hello_first:
+                self._hello()
+            while True:
+                for item, delivery in self.peer.take_posted():
+                    self._run_posted(item, delivery)
+                raw = self.peer.recv()
+                if raw is None:
+                    if self.peer.stopping:
+                        raise CloseWith(1001, "fake discord is shutting down", violation=False)
+                    self._check_audio_rule(final=False)
+                    continue
+                self.rec.message("voice", "client", raw, self.peer.number)
+                self._handle(raw)
+        except CloseWith as close:
+            if close.violation:
+                self.rec.violation(f"{self.where}: {close.reason} (closed with {close.code})")
+            final = close.code not in RESUMABLE_SERVER_CLOSES
+            self._closed(close.code, close.reason, "server")
+            self.peer.close(close.code, close.reason)
+        except _Dropped:
+            final = False
+            self._closed(None, "dropped by the fake (no close frame)", "server")
+            self.peer.abort()
+        except PeerGone as gone:
+            final = gone.code in (1000, 1001)
+            self._closed(gone.code, gone.reason, "client")
+        finally:
+            if final:
+                self._check_audio_rule(final=True)
+            self.live.detach(self.peer, final=final)
+
+    def _closed(self, code: int | None, reason: str, by: str) -> None:
+        with self.rec.changing():
+            self.session.close_code = code
+            self.session.close_reason = reason
+            self.session.closed_by = "server" if by == "server" else "client"
+            self.session.closed = True
+
+    def _check_audio_rule(self, *, final: bool) -> None:
+        with self.rec.lock:
+            text = self.session._check_audio_rule(
+                time.monotonic(), self.gw.speaking_grace(), final=final
+            )
+            if text:
+                self.rec.violations.append(f"{self.where}: {text}")
+                self.rec.cond.notify_all()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, op: int, d: Any, *, seq: bool = True) -> None:
+        payload: dict[str, Any] = {"op": int(op), "d": d}
+        if seq:
+            self.live.seq += 1
+            payload["seq"] = self.live.seq
+        self._send_raw(json.dumps(payload, separators=(",", ":")), seq)
+
+    def _send_raw(self, raw: str | bytes, seq: bool = False) -> None:
+        if seq:
+            self.live.buffer.append((self.live.seq, raw))
+        self.rec.message("voice", "server", raw, self.peer.number)
+        self.peer.send(raw)
+
+    def _hello(self) -> None:
+        if not self.script.withheld("hello"):
+            self._send(
+                VoiceOp.HELLO,
+                {"heartbeat_interval": self.config.voice_heartbeat_ms, "v": 8},
+                seq=False,
+            )
+
+    def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
+        """A scripted action from the test thread (`FakeDiscord.send_voice` and friends)."""
+        if item[0] == "drop":
+            delivery.finish(True)
+            raise _Dropped()
+        run_posted(item, delivery, self.peer, self._send_posted)
+
+    def _send_posted(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "kept":  # the session's own traffic (DAVE), routed through `LiveVoice`
+            item = item[1]
+        if item[0] == "raw":  # malformed on purpose: no seq, not buffered
+            self._send_raw(item[1])
+            return
+        if item[0] == "binary":  # server binary frame: uint16 seq, then opcode and payload
+            self.live.seq += 1
+            self._send_raw((self.live.seq & 0xFFFF).to_bytes(2, "big") + item[1], True)
+            return
+        payload = dict(item[1])
+        if item[2]:
+            self.live.seq += 1
+            payload["seq"] = self.live.seq
+        self._send_raw(json.dumps(payload, separators=(",", ":")), bool(item[2]))
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _handle(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            self._handle_binary(raw)
+            return
+        payload = checks.decode_object(raw, VoiceCloseCode.FAILED_TO_DECODE)
+        op: int = payload["op"]
+        d = payload.get("d")
+        armed = self.script.take_close(op)
+        if armed is not None:
+            raise CloseWith(armed[0], armed[1], violation=False)
+        if op == VoiceOp.HEARTBEAT:
+            self._on_heartbeat(d)
+        elif op == VoiceOp.RESUME:
+            self._on_resume(d)
+        elif op not in _CLIENT_OPS:
+            raise CloseWith(VoiceCloseCode.UNKNOWN_OPCODE, f"unknown opcode {op}")
+        elif op == VoiceOp.IDENTIFY:
+            self._on_identify(d)
+        elif not self.live.identified:
+            raise CloseWith(
+                VoiceCloseCode.NOT_AUTHENTICATED, f"not authenticated: op {op} sent before identify"
+            )
+        elif op == VoiceOp.SELECT_PROTOCOL:
+            self._on_select(d)
+        elif op == VoiceOp.SPEAKING:
+            self._on_speaking(d)
+        elif self.live.dave_link is not None:
+            self.live.dave_link.on_json(op, d)
+        else:
+            self._violation(f"DAVE op {op} sent but the session has no DAVE{_NO_DAVE_WHY}")
+
+    def _handle_binary(self, raw: bytes) -> None:
+        if not raw:
+            raise CloseWith(VoiceCloseCode.FAILED_TO_DECODE, "empty binary message")
+        op = raw[0]
+        armed = self.script.take_close(op)
+        if armed is not None:
+            raise CloseWith(armed[0], armed[1], violation=False)
+        if op not in _CLIENT_BINARY_OPS:
+            raise CloseWith(VoiceCloseCode.UNKNOWN_OPCODE, f"unknown binary opcode {op}")
+        if not self.live.identified:
+            raise CloseWith(
+                VoiceCloseCode.NOT_AUTHENTICATED,
+                f"not authenticated: binary op {op} sent before identify",
+            )
+        if self.live.dave_link is not None:
+            self.live.dave_link.on_binary(op, raw[1:])
+            return
+        self._violation(f"DAVE binary op {op} sent but the session has no DAVE{_NO_DAVE_WHY}")
+
+    def _on_heartbeat(self, d: Any) -> None:
+        t, seq_ack = checks.voice_heartbeat(d)
+        live = self.live
+        if seq_ack > live.seq or seq_ack < -1:
+            self._violation(f"heartbeat seq_ack={seq_ack} but the last seq sent was {live.seq}")
+        elif live.acked is not None and seq_ack < live.acked:
+            self._violation(f"heartbeat seq_ack went backwards: {seq_ack} after {live.acked}")
+        live.acked = seq_ack
+        with self.rec.changing():
+            self.session.heartbeats += 1
+        if not self.script.withheld("heartbeat_ack"):
+            self._send(VoiceOp.HEARTBEAT_ACK, {"t": t}, seq=False)
+
+    def _on_resume(self, d: Any) -> None:
+        """Op 7: take over a detached session, answer op 9, replay what the client missed."""
+        if self.live.identified:
+            raise CloseWith(VoiceCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
+        fields = ("server_id", "session_id", "token")
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in fields):
+            raise _resume_failed("op 7 d needs string server_id, session_id and token")
+        seq_ack = d.get("seq_ack", -1)
+        if type(seq_ack) is not int:
+            raise _resume_failed(f"seq_ack must be an integer, got {seq_ack!r}")
+        live = self.gw.live.find(d["server_id"], d["session_id"], d["token"])
+        issued = live.issued if live is not None else None
+        current = issued and self.gw.credentials.match(
+            issued.guild_id, issued.user_id, issued.session_id, d["token"]
+        )
+        if live is None or issued is None or not current:
+            raise _resume_failed("unknown session, wrong token, or no longer valid")
+        if not _take_over(live, self.peer):
+            raise _resume_failed("the session did not let go of its old websocket")
+        missed = live.replay_after(seq_ack)
+        if missed is None:
+            live.detach(self.peer, final=False)
+            raise _resume_failed(f"seq_ack {seq_ack} is not served by the buffer (seq {live.seq})")
+        assert hmac.compare_digest(issued.token.encode(), d["token"].encode())
+        placeholder, self.live = self.live, live
+        with self.rec.changing():
+            if placeholder.session in self.rec.voice_sessions:
+                self.rec.voice_sessions.remove(placeholder.session)
+            live.session.resumes += 1
+            live.session.connection = self.peer.number
+            live.session.connections.append(self.peer.number)
+            live.session.closed = False
+            live.session.close_code, live.session.close_reason = None, ""
+            live.session.closed_by = None
+        if not self.config.voice_hello_first:
+            self._hello()
+        self._send(VoiceOp.RESUMED, None, seq=False)
+        for raw in missed:
+            self._send_raw(raw)
+        for item in live.attach(self.peer):
+            self._send_posted(item)
+
+
+#: Server close codes after which the session may be resumed (Discord: "voice server crashed").
+RESUMABLE_SERVER_CLOSES = frozenset({int(VoiceCloseCode.VOICE_SERVER_CRASHED)})
+#: How long a resume waits for the session's old websocket to be noticed as gone.
+TAKEOVER_WAIT = 1.0
+
+
+def _resume_failed(why: str) -> CloseWith:
+    return CloseWith(
+        VoiceCloseCode.SESSION_NO_LONGER_VALID,
+        f"session no longer valid: resume failed ({why})",
+        violation=False,
+    )
+
+
+def _take_over(live: LiveVoice, peer: Peer) -> bool:
+    """Detach `live` from its old websocket (asking it to drop if still attached); attach to
+    `peer` without handing over the pending items yet. False if the old one did not let go."""
+    with live.lock:
+        old = live.peer
+    if old is not None and old is not peer:
+        old.post(("drop",))
+    deadline = time.monotonic() + TAKEOVER_WAIT
+    with live.detached:
+        while live.peer is not None and not live.ended:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            live.detached.wait(left)
+        if live.ended:
+            return False
+        live.peer = peer
+        live.detached_at = None
+    return True
