@@ -45,6 +45,7 @@ class Config:
     event_order: str
     voice_hello_first: bool
     endpoint_scheme: bool
+    voice_resume_window: float = 5.0  # seconds a detached voice session stays resumable
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,32 @@ class Credentials:
             guild_id, channel_id, user_id, secrets.token_hex(16), secrets.token_hex(8)
         )
         with self._lock:
+            self._by_guild.pop(guild_id, None)  # re-insert: the dict is in order of last join
             self._by_guild[guild_id] = issued
+        return issued
+
+    def reissue(self, guild_id: str, channel_id: str) -> IssuedVoice:
+        """A move (or a new server): same session id, new channel and token."""
+        with self._lock:
+            old = self._by_guild.get(guild_id)
+            if old is None:
+                raise RuntimeError(f"the bot has no voice session in guild {guild_id}")
+            issued = IssuedVoice(
+                guild_id, channel_id, old.user_id, old.session_id, secrets.token_hex(8)
+            )
+            self._by_guild[guild_id] = issued
+        return issued
+
+    def current(self, guild_id: str | None) -> IssuedVoice:
+        """The bot's voice session in `guild_id` (the guild it joined last when None)."""
+        with self._lock:
+            if guild_id is None:
+                if not self._by_guild:
+                    raise RuntimeError("the bot has joined no voice channel")
+                guild_id = next(reversed(self._by_guild))
+            issued = self._by_guild.get(guild_id)
+        if issued is None:
+            raise RuntimeError(f"the bot has no voice session in guild {guild_id}")
         return issued
 
     def issue_other(self, guild_id: str, channel_id: str, user_id: str) -> IssuedVoice:

@@ -25,6 +25,7 @@ __all__ = [
     "RECV_SLICE",
     "CloseWith",
     "Delivery",
+    "Dropped",
     "Peer",
     "PeerGone",
     "WsServer",
@@ -65,6 +66,10 @@ class CloseWith(Exception):
         self.code = code
         self.reason = reason
         self.violation = violation
+
+
+class Dropped(Exception):
+    """A scripted fault: cut the TCP connection without a close frame (see `Peer.abort`)."""
 
 
 class PeerGone(Exception):
@@ -136,6 +141,11 @@ class Peer:
         encoded = reason.encode("utf-8")[:120]
         self._conn.close(code, encoded.decode("utf-8", "ignore"))
 
+    def abort(self) -> None:
+        """Cut the TCP connection without a close frame (a scripted network failure)."""
+        self.closed = True
+        self._conn.close_socket()
+
     def post(self, item: tuple[Any, ...]) -> Delivery:
         """Queue an item for the handler thread (it picks it up within `RECV_SLICE`)."""
         delivery = Delivery()
@@ -172,8 +182,13 @@ class WsServer:
     """A websocket server on 127.0.0.1:0 whose connections each run `handler(peer)`."""
 
     def __init__(
-        self, name: str, handler: Callable[[Peer], None], on_crash: Callable[[str], None]
+        self,
+        name: str,
+        handler: Callable[[Peer], None],
+        on_crash: Callable[[str], None],
+        numbers: Callable[[], int] | None = None,
     ) -> None:
+        self._numbers_from = numbers  # connection numbers shared with other servers, if given
         self._name = name
         self._handler = handler
         self._on_crash = on_crash
@@ -192,10 +207,15 @@ class WsServer:
             raise RuntimeError("server not started")
         return self._port
 
-    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
-        """Hand a scripted action to an open connection (the newest unless `connection`)."""
+    def open_peers(self) -> list[Peer]:
+        """The connections whose handler is running and not closed, oldest first."""
         with self._lock:
             peers = [p for p in self._connections.values() if p is not None and not p.closed]
+        return sorted(peers, key=lambda p: p.number)
+
+    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
+        """Hand a scripted action to an open connection (the newest unless `connection`)."""
+        peers = self.open_peers()
         if connection is not None:
             peers = [p for p in peers if p.number == connection]
         if not peers:
@@ -263,7 +283,7 @@ class WsServer:
             if self._stopping.is_set():
                 raise ConnectionRefusedError("fake server is shutting down")
             self._count += 1
-            return self._count
+            return self._numbers_from() if self._numbers_from else self._count
 
     def _track(self, conn: ServerConnection, number: int) -> None:
         with self._lock:
@@ -292,45 +312,3 @@ class WsServer:
             peer.finish_posts()
             if not peer.closed:  # safety net: the gateway logic normally closes itself
                 peer.close(1001 if peer.stopping else 1000, "")
-
-
-class ServedGateway:
-    """Base of the fake gateways: one `WsServer` whose lifecycle `FakeDiscord` drives."""
-
-    def __init__(
-        self, name: str, handler: Callable[[Peer], None], violation: Callable[[str], None]
-    ) -> None:
-        self._ws = WsServer(name, handler, violation)
-
-    @property
-    def port(self) -> int:
-        return self._ws.port
-
-    def start(self) -> None:
-        self._ws.start()
-
-    def begin_close(self) -> None:
-        self._ws.begin_close()
-
-    def finish_close(self, deadline: float) -> None:
-        self._ws.finish_close(deadline)
-
-    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
-        return self._ws.post(item, connection)
-
-
-def run_posted(
-    item: tuple[Any, ...], delivery: Delivery, peer: Peer,
-    send: Callable[[tuple[Any, ...]], None],
-) -> None:
-    """Carry out one scripted action on a connection's own thread and report it delivered.
-
-    ``("close", code, reason)`` closes the connection; anything else goes to `send`.
-    """
-    if item[0] == "close":
-        delivery.finish(True)
-        raise CloseWith(item[1], item[2], violation=False)
-    try:
-        send(item)
-    finally:
-        delivery.finish(not peer.closed)

@@ -14,7 +14,10 @@ Use it in tests of anything that talks to Discord voice::
 Everything the fake sees is recorded (``main_messages``, ``voice_messages``, ``frames()``,
 ``voice_sessions``, ``violations``, ``udp_errors``); `FakeDiscord.wait_until` blocks until a
 predicate over the fake holds, woken by every new record (no polling). Faults are scripted with
-`withhold`, `close_voice_on`, `close_voice`, `send_voice` and friends.
+`withhold`, `close_voice_on`, `close_voice`, `drop_voice`, `send_voice_raw`, `move_user`,
+`kick_user`, `null_endpoint`, `impair_udp`, `drop_main`, `invalid_session` and friends (see
+`fault_scripting`) and listed in ``faults``. Voice sessions can be resumed (op 7, see
+`voice_live`), main sessions too (op 6, see `main_resume`).
 
 DAVE: ``FakeDiscord(dave=True)`` plays Discord's E2EE role (4017 for clients without DAVE
 outside stage channels; the voice gateway as MLS external sender; the UDP server DAVE-decrypts
@@ -31,6 +34,7 @@ within about a second even when clients are still connected (they get close code
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -39,8 +43,10 @@ from typing import TYPE_CHECKING, Any
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
 from discord_voice.testing._world import Config, Credentials, IssuedVoice, Script
-from discord_voice.testing._ws import Delivery, valid_close_code
+from discord_voice.testing._ws import Peer
 from discord_voice.testing.dave_scripting import DaveScripting
+from discord_voice.testing.fault_scripting import FaultScripting
+from discord_voice.testing.faults import UdpImpairment
 from discord_voice.testing.main_gateway import FakeMainGateway
 from discord_voice.testing.records import (
     MainSession,
@@ -51,6 +57,7 @@ from discord_voice.testing.records import (
 )
 from discord_voice.testing.udp_server import FakeUdpServer
 from discord_voice.testing.voice_gateway import FakeVoiceGateway
+from discord_voice.testing.voice_live import LiveVoices
 
 if TYPE_CHECKING:
     from discord_voice.testing.dave_hub import DaveHub
@@ -58,11 +65,13 @@ if TYPE_CHECKING:
 __all__ = ["FakeDiscord"]
 
 _CLOSE_BUDGET = 0.6  # seconds close() waits for handlers before cutting connections
-_DELIVERY_TIMEOUT = 5.0  # bound on waiting for a connection thread to send a scripted message
 
 
-class FakeDiscord(DaveScripting):
+class FakeDiscord(DaveScripting, FaultScripting):
     """A fake Discord for one test: start it (``with`` or `start`), point a client at it, assert.
+
+    ``voice_resume_window``: seconds a voice session whose websocket ended resumably (drop,
+    4015, a client close other than 1000/1001) can still be resumed with op 7.
 
     Thread safety: every public method may be called from any thread.
     """
@@ -84,6 +93,7 @@ class FakeDiscord(DaveScripting):
         dave: bool = True,
         stage: bool = False,
         dave_listener: bool = True,
+        voice_resume_window: float = 5.0,
     ) -> None:
         modes = tuple(modes)
         if not isinstance(token, str) or not token:
@@ -94,6 +104,8 @@ class FakeDiscord(DaveScripting):
             raise ValueError("modes must be strings")
         if not (main_heartbeat_interval > 0 and voice_heartbeat_interval > 0):
             raise ValueError("heartbeat intervals must be positive (seconds)")
+        if not voice_resume_window >= 0:
+            raise ValueError("voice_resume_window must be >= 0 (seconds)")
         if event_order not in ("state_first", "server_first"):
             raise ValueError("event_order must be 'state_first' or 'server_first'")
         self._config = Config(
@@ -105,6 +117,7 @@ class FakeDiscord(DaveScripting):
             event_order=event_order,
             voice_hello_first=bool(voice_hello_first),
             endpoint_scheme=bool(endpoint_scheme),
+            voice_resume_window=float(voice_resume_window),
         )
         self._rec = Recorder()
         self._script = Script()
@@ -118,9 +131,14 @@ class FakeDiscord(DaveScripting):
                 self._rec, enabled=True, stage=bool(stage), listener=bool(dave_listener)
             )
         self._udp = FakeUdpServer(self._rec, self._script, grace, self._dave)
-        self._voice = FakeVoiceGateway(
-            self._config, self._rec, self._script, credentials, self._udp, grace, self._dave
-        )
+        self._impairment: UdpImpairment[Any] | None = None
+        self._live = LiveVoices(lambda: self._config.voice_resume_window)
+        numbers = itertools.count(1).__next__  # voice connection numbers, unique across servers
+        self._new_voice: Callable[[], FakeVoiceGateway] = lambda: FakeVoiceGateway(
+            self._config, self._rec, self._script, credentials, self._udp, grace, self._live,
+            self._dave, numbers,
+        )  # fmt: skip
+        self._voices = [self._new_voice()]
         self._main = FakeMainGateway(
             self._config, self._rec, self._script, credentials, lambda: self.voice_endpoint
         )
@@ -145,15 +163,12 @@ class FakeDiscord(DaveScripting):
         close_at_exit(self, FakeDiscord.close)  # a test that forgets close() must not hang
         try:
             self._udp.start()
-            self._voice.start()
+            self._voices[0].start()
             self._main.start()
         except BaseException:
             self._shutdown()
             raise
-        port = self._voice.port
-        self._voice_endpoint = (
-            f"ws://127.0.0.1:{port}" if self._config.endpoint_scheme else f"127.0.0.1:{port}"
-        )
+        self._voice_endpoint = self._endpoint_of(self._voices[0])
         self._gateway_url = self._main.url
         with self._rec.lock:
             if self._state == "starting":  # not closed meanwhile by another thread
@@ -168,12 +183,18 @@ class FakeDiscord(DaveScripting):
             self._shutdown()
 
     def _shutdown(self) -> None:
-        self._state = "closed"
-        for server in (self._main, self._voice, self._udp):
-            server.begin_close()
+        with self._rec.lock:
+            self._state = "closed"
+            voices = list(self._voices)
+        gateways: list[FakeMainGateway | FakeVoiceGateway] = [self._main, *voices]
+        for gateway in gateways:
+            gateway.begin_close()
+        self._udp.begin_close()
         deadline = time.monotonic() + _CLOSE_BUDGET
-        for server in (self._main, self._voice, self._udp):
-            server.finish_close(deadline)
+        for gateway in gateways:
+            gateway.finish_close(deadline)
+        self._live.close()
+        self._udp.finish_close(deadline)
         with self._rec.changing():
             pass  # wake any wait_until so it can see the fake is closed
 
@@ -221,6 +242,33 @@ class FakeDiscord(DaveScripting):
     def udp_address(self) -> tuple[str, int]:
         """Where the voice UDP server listens (also sent in voice Ready)."""
         return ("127.0.0.1", self._udp.port)
+
+    def _endpoint_of(self, gateway: FakeVoiceGateway) -> str:
+        port = gateway.port
+        return f"ws://127.0.0.1:{port}" if self._config.endpoint_scheme else f"127.0.0.1:{port}"
+
+    def _endpoint(self) -> str:
+        return self.voice_endpoint
+
+    def _add_voice_server(self) -> str:
+        """Start another voice gateway (same UDP server); later joins are sent there too."""
+        gateway = self._new_voice()
+        gateway.start()
+        with self._rec.lock:
+            running = self._state == "running"
+            if running:
+                self._voices.append(gateway)
+                self._voice_endpoint = self._endpoint_of(gateway)
+        if not running:
+            gateway.begin_close()
+            gateway.finish_close(time.monotonic() + _CLOSE_BUDGET)
+            raise RuntimeError("FakeDiscord is not running")
+        return self._voice_endpoint
+
+    def _voice_peers(self) -> list[Peer]:
+        with self._rec.lock:
+            voices = list(self._voices)
+        return sorted((p for v in voices for p in v.open_peers()), key=lambda p: p.number)
 
     # -- records -------------------------------------------------------------------------------
 
@@ -290,63 +338,9 @@ class FakeDiscord(DaveScripting):
 
     # -- scripting -----------------------------------------------------------------------------
 
-    def withhold(self, *names: str) -> None:
-        """Never send these from now on: "voice_state_update", "voice_server_update", "hello",
-        "ready", "session_description", "ip_discovery", "heartbeat_ack" (voice op 6), or
-        "main_heartbeat_ack" (main op 11)."""
-        self._script.withhold(names)
-
-    def release(self, *names: str) -> None:
-        """Undo `withhold` for `names` (all of them when called without names)."""
-        self._script.release(names)
-
-    def close_voice_on(self, op: int, code: int, reason: str = "") -> None:
-        """When a voice connection next receives client op `op`, close it with `code` instead
-        of answering (one-shot; arm several times for several closes)."""
-        if not valid_close_code(code):
-            raise ValueError(f"{code} cannot be sent in a close frame")
-        self._script.arm_close(int(op), code, reason)
-
-    def send_voice(
-        self, payload: dict[str, Any], *, seq: bool = True, connection: int | None = None
-    ) -> None:
-        """Send a JSON message on the newest open voice connection (or `connection`), with the
-        next top-level ``seq`` unless `seq` is False. Returns once it has been sent (and
-        recorded in `voice_messages`); RuntimeError if the connection closed first."""
-        self._deliver(self._voice.post(("send", dict(payload), seq), connection), "voice message")
-
-    def send_voice_binary(self, op: int, payload: bytes, *, connection: int | None = None) -> None:
-        """Send a binary message ``[uint16 seq][op][payload]`` on a voice connection (as
-        `send_voice`; the seq is the connection's next one)."""
-        item = ("binary", bytes([op]) + bytes(payload))
-        self._deliver(self._voice.post(item, connection), "voice binary message")
-
-    def close_voice(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
-        """Close the newest open voice connection (or `connection`) with `code`. Returns once
-        its thread has started closing; wait for ``voice_sessions[i].closed`` if needed."""
-        if not valid_close_code(code):
-            raise ValueError(f"{code} cannot be sent in a close frame")
-        self._deliver(self._voice.post(("close", code, reason), connection), "voice close")
-
-    def send_main(self, payload: dict[str, Any], *, connection: int | None = None) -> None:
-        """Send a message on the newest open main connection (or `connection`); a dispatch
-        (op 0) without ``s`` gets the connection's next sequence number. Returns once sent."""
-        self._deliver(self._main.post(("send", dict(payload)), connection), "main message")
-
-    def close_main(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
-        """Close the newest open main gateway connection (or `connection`) with `code`."""
-        if not valid_close_code(code):
-            raise ValueError(f"{code} cannot be sent in a close frame")
-        self._deliver(self._main.post(("close", code, reason), connection), "main close")
-
     def issue_voice(self, guild_id: int, channel_id: int, user_id: int) -> IssuedVoice:
         """Voice credentials for another user (not the bot), as if Discord had sent that user's
         client VOICE_STATE_UPDATE/VOICE_SERVER_UPDATE: lets a test put several clients in one
         channel. Identify with ``server_id=str(guild_id)``, ``user_id``, ``.session_id``,
         ``.token`` at `voice_endpoint`."""
         return self._credentials.issue_other(str(guild_id), str(channel_id), str(user_id))
-
-    @staticmethod
-    def _deliver(delivery: Delivery, what: str) -> None:
-        if not delivery.wait(_DELIVERY_TIMEOUT):
-            raise RuntimeError(f"the {what} was not sent: the connection closed first")

@@ -10,6 +10,9 @@ JSON or fields (4002), an op before Identify (4003), a second Identify (4005), a
 or more than 120 events a minute (4008; heartbeats are not counted, so a test may shorten the
 heartbeat interval) closes the websocket with Discord's code and a reason that
 names the problem, and appends a line to ``fake.violations``.
+
+READY carries ``resume_gateway_url`` (this same server); op 6 Resume replays the dispatches a
+session missed and then dispatches RESUMED, or answers op 9 ``d: false`` (see `main_resume`).
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
 from discord_voice.testing import _checks as checks
+from discord_voice.testing._served import ServedGateway, run_posted
 from discord_voice.testing._world import Config, Credentials, Script
 from discord_voice.testing._ws import (
     CloseWith,
     Delivery,
+    Dropped,
     Peer,
     PeerGone,
-    ServedGateway,
-    run_posted,
 )
+from discord_voice.testing.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
 from discord_voice.testing.records import MainSession, Recorder
 
 __all__ = ["FakeMainGateway"]
@@ -62,9 +66,8 @@ class FakeMainGateway(ServedGateway):
         self.script = script
         self.credentials = credentials
         self.voice_endpoint = voice_endpoint
-        super().__init__(
-            "main", lambda peer: _MainConnection(self, peer).run(), recorder.violation
-        )
+        self.sessions = MainSessions()
+        super().__init__("main", lambda peer: _MainConnection(self, peer).run(), recorder.violation)
 
     @property
     def url(self) -> str:
@@ -82,13 +85,23 @@ class _MainConnection:
         self.session = MainSession(peer.number, peer.path)
         with self.rec.changing():
             self.rec.main_sessions.append(self.session)
-        self.seq = 0  # `s` of the last dispatch sent
+        self.live = MainLive("", 0)  # replaced by the session it resumes, if it does
+        self.live.peer = peer
         self.acked_seq: int | None = None  # `d` of the last heartbeat received
         self.identified = False
-        self.intents = 0
         self.events: collections.deque[float] = collections.deque()
 
+    @property
+    def seq(self) -> int:
+        """`s` of the last dispatch sent in this session."""
+        return self.live.seq
+
+    @property
+    def intents(self) -> int:
+        return self.live.intents
+
     def run(self) -> None:
+        resumable = False
         try:
             self._check_path()
             self._send(
@@ -114,28 +127,37 @@ class _MainConnection:
                 self.rec.violation(
                     f"main#{self.peer.number}: {close.reason} (closed with {close.code})"
                 )
-            with self.rec.changing():
-                self.session.close_code = close.code
-                self.session.close_reason = close.reason
-                self.session.closed_by = "server"
-                self.session.closed = True
+            self._closed(close.code, close.reason, "server")
+            resumable = close.code in RESUMABLE_MAIN_CLOSES
             self.peer.close(close.code, close.reason)
+        except Dropped:
+            resumable = True
+            self._closed(None, "dropped by the fake (no close frame)", "server")
+            self.peer.abort()
         except PeerGone as gone:
-            with self.rec.changing():
-                self.session.close_code = gone.code
-                self.session.close_reason = gone.reason
-                self.session.closed_by = "client"
-                self.session.closed = True
+            resumable = gone.code not in (1000, 1001)
+            self._closed(gone.code, gone.reason, "client")
+        finally:
+            self.live.detach(self.peer, resumable=resumable)
+
+    def _closed(self, code: int | None, reason: str, by: str) -> None:
+        with self.rec.changing():
+            self.session.close_code = code
+            self.session.close_reason = reason
+            self.session.closed_by = "server" if by == "server" else "client"
+            self.session.closed = True
 
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, payload: dict[str, Any]) -> None:
         raw = _dumps(payload)
+        if payload.get("op") == GatewayOp.DISPATCH and type(payload.get("s")) is int:
+            self.live.log.append((payload["s"], raw))
         self.rec.message("main", "server", raw, self.peer.number)
         self.peer.send(raw)
 
     def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        self.seq += 1
+        self.live.seq += 1
         self._send({"op": GatewayOp.DISPATCH, "d": data, "s": self.seq, "t": event})
 
     def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
@@ -143,9 +165,14 @@ class _MainConnection:
         run_posted(item, delivery, self.peer, self._send_posted)
 
     def _send_posted(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "invalid":  # op 9; not resumable: the session is gone
+            if not item[1]:
+                self.live.valid = False
+            self._send({"op": GatewayOp.INVALID_SESSION, "d": item[1], "s": None, "t": None})
+            return
         payload = dict(item[1])
         if payload.get("op") == GatewayOp.DISPATCH and payload.get("s") is None:
-            self.seq += 1
+            self.live.seq += 1
             payload["s"] = self.seq
         self._send(payload)
 
@@ -197,7 +224,7 @@ class _MainConnection:
         elif op == GatewayOp.IDENTIFY:
             self._on_identify(payload.get("d"))
         elif op == GatewayOp.RESUME:
-            self._send({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None})
+            self._on_resume(payload.get("d"))
         elif op in (
             GatewayOp.PRESENCE_UPDATE,
             GatewayOp.VOICE_STATE_UPDATE,
@@ -233,8 +260,9 @@ class _MainConnection:
             raise CloseWith(GatewayCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
         intents = checks.main_identify(d, self.config.token)
         self.identified = True
-        self.intents = intents
         session_id = secrets.token_hex(16)
+        self.live.session_id, self.live.intents = session_id, intents
+        self.gw.sessions.add(self.live)
         with self.rec.changing():
             self.session.identify = d
             self.session.intents = intents
@@ -260,6 +288,24 @@ class _MainConnection:
         if isinstance(d.get("shard"), list):
             ready["shard"] = d["shard"]
         self._dispatch("READY", ready)
+
+    def _on_resume(self, d: Any) -> None:
+        """Op 6: continue a session on this websocket, replaying the dispatches it missed."""
+        if self.identified:
+            raise CloseWith(GatewayCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
+        live, missed = self.gw.sessions.resumable(d, self.config.token)
+        if live is None or missed is None or not live.take_over(self.peer):
+            self._send({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None})
+            return
+        self.live, self.identified = live, True
+        with self.rec.changing():
+            self.session.session_id = live.session_id
+            self.session.intents = live.intents
+            self.session.resumed = True
+        for raw in missed:
+            self.rec.message("main", "server", raw, self.peer.number)
+            self.peer.send(raw)
+        self._dispatch("RESUMED", {})
 
     def _on_voice_state(self, d: Any) -> None:
         guild_id, channel_id = checks.main_voice_state(d)

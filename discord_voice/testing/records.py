@@ -104,6 +104,7 @@ class MainSession:
     close_reason: str = ""
     closed_by: Literal["client", "server"] | None = None
     closed: bool = False
+    resumed: bool = False  # this websocket continued ``session_id`` with op 6 Resume
 
 
 @dataclass(eq=False)
@@ -115,7 +116,8 @@ class VoiceSession:
     what IP discovery told the client. ``speaking`` holds the ``d`` of every Speaking (op 5) the
     client sent. ``close_code`` is set when the websocket closes: the code the client sent (None
     if it dropped the TCP connection without a close frame), or the code the fake closed with
-    (``closed_by`` tells which).
+    (``closed_by`` tells which). A resume (op 7) continues the same record on a new websocket:
+    ``resumes`` counts them and ``connections`` lists every websocket number, first to last.
     """
 
     connection: int
@@ -137,10 +139,16 @@ class VoiceSession:
     close_reason: str = ""
     closed_by: Literal["client", "server"] | None = None
     closed: bool = False
+    resumes: int = 0  # successful op 7 resumes; ``connection`` is then the latest websocket
+    connections: list[int] = field(default_factory=list)  # every websocket that carried it
     # "Speaking before audio" bookkeeping (monotonic times); the caller holds Recorder.lock.
     _speaking_since: float | None = field(default=None, init=False, repr=False)
     _first_audio: float | None = field(default=None, init=False, repr=False)
     _audio_rule_done: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.connections:
+            self.connections.append(self.connection)
 
     def _note_audio(self, now: float, grace: float) -> str | None:
         if self._first_audio is None:
@@ -196,6 +204,7 @@ class Recorder:
         self.frames_by_ssrc: dict[int, list[ReceivedFrame]] = {}
         self.udp_errors: list[str] = []
         self.violations: list[str] = []
+        self.faults: list[str] = []  # every fault a test scripted, in order (`FakeDiscord.faults`)
         self.main_sessions: list[MainSession] = []
         self.voice_sessions: list[VoiceSession] = []
 
@@ -240,6 +249,10 @@ class Recorder:
     def violation(self, text: str) -> None:
         with self.changing():
             self.violations.append(text)
+
+    def fault(self, text: str) -> None:
+        with self.changing():
+            self.faults.append(text)
 
     def udp_error(self, text: str) -> None:
         with self.changing():

@@ -7,6 +7,8 @@ the voice gateway's Ready). What it received is in ``fake.frames()``; what it co
 
 Arrival times come from the kernel (SO_TIMESTAMPNS on Linux, CLOCK_REALTIME, i.e. the
 `time.time()` clock), so pacing can be measured without the fake's own scheduling jitter.
+`set_impairment` drops, duplicates, reorders or delays decrypted packets before they are
+recorded (see `faults`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from discord_voice.testing._packets import (
     parse_rtp,
 )
 from discord_voice.testing._world import Script
+from discord_voice.testing.faults import UdpImpairment
 from discord_voice.testing.records import ReceivedFrame, Recorder, VoiceSession
 
 if TYPE_CHECKING:
@@ -92,6 +95,8 @@ class FakeUdpServer:
         self._thread: threading.Thread | None = None
         self._kernel_timestamps = False
         self._port = 0
+        self._impairment: UdpImpairment[_Decoded] | None = None  # set by the test thread
+        self._active: UdpImpairment[_Decoded] | None = None  # used by the receive thread
 
     @property
     def port(self) -> int:
@@ -158,6 +163,16 @@ class FakeUdpServer:
             route = self._routes[ssrc]
             route.cipher, route.problem = cipher, problem
 
+    def set_impairment(self, impairment: UdpImpairment[_Decoded] | None) -> None:
+        """Impair what is recorded from now on (None: stop; packets still held are recorded)."""
+        with self._lock:
+            self._impairment = impairment
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"w")
+            except OSError:
+                pass
+
     def told_address(self, ssrc: int) -> tuple[str, int] | None:
         """What IP discovery answered for `ssrc` (None if it never did)."""
         with self._lock:
@@ -172,7 +187,16 @@ class FakeUdpServer:
         selector.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
-                selector.select(timeout=1.0)  # bounded; begin_close wakes it at once
+                timeout = 1.0
+                wakeup = self._active.next_wakeup() if self._active is not None else None
+                if wakeup is not None:
+                    timeout = min(timeout, max(0.0, wakeup - time.monotonic()))
+                for key, _ in selector.select(timeout=timeout):  # bounded; woken by begin_close
+                    if key.fileobj is self._wake_r:
+                        try:
+                            self._wake_r.recv(64)
+                        except OSError:
+                            pass
                 self._drain()
         finally:
             selector.close()
@@ -207,8 +231,23 @@ class FakeUdpServer:
                 except Exception as exc:  # noqa: BLE001 - a bug in the fake: logged, recorded
                     _log.exception("fake udp server failed on a packet")
                     errors.append(f"{where}: fake internal error: {exc!r}")
+        decoded = self._impair(decoded)
         if decoded or errors:
             self._commit(decoded, errors)
+
+    def _impair(self, decoded: list[_Decoded]) -> list[_Decoded]:
+        with self._lock:
+            wanted = self._impairment
+        released: list[_Decoded] = []
+        if wanted is not self._active:
+            if self._active is not None:
+                released = self._active.flush()
+            self._active = wanted
+        if self._active is None:
+            return released + decoded
+        now = time.monotonic()
+        self._active.feed(decoded, now)
+        return released + self._active.due(now)
 
     def _arrival(self, ancdata: list[tuple[int, int, bytes]]) -> float:
         if self._kernel_timestamps:

@@ -33,7 +33,6 @@ client are recorded as violations.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -42,19 +41,25 @@ from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing import _checks as checks
+from discord_voice.testing._served import ServedGateway, run_posted
 from discord_voice.testing._world import Config, Credentials, Script
 from discord_voice.testing._ws import (
     CloseWith,
     Delivery,
+    Dropped,
     Peer,
     PeerGone,
-    ServedGateway,
-    run_posted,
 )
 from discord_voice.testing.records import Recorder, VoiceSession
 from discord_voice.testing.udp_server import FakeUdpServer
 from discord_voice.testing.voice_handshake import VoiceHandshake
-from discord_voice.testing.voice_live import LiveVoice, LiveVoices
+from discord_voice.testing.voice_live import (
+    RESUMABLE_SERVER_CLOSES,
+    LiveVoice,
+    LiveVoices,
+    resume_failed,
+    take_over,
+)
 
 if TYPE_CHECKING:
     from discord_voice.testing.dave_hub import DaveHub
@@ -90,6 +95,7 @@ class FakeVoiceGateway(ServedGateway):
         speaking_grace: Callable[[], float],
         live: LiveVoices,
         dave: DaveHub | None = None,
+        numbers: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.dave = dave  # None: DAVE off (every session at dave_protocol_version 0)
@@ -100,12 +106,8 @@ class FakeVoiceGateway(ServedGateway):
         self.speaking_grace = speaking_grace
         self.live = live  # shared by every voice gateway of the fake (sessions move between them)
         super().__init__(
-            "voice", lambda peer: _VoiceConnection(self, peer).run(), recorder.violation
+            "voice", lambda peer: _VoiceConnection(self, peer).run(), recorder.violation, numbers
         )
-
-
-class _Dropped(Exception):
-    """A scripted fault: cut the TCP connection without a close frame (session resumable)."""
 
 
 class _VoiceConnection(VoiceHandshake):
@@ -143,6 +145,7 @@ class _VoiceConnection(VoiceHandshake):
                     if self.peer.stopping:
                         raise CloseWith(1001, "fake discord is shutting down", violation=False)
                     self._check_audio_rule(final=False)
+                    self.gw.live.reap()
                     continue
                 self.rec.message("voice", "client", raw, self.peer.number)
                 self._handle(raw)
@@ -152,7 +155,7 @@ class _VoiceConnection(VoiceHandshake):
             final = close.code not in RESUMABLE_SERVER_CLOSES
             self._closed(close.code, close.reason, "server")
             self.peer.close(close.code, close.reason)
-        except _Dropped:
+        except Dropped:
             final = False
             self._closed(None, "dropped by the fake (no close frame)", "server")
             self.peer.abort()
@@ -205,9 +208,6 @@ class _VoiceConnection(VoiceHandshake):
 
     def _run_posted(self, item: tuple[Any, ...], delivery: Delivery) -> None:
         """A scripted action from the test thread (`FakeDiscord.send_voice` and friends)."""
-        if item[0] == "drop":
-            delivery.finish(True)
-            raise _Dropped()
         run_posted(item, delivery, self.peer, self._send_posted)
 
     def _send_posted(self, item: tuple[Any, ...]) -> None:
@@ -297,24 +297,23 @@ class _VoiceConnection(VoiceHandshake):
             raise CloseWith(VoiceCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
         fields = ("server_id", "session_id", "token")
         if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in fields):
-            raise _resume_failed("op 7 d needs string server_id, session_id and token")
+            raise resume_failed("op 7 d needs string server_id, session_id and token")
         seq_ack = d.get("seq_ack", -1)
         if type(seq_ack) is not int:
-            raise _resume_failed(f"seq_ack must be an integer, got {seq_ack!r}")
+            raise resume_failed(f"seq_ack must be an integer, got {seq_ack!r}")
         live = self.gw.live.find(d["server_id"], d["session_id"], d["token"])
         issued = live.issued if live is not None else None
         current = issued and self.gw.credentials.match(
             issued.guild_id, issued.user_id, issued.session_id, d["token"]
         )
         if live is None or issued is None or not current:
-            raise _resume_failed("unknown session, wrong token, or no longer valid")
-        if not _take_over(live, self.peer):
-            raise _resume_failed("the session did not let go of its old websocket")
+            raise resume_failed("unknown session, wrong token, or no longer valid")
+        if not take_over(live, self.peer):
+            raise resume_failed("the session did not let go of its old websocket")
         missed = live.replay_after(seq_ack)
         if missed is None:
-            live.detach(self.peer, final=False)
-            raise _resume_failed(f"seq_ack {seq_ack} is not served by the buffer (seq {live.seq})")
-        assert hmac.compare_digest(issued.token.encode(), d["token"].encode())
+            live.detach(self.peer, final=True)  # Discord forgets it: a full reconnect follows
+            raise resume_failed(f"seq_ack {seq_ack} is not served by the buffer (seq {live.seq})")
         placeholder, self.live = self.live, live
         with self.rec.changing():
             if placeholder.session in self.rec.voice_sessions:
@@ -332,38 +331,3 @@ class _VoiceConnection(VoiceHandshake):
             self._send_raw(raw)
         for item in live.attach(self.peer):
             self._send_posted(item)
-
-
-#: Server close codes after which the session may be resumed (Discord: "voice server crashed").
-RESUMABLE_SERVER_CLOSES = frozenset({int(VoiceCloseCode.VOICE_SERVER_CRASHED)})
-#: How long a resume waits for the session's old websocket to be noticed as gone.
-TAKEOVER_WAIT = 1.0
-
-
-def _resume_failed(why: str) -> CloseWith:
-    return CloseWith(
-        VoiceCloseCode.SESSION_NO_LONGER_VALID,
-        f"session no longer valid: resume failed ({why})",
-        violation=False,
-    )
-
-
-def _take_over(live: LiveVoice, peer: Peer) -> bool:
-    """Detach `live` from its old websocket (asking it to drop if still attached); attach to
-    `peer` without handing over the pending items yet. False if the old one did not let go."""
-    with live.lock:
-        old = live.peer
-    if old is not None and old is not peer:
-        old.post(("drop",))
-    deadline = time.monotonic() + TAKEOVER_WAIT
-    with live.detached:
-        while live.peer is not None and not live.ended:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            live.detached.wait(left)
-        if live.ended:
-            return False
-        live.peer = peer
-        live.detached_at = None
-    return True
