@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from discord_voice._shell.dave_channel import DaveChannel
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, join_all
@@ -30,8 +31,15 @@ from discord_voice.clock import Clock, Signal
 from discord_voice.core import crypto
 from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.core.packetizer import Packetizer
+from discord_voice.core.reconnect import Action, ClosePolicy, RetryBudget
 from discord_voice.core.voice_gateway import VoiceServerInfo
-from discord_voice.errors import ConnectionClosed, ShutdownTimeout
+from discord_voice.errors import (
+    ConnectionClosed,
+    HeartbeatTimeout,
+    ShutdownTimeout,
+    VoiceError,
+    VoiceGatewayClosed,
+)
 
 if TYPE_CHECKING:
     from discord_voice.voice import Voice
@@ -46,6 +54,7 @@ class ConnectionState(enum.Enum):
 
     CONNECTING = "connecting"
     READY = "ready"
+    RESUMING = "resuming"  # the voice websocket is being resumed; UDP audio goes on
     CLOSED = "closed"
 
 
@@ -97,10 +106,13 @@ class Connection:
         self._closed = Signal()
         self._stop_sender = Signal()
         self._threads: list[ServiceThread] = []
-        self._session = VoiceSocketSession(
-            info, clock=clock, max_dave_protocol_version=max_dave_protocol_version,
-            on_failure=self._fail, threads=self._threads,
-        )
+        self._dave = DaveChannel(info.user_id, info.channel_id)
+        self._max_dave = max_dave_protocol_version
+        self._session = self._new_session(None)
+        self._old_sessions: list[VoiceSocketSession] = []
+        self._flags = SpeakingFlag.NONE
+        #: How many times the voice websocket was resumed.
+        self.resumes = 0
         self._udp: socket.socket | None = None
         self._sender: UdpSender | None = None
         self._discarded = 0
@@ -157,26 +169,26 @@ class Connection:
     @property
     def e2ee_active(self) -> bool:
         """Whether the audio we send is end-to-end encrypted with DAVE right now."""
-        with self._session.dave_lock:
-            return self._session.dave.active
+        with self._dave.lock:
+            return self._dave.protocol.active
 
     @property
     def dave_protocol_version(self) -> int:
         """The DAVE protocol version in effect (0: the call is not end-to-end encrypted)."""
-        with self._session.dave_lock:
-            return self._session.dave.protocol_version
+        with self._dave.lock:
+            return self._dave.protocol.protocol_version
 
     @property
     def dave_epoch(self) -> int | None:
         """The MLS epoch of the call's group (changes when members join or leave)."""
-        with self._session.dave_lock:
-            return self._session.dave.epoch
+        with self._dave.lock:
+            return self._dave.protocol.epoch
 
     @property
     def voice_privacy_code(self) -> str | None:
         """The code every member of the call sees; compare it to check the call is private."""
-        with self._session.dave_lock:
-            return self._session.dave.privacy_code
+        with self._dave.lock:
+            return self._dave.protocol.privacy_code
 
     def wait_for_e2ee(self, timeout: float = 10.0, *, encrypted: bool = True) -> bool:
         """Block until the audio we send is end-to-end encrypted with a group key (or, with
@@ -187,16 +199,16 @@ class Connection:
         """
         self._raise_if_failed()
         if encrypted:
-            ok = self._session.wait_dave(lambda d: d.ready, timeout)
+            ok = self._dave.wait(lambda d: d.ready, timeout)
         else:
-            ok = self._session.wait_dave(lambda d: not d.active, timeout)
+            ok = self._dave.wait(lambda d: not d.active, timeout)
         self._raise_if_failed()
         return ok
 
     def verification_code(self, user_id: int | str) -> str:
         """The code to compare with `user_id` out of band (`EncryptionError` if there is none)."""
-        with self._session.dave_lock:
-            return self._session.dave.verification_code(user_id)
+        with self._dave.lock:
+            return self._dave.protocol.verification_code(user_id)
 
     def __repr__(self) -> str:
         return (
@@ -205,10 +217,15 @@ class Connection:
         )
 
     def speaking(self, flags: SpeakingFlag | int = SpeakingFlag.MICROPHONE) -> None:
-        """Send Speaking (op 5) with `flags`; required (and sent for you) before audio."""
+        """Send Speaking (op 5) with `flags`; required (and sent for you) before audio.
+
+        During a resume the flags are kept and sent once the websocket is back.
+        """
         self._raise_if_failed()
         flags = SpeakingFlag(flags)
-        self._session.send_speaking(flags)
+        self._flags = flags
+        if self._state is not ConnectionState.RESUMING:
+            self._session.send_speaking(flags)
         if self._sender is not None:
             self._sender.announced = bool(flags)
 
@@ -227,7 +244,9 @@ class Connection:
         finally:
             self._closed.remove_listener(done.set)
         self._raise_if_failed()
-        self._session.send_speaking(SpeakingFlag.NONE)
+        self._flags = SpeakingFlag.NONE
+        if self._state is not ConnectionState.RESUMING:
+            self._session.send_speaking(SpeakingFlag.NONE)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the connection ends; raise its failure (return None after `disconnect`).
@@ -305,12 +324,12 @@ class Connection:
             crypto.make_cipher(description.mode, description.secret_key),
             sequence=random.getrandbits(16),
             timestamp=random.getrandbits(32),
-            transform=session,
+            transform=self._dave,
         )
         self._sender = UdpSender(
             sock=self._udp, packetizer=packetizer, frames=self.opus_send, clock=self._clock,
-            stop=self._stop_sender, announce=lambda: session.send_speaking(SpeakingFlag.MICROPHONE),
-            wait_e2ee=session.wait_e2ee,
+            stop=self._stop_sender, announce=self._announce,
+            wait_e2ee=self._dave.wait_e2ee,
         )
         thread = ServiceThread(f"dv-udp-sender:{self.guild_id}", self._sender.run, self._fail)
         self._threads.append(thread)
@@ -319,6 +338,76 @@ class Connection:
             if self._error is None and not self._closing:
                 self._state = ConnectionState.READY
         self._raise_if_failed()
+
+    # -- the voice websocket: sessions and resume ------------------------------------------
+
+    def _new_session(self, resume_from: VoiceSocketSession | None) -> VoiceSocketSession:
+        holder: list[VoiceSocketSession] = []
+        session = VoiceSocketSession(
+            self._info, clock=self._clock, max_dave_protocol_version=self._max_dave,
+            on_failure=lambda exc: self._on_session_lost(holder[0], exc),
+            threads=self._threads, dave=self._dave, resume_from=resume_from,
+        )
+        holder.append(session)
+        return session
+
+    def _announce(self) -> None:
+        self._flags = SpeakingFlag.MICROPHONE
+        self._session.send_speaking(SpeakingFlag.MICROPHONE)
+
+    def _on_session_lost(self, session: VoiceSocketSession, exc: BaseException) -> None:
+        """A voice websocket ended: resume it when the policy says so, else fail."""
+        with self._lock:
+            if session is not self._session or self._closing:
+                return  # a replaced socket ending late, or we are closing anyway
+            if self._state is ConnectionState.RESUMING:
+                return  # the resume loop sees this failure through session.resume()
+            resume = self._state is ConnectionState.READY and _resumable(exc)
+            if resume:
+                self._state = ConnectionState.RESUMING
+        if not resume:
+            self._fail(exc)
+            return
+        log.warning("voice connection (guild %s): %s; resuming", self.guild_id, exc)
+        thread = ServiceThread(f"dv-voice-resume:{self.guild_id}",
+                               lambda: self._resume_loop(session, exc), self._fail)
+        self._threads.append(thread)
+        thread.start()
+
+    def _resume_loop(self, old: VoiceSocketSession, error: BaseException) -> None:
+        """Resume on a new websocket (UDP, key and DAVE state carry over); fail when spent."""
+        old.stop(error)
+        budget = RetryBudget(max_attempts=5, base_delay=0.25, max_delay=5.0,
+                             immediate_first=True)
+        for attempt in range(1, budget.max_attempts + 1):
+            if self._closed.wait(budget.next_delay(attempt)):
+                return
+            new = self._new_session(old)
+            with self._lock:
+                if self._closing:
+                    return
+                self._old_sessions.append(self._session)
+                self._session = new
+            try:
+                new.resume(time.monotonic() + self._close_timeout, self._close_timeout)
+            except VoiceError as exc:
+                new.stop(exc)
+                error = exc
+                if isinstance(exc, VoiceGatewayClosed) and not _resumable(exc):
+                    break  # e.g. 4006: this session cannot be resumed
+                continue
+            with self._lock:
+                if self._closing:
+                    return
+                self._state = ConnectionState.READY
+                self.resumes += 1
+            if self._flags:
+                new.send_speaking(self._flags)
+            log.info("voice connection (guild %s) resumed (attempt %d)", self.guild_id, attempt)
+            return
+        with self._lock:
+            self._state = ConnectionState.READY  # so that _fail records the error below
+        self._fail(error)
 
     # -- failure and shutdown ---------------------------------------------------------------
 
@@ -352,6 +441,8 @@ class Connection:
         return True
 
     def _release(self) -> None:
+        for old in self._old_sessions:
+            old.release()
         self._session.release()
         if self._udp is not None:
             self._udp.close()
@@ -365,6 +456,16 @@ class Connection:
                 raise ConnectionClosed("the voice connection is closed")
             return
         raise _as_connection_closed(error)
+
+
+def _resumable(exc: BaseException) -> bool:
+    """Whether losing the voice websocket with `exc` calls for a resume (the close policy)."""
+    if isinstance(exc, VoiceGatewayClosed):
+        return _POLICY.decide(exc.code) is Action.RESUME
+    return isinstance(exc, (HeartbeatTimeout, ConnectionClosed))
+
+
+_POLICY = ClosePolicy.voice_default()
 
 
 def _as_connection_closed(error: BaseException | None) -> ConnectionClosed:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from discord_voice._shell import websocket as ws
+from discord_voice._shell.dave_channel import DaveChannel
 from discord_voice._shell.heartbeat import run_heartbeat
 from discord_voice._shell.threads import ServiceThread
 from discord_voice.clock import Clock, Signal
@@ -57,14 +58,18 @@ class VoiceSocketSession:
         max_dave_protocol_version: int,
         on_failure: Callable[[BaseException], None],
         threads: list[ServiceThread],
+        dave: DaveChannel,
+        resume_from: VoiceSocketSession | None = None,
     ) -> None:
         self._info = info
         self._clock = clock
         self._on_failure = on_failure
         self._threads = threads  # the owner's list: it joins them
         self._lock = threading.Lock()
-        self._protocol = VoiceGatewayProtocol(
-            info, max_dave_protocol_version=max_dave_protocol_version
+        self._protocol: VoiceGatewayProtocol = (
+            VoiceGatewayProtocol(info, max_dave_protocol_version=max_dave_protocol_version)
+            if resume_from is None
+            else VoiceGatewayProtocol.continue_from(resume_from._protocol)
         )
         self._socket: ws.WebSocketChannel | None = None
         self._pacemaker: Pacemaker | None = None
@@ -75,16 +80,10 @@ class VoiceSocketSession:
         self._session: concurrent.futures.Future[vp.SessionDescription] = (
             concurrent.futures.Future()
         )
+        self._resumed: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.malformed = 0
         self.last_protocol_error: str | None = None
-        # DAVE: its own lock, because the sender thread encrypts while the reader applies
-        # transitions; never held across I/O (frames to send are collected, then sent).
-        self._dave = DaveProtocol(info.user_id, info.channel_id)
-        self._dave_lock = threading.Lock()
-        self._dave_changed = threading.Condition(self._dave_lock)  # notified on DAVE input
-        self._dave_started = False
-        self._e2ee: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._e2ee_signal = Signal()  # set while media can be sent; replaced when that stops
+        self._dave = dave  # shared with the sender and with a resumed socket
 
     # -- handshake (on the joining thread) --------------------------------------------------
 
@@ -98,6 +97,18 @@ class VoiceSocketSession:
         )
         self._start_thread("dv-voice-reader", self._read_loop)
         self.send_text(self._call(lambda p: p.identify()))
+
+    def resume(self, deadline: float, timeout: float) -> None:
+        """Connect a new websocket to the same endpoint, send Resume, wait for Resumed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JoinTimeout("websocket_connect", timeout)
+        self._socket = ws.WebSocketChannel.connect(
+            self._info.url, timeout=remaining, what="voice websocket"
+        )
+        self._start_thread("dv-voice-reader", self._read_loop)
+        self.send_text(self._call(lambda p: p.resume()))
+        self._await(self._resumed, deadline, timeout, "resumed")
 
     def await_ready(self, deadline: float, timeout: float) -> vp.Ready:
         """Wait for Hello, then Ready."""
@@ -114,7 +125,7 @@ class VoiceSocketSession:
     def await_e2ee(self, deadline: float, timeout: float) -> None:
         """Wait until DAVE is settled: the group key is there, or we are alone in the call with
         our pending group (returns at once when DAVE is off)."""
-        self._await(self._e2ee, deadline, timeout, "dave_session")
+        self._await(self._dave.settled, deadline, timeout, "dave_session")
 
     def _await(
         self, future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
@@ -145,48 +156,6 @@ class VoiceSocketSession:
                     raise ConnectionClosed("the voice websocket is not open")
                 self._socket.send_binary(frame)
 
-    # -- DAVE media (the sender thread) -----------------------------------------------------
-
-    def transform(self, frame: bytes) -> bytes:
-        """`FrameTransform` for the packetizer: DAVE-encrypt when E2EE is in effect.
-
-        Raises `DaveNotReady` when E2EE is required but there is no group key: the sender then
-        holds the frame (`wait_e2ee`), it never sends it unencrypted.
-        """
-        with self._dave_lock:
-            return self._dave.transform(frame)
-
-    def wait_e2ee(self, stop: Signal) -> bool:
-        """Block until media can be sent again or `stop` is set; return whether stopped."""
-        while True:
-            with self._dave_lock:
-                ready = self._e2ee_signal
-            wake = Signal()
-            if not ready.add_listener(wake.set):
-                return stop.is_set()
-            if not stop.add_listener(wake.set):
-                ready.remove_listener(wake.set)
-                return True
-            wake.wait()
-            ready.remove_listener(wake.set)
-            stop.remove_listener(wake.set)
-            if stop.is_set():
-                return True
-
-    def wait_dave(self, predicate: Callable[[DaveProtocol], bool], timeout: float) -> bool:
-        """Block until `predicate(dave)` holds (re-checked on every DAVE input) or timeout."""
-        with self._dave_changed:
-            return self._dave_changed.wait_for(lambda: predicate(self._dave), timeout)
-
-    @property
-    def dave(self) -> DaveProtocol:
-        """The DAVE state (read it under `dave_lock`)."""
-        return self._dave
-
-    @property
-    def dave_lock(self) -> threading.Lock:
-        return self._dave_lock
-
     # -- state (any thread) -----------------------------------------------------------------
 
     @property
@@ -216,15 +185,18 @@ class VoiceSocketSession:
             else ConnectionClosed(f"the voice connection ended: {error}") if error is not None
             else ConnectionClosed("the voice connection was closed")
         )
-        for future in (self._hello, self._ready, self._session, self._e2ee):
-            if not future.done():
-                future.set_exception(reason)
+        self._fail_futures(reason)
         self._stop_heartbeat.set()
         if self._socket is not None:
             if error is None:
                 self._socket.close(1000)
             else:
                 self._socket.abort()
+
+    def _fail_futures(self, reason: BaseException) -> None:
+        for future in (self._hello, self._ready, self._session, self._resumed):
+            if not future.done():
+                future.set_exception(reason)
 
     def abort(self) -> None:
         if self._socket is not None:
@@ -275,47 +247,31 @@ class VoiceSocketSession:
         elif isinstance(message, vp.SessionDescription):
             self._dave_input(lambda d: d.start(message.dave_protocol_version), started=True)
             _resolve(self._session, message)
+        elif isinstance(message, vp.Resumed):
+            _resolve(self._resumed, None)
         elif isinstance(message, (vp.BinaryMessage, vp.DaveMessage)):
             self._dave_input(lambda d: d.receive_message(message))
         elif isinstance(message, vp.ClientsConnect):
-            with self._dave_lock:
-                self._dave.clients_connect(message.user_ids)
+            self._dave.clients_connect(message.user_ids)
         elif isinstance(message, vp.ClientDisconnect):
-            with self._dave_lock:
-                self._dave.client_disconnect(message.user_id)
+            self._dave.client_disconnect(message.user_id)
         elif isinstance(message, vp.HeartbeatAck):
             with self._lock:
                 if self._pacemaker is not None:
                     self._pacemaker.ack(message.nonce, self._clock.monotonic())
 
     def _dave_input(
-        self, apply: Callable[[DaveProtocol], list[str | bytes]], *, started: bool = False
+        self, change: Callable[[DaveProtocol], list[str | bytes]], *, started: bool = False
     ) -> None:
-        """Apply one DAVE input, send its replies, and publish whether media can flow."""
+        """Apply one DAVE input to the shared channel and send its replies."""
         try:
-            with self._dave_lock:
-                frames = apply(self._dave)
-                self._dave_started = self._dave_started or started
-                can_send = self._dave_started and (
-                    not self._dave.active or self._dave.ready
-                )
-                # A lone member has no key until someone joins; the join completes anyway and
-                # frames wait in the sender (never sent in plaintext).
-                joined = can_send or (self._dave_started and self._dave.waiting_alone)
-                signal = self._e2ee_signal
-                if not can_send and signal.is_set():
-                    self._e2ee_signal = Signal()  # media must wait for the next key
-                self._dave_changed.notify_all()
+            frames = self._dave.apply(change, started=started)
         except RemoteProtocolError as exc:
             self.malformed += 1
             self.last_protocol_error = str(exc)
             log.warning("voice gateway (guild %s): dave: %s", self._info.guild_id, exc)
             return
         self._send_frames(frames)
-        if can_send:
-            signal.set()
-        if joined:
-            _resolve(self._e2ee, None)
 
     def _heartbeat_loop(self) -> None:
         assert self._pacemaker is not None
@@ -335,6 +291,7 @@ class VoiceSocketSession:
             error = DaveRequired(frame.reason)
         else:
             error = VoiceGatewayClosed(frame.code, frame.reason or describe_voice_close(frame.code))
+        self._fail_futures(error)  # a join or resume waiting on this socket learns why at once
         self._on_failure(error)
 
     def _call(self, call: Callable[[VoiceGatewayProtocol], T]) -> T:

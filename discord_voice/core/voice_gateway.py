@@ -11,6 +11,9 @@ Rules, in order of a fresh connection:
 6. ``speaking()`` is legal only in ACTIVE; ``heartbeat()`` in any state but NEW and CLOSED.
 7. ``seq_ack`` is the last ``seq`` seen on a JSON message or binary frame (-1 before any).
 8. ``receive_close()`` moves to CLOSED from anywhere; nothing is legal afterwards.
+9. Resuming: `continue_from` makes a protocol for a new socket that carries the old one's Ready,
+   Session Description and ``seq_ack``; ``resume()`` is its first frame (NEW -> RESUMING) and
+   Resumed (op 9) makes it ACTIVE again. Replayed messages are then handled as usual.
 
 Out-of-order input raises `RemoteProtocolError`; illegal calls raise `LocalProtocolError`. The
 object holds no lock: the caller (one lock in the connection) serialises access.
@@ -72,6 +75,7 @@ class VoiceState(enum.Enum):
     IDENTIFYING = "identifying"
     READY = "ready"
     SELECTING = "selecting"
+    RESUMING = "resuming"
     ACTIVE = "active"
     CLOSED = "closed"
 
@@ -93,6 +97,34 @@ class VoiceGatewayProtocol:
 
     def __repr__(self) -> str:
         return f"<VoiceGatewayProtocol guild={self.info.guild_id} state={self.state.value}>"
+
+    @classmethod
+    def continue_from(cls, old: VoiceGatewayProtocol) -> VoiceGatewayProtocol:
+        """A protocol for a new socket that resumes `old`'s session (see rule 9)."""
+        if old.session is None or old.ready is None:
+            raise LocalProtocolError("only an established voice session can be resumed")
+        new = cls(old.info, max_dave_protocol_version=old.max_dave_protocol_version)
+        new.seq_ack = old.seq_ack
+        new.ready = old.ready
+        new.session = old.session
+        new._selected_mode = old._selected_mode
+        new._resuming = True
+        return new
+
+    _resuming = False
+
+    def resume(self) -> str:
+        """Op 7 Resume: the first frame on a socket made by `continue_from`."""
+        self._require(VoiceState.NEW, "resume")
+        if not self._resuming:
+            raise LocalProtocolError("resume needs a protocol made by continue_from")
+        self.state = VoiceState.RESUMING
+        return vp.encode(VoiceOp.RESUME, {
+            "server_id": self.info.guild_id,
+            "session_id": self.info.session_id,
+            "token": self.info.token,
+            "seq_ack": self.seq_ack,
+        })
 
     # -- frames to send ---------------------------------------------------------------------
 
@@ -154,6 +186,9 @@ class VoiceGatewayProtocol:
                     f"but {self._selected_mode!r} was selected"
                 )
             self.session = message
+            self.state = VoiceState.ACTIVE
+        elif isinstance(message, vp.Resumed):
+            self._expect(VoiceState.RESUMING, "Resumed (op 9)")
             self.state = VoiceState.ACTIVE
         elif isinstance(message, vp.UnknownMessage):
             self.ignored[message.op] = self.ignored.get(message.op, 0) + 1

@@ -211,3 +211,32 @@ def test_decode_structured_garbage_only_raises_remote_protocol_error(d: object, 
         vp.decode_text(json.dumps({"op": op, "d": d}))
     except RemoteProtocolError:
         pass
+
+
+def test_resume_carries_the_session_and_seq_ack() -> None:
+    old = VoiceGatewayProtocol(INFO)
+    handshake(old)
+    old.receive_text(msg(5, {"user_id": "9", "ssrc": 9, "speaking": 1}, seq=7))
+    old.receive_close()
+    new = VoiceGatewayProtocol.continue_from(old)
+    assert json.loads(new.resume()) == {"op": 7, "d": {
+        "server_id": INFO.guild_id, "session_id": "sess-secret", "token": "voice-token-secret",
+        "seq_ack": 7}}
+    assert new.state is VoiceState.RESUMING
+    new.receive_text(msg(8, {"heartbeat_interval": 13750}))
+    new.receive_text(msg(9, None))
+    assert new.state is VoiceState.ACTIVE
+    assert json.loads(new.speaking(1))["d"]["ssrc"] == 7  # Ready's SSRC survives
+    new.receive_text(msg(13, {"user_id": "9"}, seq=8))  # replayed messages count as usual
+    assert new.seq_ack == 8
+
+
+def test_resume_rules() -> None:
+    fresh = VoiceGatewayProtocol(INFO)
+    with pytest.raises(LocalProtocolError):
+        VoiceGatewayProtocol.continue_from(fresh)  # nothing to resume
+    with pytest.raises(LocalProtocolError):
+        fresh.resume()
+    with pytest.raises(RemoteProtocolError, match="Resumed"):
+        fresh.identify()
+        fresh.receive_text(msg(9, None))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from discord_voice import ConnectionClosed, Gateway, HeartbeatTimeout, Voice
+from discord_voice import Gateway, Voice
 from discord_voice.core.opcodes import VoiceOp
 from discord_voice.testing import FakeClock, FakeDiscord
 from tests.loopback.conftest import CHANNEL, GUILD
@@ -62,21 +62,26 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     assert conn.latency == 0.0  # logical time did not move between beat and ACK
 
 
-def test_missing_acks_end_the_connection_with_heartbeat_timeout(rig) -> None:
+def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     fake, voice, clock = rig
     fake.withhold("heartbeat_ack")
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    conn.opus_send.put(b"before")  # announces Speaking: it must be sent again after the resume
+    fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)
     for beat in range(3):  # beats at +2, +4, +6 s: the first is 4 s old at +6, not yet dead
         clock.wait_for_sleepers(1, LONG)
         clock.advance(2.0)
         assert fake.wait_until(lambda f, n=beat + 1: len(heartbeats(f)) == n, LONG)
+    fake.release("heartbeat_ack")
     clock.wait_for_sleepers(1, LONG)
-    clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old
-    with pytest.raises(HeartbeatTimeout) as info:
-        conn.wait(timeout=LONG)
-    assert info.value.interval == 2.0
-    assert len(heartbeats(fake)) == 3
-    assert fake.wait_until(lambda f: f.voice_sessions[-1].closed, LONG)
-    assert fake.voice_sessions[-1].closed_by == "client"
-    with pytest.raises(ConnectionClosed):
-        conn.opus_send.put(b"x")
+    clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old: dead -> resume
+    session = fake.voice_sessions[-1]
+    assert fake.wait_until(lambda f: session.resumes == 1 and len(session.speaking) == 2, LONG)
+    resume = [m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == 7]
+    assert len(resume) == 1 and resume[0]["session_id"] == session.session_id
+    conn.opus_send.put(b"after")  # same SSRC and key on the same UDP socket
+    assert [f.opus for f in fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)] == [
+        b"before", b"after"]
+    assert conn.error is None
+    conn.disconnect()
+    assert conn.resumes == 1

@@ -248,13 +248,47 @@ def test_voice_server_closing_mid_stream_reaches_the_producer(world: World) -> N
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.opus_send.put(b"one")
     world.fake.wait_for_frames(1, timeout=LONG)
-    world.fake.close_voice(4014, "kicked")
+    world.fake.close_voice(4014, "kicked")  # not resumable: the connection ends
     with pytest.raises(VoiceGatewayClosed) as info:
         conn.wait(timeout=LONG)
     assert info.value.code == 4014
     with pytest.raises(VoiceGatewayClosed):
         conn.opus_send.put(b"two")
     assert conn.error is info.value
+
+
+@pytest.mark.parametrize("fault", ["close_4015", "drop"])
+def test_the_voice_websocket_is_resumed_without_losing_a_frame(world: World, fault: str) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    sent = frames_of(40)
+    for frame in sent[:20]:
+        conn.opus_send.put(frame)
+    if fault == "drop":
+        world.fake.drop_voice()
+    else:
+        world.fake.close_voice(4015, "voice server crashed")
+    for frame in sent[20:]:
+        conn.opus_send.put(frame)
+    got = world.fake.wait_for_frames(40, timeout=LONG, ssrc=conn.ssrc)
+    assert [f.opus for f in got] == sent  # UDP kept going: same SSRC, key and sequence
+    session = world.fake.voice_sessions[0]
+    assert world.fake.wait_until(lambda f: session.resumes == 1, LONG)
+    for a, b in itertools.pairwise(got):
+        assert b.sequence == (a.sequence + 1) % 2**16
+    conn.opus_send.put(b"after")
+    assert world.fake.wait_for_frames(41, timeout=LONG, ssrc=conn.ssrc)[-1].opus == b"after"
+    assert conn.error is None and not world.fake.violations
+    conn.disconnect()
+    assert conn.resumes == 1
+
+
+def test_a_failed_resume_ends_the_connection_with_the_real_reason(make_world) -> None:
+    w: World = make_world(voice_resume_window=0.0)  # the session cannot be resumed: 4006
+    conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    w.fake.drop_voice()
+    with pytest.raises(VoiceGatewayClosed) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.code == 4006
 
 
 def test_bad_items_are_rejected_and_the_stream_goes_on(world: World) -> None:

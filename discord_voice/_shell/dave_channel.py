@@ -1,0 +1,92 @@
+"""DaveChannel: one connection's DAVE state, shared by its voice sockets and its sender.
+
+A resume replaces the voice websocket but not the MLS group, so the DAVE state lives here,
+owned by the `Connection`: the reader of whichever socket is current feeds it, the sender thread
+encrypts through it. One lock serialises both (davey's session is not thread-safe); it is never
+held across I/O: replies are returned, then sent by the caller.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable
+
+from discord_voice.clock import Signal
+from discord_voice.core.dave import DaveProtocol
+
+__all__ = ["DaveChannel"]
+
+Frame = str | bytes
+
+
+class DaveChannel:
+    """The DAVE protocol of one connection plus the signals the sender and the join wait on.
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(self, user_id: str, channel_id: str) -> None:
+        self.protocol = DaveProtocol(user_id, channel_id)
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self._started = False
+        self._media = Signal()  # set while media can be sent; replaced when that stops
+        #: Resolved once DAVE is settled for the join: key there, DAVE off, or alone in the
+        #: call with our pending group (the first commit needs a second member).
+        self.settled: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def apply(
+        self, change: Callable[[DaveProtocol], list[Frame]], *, started: bool = False
+    ) -> list[Frame]:
+        """Apply one DAVE input; return the replies to send. Errors propagate, state intact."""
+        with self.lock:
+            frames = change(self.protocol)
+            self._started = self._started or started
+            dave = self.protocol
+            can_send = self._started and (not dave.active or dave.ready)
+            settled = can_send or (self._started and dave.waiting_alone)
+            media = self._media
+            if not can_send and media.is_set():
+                self._media = Signal()  # media must wait for the next key
+            self._changed.notify_all()
+        if can_send:
+            media.set()
+        if settled and not self.settled.done():
+            self.settled.set_result(None)
+        return frames
+
+    def clients_connect(self, user_ids: Iterable[str]) -> None:
+        with self.lock:
+            self.protocol.clients_connect(user_ids)
+
+    def client_disconnect(self, user_id: str) -> None:
+        with self.lock:
+            self.protocol.client_disconnect(user_id)
+
+    def transform(self, frame: bytes) -> bytes:
+        """`FrameTransform` for the packetizer; raises `DaveNotReady` when there is no key."""
+        with self.lock:
+            return self.protocol.transform(frame)
+
+    def wait_e2ee(self, stop: Signal) -> bool:
+        """Block until media can be sent again or `stop` is set; return whether stopped."""
+        while True:
+            with self.lock:
+                ready = self._media
+            wake = Signal()
+            if not ready.add_listener(wake.set):
+                return stop.is_set()
+            if not stop.add_listener(wake.set):
+                ready.remove_listener(wake.set)
+                return True
+            wake.wait()
+            ready.remove_listener(wake.set)
+            stop.remove_listener(wake.set)
+            if stop.is_set():
+                return True
+
+    def wait(self, predicate: Callable[[DaveProtocol], bool], timeout: float) -> bool:
+        """Block until `predicate(protocol)` holds (re-checked on every input) or timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.protocol), timeout)
