@@ -17,6 +17,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from discord_voice.errors import (
 if TYPE_CHECKING:
     from discord_voice.voice import Voice
 
-__all__ = ["Connection", "ConnectionState", "ConnectionStats"]
+__all__ = ["Connection", "ConnectionState", "ConnectionStats", "StateListener"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class ConnectionState(enum.Enum):
     READY = "ready"
     RESUMING = "resuming"  # the voice websocket is being resumed; UDP audio goes on
     CLOSED = "closed"
+
+
+#: ``listener(old_state, new_state, reason)``; reason is the exception behind the change, if any.
+StateListener = Callable[[ConnectionState, ConnectionState, "BaseException | None"], None]
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class Connection:
         self._session = self._new_session(None)
         self._old_sessions: list[VoiceSocketSession] = []
         self._flags = SpeakingFlag.NONE
+        self._listeners: list[StateListener] = []
         #: How many times the voice websocket was resumed.
         self.resumes = 0
         self._udp: socket.socket | None = None
@@ -215,6 +221,38 @@ class Connection:
             f"<Connection guild={self.guild_id} channel={self.channel_id} "
             f"state={self._state.value} mode={self.mode}>"
         )
+
+    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(old, new, reason)`` on every state change; returns a remover.
+
+        States go CONNECTING -> READY, READY -> RESUMING -> READY while the voice websocket is
+        resumed, and anything -> CLOSED (``reason`` is the failure, None after `disconnect`).
+        Listeners run on the library's threads and must not block; one that raises ends the
+        connection with its exception (it is never only logged).
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def _notify(self, old: ConnectionState, reason: BaseException | None) -> None:
+        with self._lock:
+            new, listeners = self._state, list(self._listeners)
+        if new is old:
+            return
+        for listener in listeners:
+            try:
+                listener(old, new, reason)
+            except Exception as exc:
+                log.exception("state listener of voice connection (guild %s) failed",
+                              self.guild_id)
+                if new is not ConnectionState.CLOSED:
+                    self._fail(exc)
 
     def speaking(self, flags: SpeakingFlag | int = SpeakingFlag.MICROPHONE) -> None:
         """Send Speaking (op 5) with `flags`; required (and sent for you) before audio.
@@ -335,8 +373,10 @@ class Connection:
         self._threads.append(thread)
         thread.start()
         with self._lock:
+            old = self._state
             if self._error is None and not self._closing:
                 self._state = ConnectionState.READY
+        self._notify(old, None)
         self._raise_if_failed()
 
     # -- the voice websocket: sessions and resume ------------------------------------------
@@ -368,6 +408,7 @@ class Connection:
         if not resume:
             self._fail(exc)
             return
+        self._notify(ConnectionState.READY, exc)
         log.warning("voice connection (guild %s): %s; resuming", self.guild_id, exc)
         thread = ServiceThread(f"dv-voice-resume:{self.guild_id}",
                                lambda: self._resume_loop(session, exc), self._fail)
@@ -401,12 +442,11 @@ class Connection:
                     return
                 self._state = ConnectionState.READY
                 self.resumes += 1
+            self._notify(ConnectionState.RESUMING, None)
             if self._flags:
                 new.send_speaking(self._flags)
             log.info("voice connection (guild %s) resumed (attempt %d)", self.guild_id, attempt)
             return
-        with self._lock:
-            self._state = ConnectionState.READY  # so that _fail records the error below
         self._fail(error)
 
     # -- failure and shutdown ---------------------------------------------------------------
@@ -429,7 +469,7 @@ class Connection:
             self._closing = True
             if error is not None:
                 self._error = error
-            self._state = ConnectionState.CLOSED
+            old, self._state = self._state, ConnectionState.CLOSED
         discarded = self.opus_send.close(_as_connection_closed(error))
         if discarded:
             self._discarded += len(discarded)
@@ -438,6 +478,7 @@ class Connection:
         self._stop_sender.set()
         self._session.stop(error)
         self._closed.set()
+        self._notify(old, error)
         return True
 
     def _release(self) -> None:

@@ -260,6 +260,8 @@ def test_voice_server_closing_mid_stream_reaches_the_producer(world: World) -> N
 @pytest.mark.parametrize("fault", ["close_4015", "drop"])
 def test_the_voice_websocket_is_resumed_without_losing_a_frame(world: World, fault: str) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    changes: list[tuple[str, str, object]] = []
+    conn.add_state_listener(lambda old, new, why: changes.append((old.value, new.value, why)))
     sent = frames_of(40)
     for frame in sent[:20]:
         conn.opus_send.put(frame)
@@ -280,6 +282,22 @@ def test_the_voice_websocket_is_resumed_without_losing_a_frame(world: World, fau
     assert conn.error is None and not world.fake.violations
     conn.disconnect()
     assert conn.resumes == 1
+    assert [(old, new) for old, new, _ in changes] == [
+        ("ready", "resuming"), ("resuming", "ready"), ("ready", "closed")]
+    assert isinstance(changes[0][2], VoiceGatewayClosed) and changes[-1][2] is None
+
+
+def test_a_state_listener_that_raises_ends_the_connection_loudly(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+
+    def broken(old: object, new: object, why: object) -> None:
+        raise RuntimeError("listener bug")
+
+    conn.add_state_listener(broken)
+    world.fake.close_voice(4015, "crash")  # READY -> RESUMING calls the listener
+    with pytest.raises(ConnectionClosed) as info:
+        conn.wait(timeout=LONG)
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_a_failed_resume_ends_the_connection_with_the_real_reason(make_world) -> None:
