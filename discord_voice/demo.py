@@ -87,8 +87,8 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
             print(f"joined in {join_seconds * 1000:.1f} ms, mode {conn.mode}, ssrc {conn.ssrc}",
                   file=out)
             if conn.e2ee_active:
-                member = fake.add_member(CHANNEL_ID)  # a libdave peer in the call
-                conn.wait_for_e2ee(10.0)  # the group (and its key) exists once a peer is in
+                conn.wait_for_e2ee(10.0)  # the group key, shared with the channel's listener
+                member = fake.dave_listeners.get(CHANNEL_ID)  # a libdave member in the call
                 e2ee = (f"DAVE v{conn.dave_protocol_version}, epoch {conn.dave_epoch}, "
                         f"privacy code {conn.voice_privacy_code}, decrypted by a libdave member "
                         f"(user {member})")
