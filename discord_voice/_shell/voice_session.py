@@ -89,17 +89,16 @@ class VoiceSocketSession:
 
     def open(self, deadline: float, timeout: float) -> None:
         """Connect the websocket, start the reader and send Identify."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise JoinTimeout("websocket_connect", timeout)
-        self._socket = ws.WebSocketChannel.connect(
-            self._info.url, timeout=remaining, what="voice websocket"
-        )
-        self._start_thread("dv-voice-reader", self._read_loop)
+        self._connect(deadline, timeout)
         self.send_text(self._call(lambda p: p.identify()))
 
     def resume(self, deadline: float, timeout: float) -> None:
         """Connect a new websocket to the same endpoint, send Resume, wait for Resumed."""
+        self._connect(deadline, timeout)
+        self.send_text(self._call(lambda p: p.resume()))
+        self._await(self._resumed, deadline, timeout, "resumed")
+
+    def _connect(self, deadline: float, timeout: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise JoinTimeout("websocket_connect", timeout)
@@ -107,8 +106,6 @@ class VoiceSocketSession:
             self._info.url, timeout=remaining, what="voice websocket"
         )
         self._start_thread("dv-voice-reader", self._read_loop)
-        self.send_text(self._call(lambda p: p.resume()))
-        self._await(self._resumed, deadline, timeout, "resumed")
 
     def await_ready(self, deadline: float, timeout: float) -> vp.Ready:
         """Wait for Hello, then Ready."""

@@ -37,7 +37,7 @@ from discord_voice.testing._ws import (
     PeerGone,
 )
 from discord_voice.testing.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
-from discord_voice.testing.records import MainSession, Recorder
+from discord_voice.testing.records import MainSession, Recorder, record_close
 
 __all__ = ["FakeMainGateway"]
 
@@ -141,11 +141,7 @@ class _MainConnection:
             self.live.detach(self.peer, resumable=resumable)
 
     def _closed(self, code: int | None, reason: str, by: str) -> None:
-        with self.rec.changing():
-            self.session.close_code = code
-            self.session.close_reason = reason
-            self.session.closed_by = "server" if by == "server" else "client"
-            self.session.closed = True
+        record_close(self.rec, self.session, code, reason, by)
 
     # -- sending -------------------------------------------------------------------------------
 

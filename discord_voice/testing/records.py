@@ -257,3 +257,15 @@ class Recorder:
     def udp_error(self, text: str) -> None:
         with self.changing():
             self.udp_errors.append(text)
+
+
+def record_close(
+    recorder: Recorder, session: MainSession | VoiceSession, code: int | None, reason: str,
+    by: str,
+) -> None:
+    """Record how a websocket of either gateway ended (`by`: "server" or "client")."""
+    with recorder.changing():
+        session.close_code = code
+        session.close_reason = reason
+        session.closed_by = "server" if by == "server" else "client"
+        session.closed = True

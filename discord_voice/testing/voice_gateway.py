@@ -50,7 +50,7 @@ from discord_voice.testing._ws import (
     Peer,
     PeerGone,
 )
-from discord_voice.testing.records import Recorder, VoiceSession
+from discord_voice.testing.records import Recorder, VoiceSession, record_close
 from discord_voice.testing.udp_server import FakeUdpServer
 from discord_voice.testing.voice_handshake import VoiceHandshake
 from discord_voice.testing.voice_live import (
@@ -168,11 +168,7 @@ class _VoiceConnection(VoiceHandshake):
             self.live.detach(self.peer, final=final)
 
     def _closed(self, code: int | None, reason: str, by: str) -> None:
-        with self.rec.changing():
-            self.session.close_code = code
-            self.session.close_reason = reason
-            self.session.closed_by = "server" if by == "server" else "client"
-            self.session.closed = True
+        record_close(self.rec, self.session, code, reason, by)
 
     def _check_audio_rule(self, *, final: bool) -> None:
         with self.rec.lock:
