@@ -7,8 +7,10 @@ our bytes against an independent implementation of the server side.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import random
 import threading
 import time
 
@@ -356,3 +358,26 @@ def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+def test_garbage_from_the_voice_server_is_survived_and_counted(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    rng = random.Random(1234)
+    values = [None, True, -1, 2**70, 1.5, "x", [], {}, {"ssrc": "x"}, [1, 2], "\u2603"]
+    for _ in range(40):
+        kind = rng.randrange(4)
+        if kind == 0:  # JSON of the right envelope with garbage inside, any opcode
+            world.fake.send_voice_raw(json.dumps({"op": rng.randrange(40),
+                                                  "d": rng.choice(values), "seq": 10**9}))
+        elif kind == 1:  # not JSON at all
+            world.fake.send_voice_raw("".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(20)))
+        elif kind == 2:  # binary frames of any length, including shorter than the prefix
+            world.fake.send_voice_raw(rng.randbytes(rng.randrange(0, 40)))
+        else:  # JSON that is not an object
+            world.fake.send_voice_raw(json.dumps(rng.choice(values)))
+    world.fake.send_voice_raw("{" + " " * 300_000 + "}")  # big, still under the size limit
+    conn.opus_send.put(b"still here")
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)[0].opus == b"still here"
+    conn.disconnect()  # the reader has handled every message before the close
+    assert conn.error is None
+    assert conn.stats.malformed_messages + conn.stats.ignored_messages >= 20
