@@ -6,8 +6,12 @@ Two threads per connection (`discord_voice._shell.gateway_connection`), both joi
 ``dv-gateway-heartbeat`` (started on Hello) sends op 1 on the schedule and ends a zombie
 connection. All time goes through the injected `Clock`.
 
-Resume and reconnect are not implemented yet: op 7, op 9 and any close end the gateway with a
-typed error; the `GatewaySession` keeps what a Resume will need.
+After READY the gateway survives its connection: op 7 Reconnect, op 9 Invalid Session, a close
+the main `ClosePolicy` marks resumable, a dropped connection and a zombie close that websocket
+and open another (`discord_voice._shell.gateway_events`, `..gateway_recovery`): on
+``resume_gateway_url`` with op 6 Resume, or on the original URL with a fresh Identify when the
+session is gone. The old reader thread makes the attempts (bounded, with backoff) and then
+hands over to the new connection's threads. Sends wait (bounded) until the gateway is back.
 """
 
 from __future__ import annotations
@@ -27,28 +31,23 @@ from discord_voice._shell.gateway_connection import (
     open_gateway_channel,
 )
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
+from discord_voice._shell.gateway_events import FAILURE_CLOSE_CODE, GatewayEvents
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
+from discord_voice._shell.gateway_recovery import Recovery, default_plan
 from discord_voice._shell.websocket import WebSocketChannel
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.main_gateway import (
-    Dispatch,
     GatewaySession,
-    HeartbeatAck,
-    HeartbeatRequest,
-    Hello,
-    InvalidSession,
-    Ready,
-    Reconnect,
     normalize_gateway_url,
     voice_state_update_payload,
 )
 from discord_voice.core.main_gateway_timing import SendRateLimiter
 from discord_voice.core.opcodes import Intents
+from discord_voice.core.reconnect import Attempt, GatewayAction, ReconnectPlan
 from discord_voice.errors import (
     ConnectionClosed,
     GatewayTimeout,
     LocalProtocolError,
-    RemoteProtocolError,
     VoiceError,
 )
 from discord_voice.main_gateway import VoiceEventHandler
@@ -59,19 +58,19 @@ _log = logging.getLogger(__name__)
 
 #: Longest `update_voice_state` waits for a rate-limit slot before giving up.
 _MAX_SEND_DELAY: Final = 30.0
-#: Close code after a failure: not 1000/1001, so Discord keeps the session resumable.
-_FAILURE_CLOSE_CODE: Final = 4000
-#: Close code of `close()`: an intentional logout (we cannot resume yet).
+#: Close code of `close()`: an intentional logout (ends the Discord session).
 _LOGOUT_CLOSE_CODE: Final = 1000
 
 
-class Gateway:
+class Gateway(GatewayEvents):
     """A synchronous main-gateway connection that implements `MainGateway`.
 
-    ``connect()`` blocks until READY. The first background failure (a close, a zombie
-    connection, malformed data, or an exception raised by a handler or listener, which is
-    treated as a failure of the gateway) is stored in `error`, re-raised by `wait()`, and
-    chained as ``__cause__`` of the `ConnectionClosed` raised by the next `update_voice_state`.
+    ``connect()`` blocks until READY. After that, connection failures are recovered from by
+    `plan` (default: `default_plan()`); every attempt is logged at INFO. The failure that
+    ends the gateway (a fatal close code such as 4004, attempts exhausted, malformed data, or
+    an exception raised by a handler or listener) is stored in `error`, re-raised by `wait()`,
+    and chained as ``__cause__`` of the `ConnectionClosed` raised by the next
+    `update_voice_state`.
 
     Thread safety: every method may be called from any thread, including from a callback.
     """
@@ -85,6 +84,7 @@ class Gateway:
         clock: Clock | None = None,
         properties: Mapping[str, str] | None = None,
         rng: RandomSource | None = None,
+        plan: ReconnectPlan[GatewayAction] | None = None,
     ) -> None:
         self._session = GatewaySession(token, intents, properties)
         #: The websocket URL, with ``v=10&encoding=json`` added when it had no query.
@@ -97,7 +97,11 @@ class Gateway:
         self._stopping = Signal()  # close() or a failure: wakes the heartbeat and senders
         self._settled = Signal()  # READY or the end: wakes connect()
         self._ended = threading.Event()  # the socket is released and every thread finished
+        self._online = Signal()  # READY/RESUMED on this connection (or the end); new per loss
+        self._recovery = Recovery(plan if plan is not None else default_plan())
+        self._next: Attempt | None = None  # what to do once the current connection has ended
         self._connection: GatewayConnection | None = None
+        self._retired: list[GatewayConnection] = []  # earlier connections, joined by close()
         self._heartbeat: GatewayHeartbeat | None = None  # created on Hello
         self._error: BaseException | None = None
         self._started = self._ready = self._closing = False
@@ -192,19 +196,30 @@ class Gateway:
     def _open(self, timeout: float) -> None:
         """Open the websocket and start the reader (unless `close()` ran meanwhile)."""
         channel = open_gateway_channel(self.url, timeout, self._session.redact)
-        connection = GatewayConnection(channel, stop=self._stopping, fail=self._fail)
-        with self._lock:
-            closing = self._closing
-            if not closing:
-                self._connection = connection
-                connection.start(
-                    lambda message: self._handle(connection, message),
-                    redact=self._session.redact, on_exit=self._ended.set,
-                    close_code=lambda: _LOGOUT_CLOSE_CODE if self._closing else _FAILURE_CLOSE_CODE,
-                )
-        if closing:
+        if not self._start(channel, resume=False):
             channel.release()
             raise ConnectionClosed("the main gateway was closed while connecting")
+
+    def _start(self, channel: WebSocketChannel, *, resume: bool) -> bool:
+        """Make `channel` the current connection and start its reader; False if closing."""
+
+        def fail(error: VoiceError) -> None:
+            self._connection_failed(connection, error)
+
+        connection = GatewayConnection(channel, stop=Signal(), fail=fail)
+        with self._lock:
+            if self._closing or self._stopping.is_set():
+                return False
+            if self._connection is not None:
+                self._retired = [c for c in self._retired if c.is_alive()]
+                self._retired.append(self._connection)
+            self._connection, self._heartbeat = connection, None
+            connection.start(
+                lambda message: self._handle(connection, message, resume=resume),
+                redact=self._session.redact, on_exit=lambda: self._connection_ended(connection),
+                close_code=lambda: _LOGOUT_CLOSE_CODE if self._closing else FAILURE_CLOSE_CODE,
+            )
+        return True
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the gateway has stopped; re-raise its failure (None after `close()`).
@@ -226,16 +241,15 @@ class Gateway:
     def close(self, timeout: float = 5.0) -> None:
         """Log out (close code 1000) and join every thread; idempotent, callable from any thread.
 
-        Code 1000 invalidates the Discord session, which is right while resuming is not
-        implemented. Called from a callback it does not join the reader thread it runs on.
+        Code 1000 invalidates the Discord session. Interrupts a resume in progress. Called
+        from a callback it does not join the reader thread it runs on.
         Raises `ShutdownTimeout` if a thread is still alive after `timeout` seconds.
         """
         with self._lock:
             first, self._closing = not self._closing, True
             stopped_before = self._stopping.is_set()
             connection, started = self._connection, self._started
-        self._stopping.set()
-        self._settled.set()
+        self._stop_all()
         if first and not stopped_before and connection is not None:
             connection.channel.close(_LOGOUT_CLOSE_CODE)
         if not started:
@@ -277,10 +291,19 @@ class Gateway:
             raise ConnectionClosed("the main gateway is closed")
         if require_ready and not self._ready:
             raise LocalProtocolError("the main gateway is not READY yet")
+        if require_ready and not self._online.is_set():
+            raise ConnectionClosed("the main gateway is reconnecting (waited for it in vain)")
         return self._connection.channel
 
     def _send(self, payload: str, *, require_ready: bool) -> None:
         """Send an ordinary (rate-limited) payload, waiting on the clock for a slot if needed."""
+        deadline = self._clock.monotonic() + _MAX_SEND_DELAY
+        while require_ready:  # while reconnecting, wait (bounded) for RESUMED/READY
+            with self._lock:
+                online = self._online
+                back = not self._ready or self._stopping.is_set() or online.is_set()
+            if back or not self._clock.wait_until(deadline, online):
+                break
         with self._lock:
             channel = self._check_open(require_ready)
             now = self._clock.monotonic()
@@ -301,60 +324,24 @@ class Gateway:
             connection = self._connection
         if first:
             _log.warning("main gateway failed: %s", error)
+        self._stop_all()
+        if connection is not None:
+            connection.channel.close(FAILURE_CLOSE_CODE)
+            connection.release()
+
+    def _stop_all(self) -> None:
+        """Stop the gateway: wake connect(), senders and the current connection's threads."""
+        with self._lock:
+            connection, online = self._connection, self._online
         self._stopping.set()
         self._settled.set()
+        online.set()
         if connection is not None:
-            connection.channel.close(_FAILURE_CLOSE_CODE)
-            connection.release()
+            connection.stop.set()
 
     def _shut_down(self, release_timeout: float, join_timeout: float) -> None:
         with self._lock:
-            connection = self._connection
-        if connection is not None:
-            connection.shut_down(release_timeout, join_timeout)
-
-    # --- on the reader thread -------------------------------------------------------------
-
-    def _handle(self, connection: GatewayConnection, message: str | bytes) -> None:
-        event = self._session.receive(message)  # only this thread mutates the session
-        heartbeat = self._heartbeat
-        if isinstance(event, HeartbeatAck):
-            if heartbeat is not None:
-                heartbeat.on_ack()
-        elif isinstance(event, Dispatch):
-            if isinstance(event, Ready):
-                with self._lock:
-                    self._ready = True
-                self._settled.set()
-            self._router.deliver(event)
-        elif isinstance(event, Hello):
-            self._on_hello(connection, event)
-        elif isinstance(event, HeartbeatRequest):
-            if heartbeat is None:  # before Hello: answer without a schedule
-                connection.channel.send_text(self._session.heartbeat())
-            else:
-                heartbeat.beat(requested=True)
-        elif isinstance(event, Reconnect):
-            raise ConnectionClosed(
-                "main gateway asked to reconnect (op 7); reconnect/resume is not supported yet"
-            )
-        elif isinstance(event, InvalidSession):
-            raise ConnectionClosed(
-                f"main gateway invalidated the session (op 9, resumable={event.resumable}); "
-                "reconnecting is not supported yet"
-            )
-        else:
-            _log.debug("ignoring main gateway event %r", event)
-
-    def _on_hello(self, connection: GatewayConnection, hello: Hello) -> None:
-        with self._lock:
-            if self._heartbeat is not None:
-                raise RemoteProtocolError("main gateway sent a second Hello")
-            self._heartbeat = GatewayHeartbeat(
-                hello.heartbeat_interval, self._rng.random(), clock=self._clock,
-                stop=self._stopping, channel=connection.channel, payload=self._session.heartbeat,
-            )
-            if self._stopping.is_set():
-                return
-            connection.start_heartbeat(self._heartbeat.run)
-        self._send(self._session.identify(), require_ready=False)
+            connections = [*self._retired, self._connection]
+        for connection in connections:
+            if connection is not None:
+                connection.shut_down(release_timeout, join_timeout)

@@ -67,7 +67,10 @@ class GatewayConnection:
         self, channel: WebSocketChannel, *, stop: Signal, fail: Callable[[VoiceError], None]
     ) -> None:
         self.channel = channel
+        self.stop = stop  #: set to end this connection (not necessarily its owner)
         self._stop = stop
+        #: The first failure that ended this connection (set by the owner).
+        self.failure: BaseException | None = None
         self._fail = fail
         self._released = threading.Event()  # the reader has released the socket
         self._reader: ServiceThread | None = None
@@ -121,6 +124,10 @@ class GatewayConnection:
         if reader is not None and reader is not threading.current_thread():
             self._released.wait(timeout)
             self.channel.abort()  # a blocked recv in the reader returns at once
+
+    def is_alive(self) -> bool:
+        """True while the reader or heartbeat thread still runs."""
+        return any(t is not None and t.is_alive() for t in (self._reader, self._heartbeat))
 
     def shut_down(self, release_timeout: float, join_timeout: float) -> None:
         """`release`, then join both threads (not the calling one) within `join_timeout`.

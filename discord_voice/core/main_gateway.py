@@ -38,6 +38,7 @@ __all__ = [
     "parse_event",
     "identify_payload",
     "heartbeat_payload",
+    "resume_payload",
     "voice_state_update_payload",
     "default_properties",
     "describe_gateway_close",
@@ -256,6 +257,11 @@ def identify_payload(token: str, intents: int, properties: Mapping[str, str]) ->
     return encode_payload(GatewayOp.IDENTIFY, data)
 
 
+def resume_payload(token: str, session_id: str, seq: int | None) -> str:
+    """op 6 Resume (reconnect to ``resume_gateway_url`` first). Contains the token: never log it."""
+    return encode_payload(GatewayOp.RESUME, {"token": token, "session_id": session_id, "seq": seq})
+
+
 def heartbeat_payload(seq: int | None) -> str:
     """op 1 Heartbeat carrying the last dispatch sequence number (null before any)."""
     return encode_payload(GatewayOp.HEARTBEAT, seq)
@@ -323,7 +329,7 @@ class GatewaySession:
         payload = decode_payload(data)
         event = parse_event(payload)
         if payload.op == GatewayOp.DISPATCH and payload.s is not None:
-            self.seq = payload.s
+            self.seq = payload.s if self.seq is None else max(self.seq, payload.s)
         if isinstance(event, Ready):
             self.user_id = event.user_id
             self.session_id = event.session_id
@@ -332,6 +338,16 @@ class GatewaySession:
 
     def identify(self) -> str:
         return identify_payload(self._token, self.intents, self.properties)
+
+    def resume(self) -> str:
+        """op 6 Resume for this session (LocalProtocolError before READY gave a session id)."""
+        if self.session_id is None:
+            raise LocalProtocolError("no main gateway session to resume")
+        return resume_payload(self._token, self.session_id, self.seq)
+
+    def forget(self) -> None:
+        """Drop the session (for a fresh Identify); `user_id` stays."""
+        self.seq = self.session_id = self.resume_gateway_url = None
 
     def heartbeat(self) -> str:
         return heartbeat_payload(self.seq)

@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
+from discord_voice.core.reconnect import ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.errors import (
     ConnectionClosed,
     GatewayTimeout,
@@ -39,6 +40,11 @@ from tests.timeouts import LONG, SHORT
 TOKEN = "MTIzNDU2Nzg5.fake-secret-token"
 USER_ID = 80351110224678912
 Message = dict[str, Any]
+#: These tests see how a connection ends; tests/loopback/test_gateway_resume.py sees recovery.
+NO_RETRY = ReconnectPlan(
+    ClosePolicy.main_default(), resume=RetryBudget(max_attempts=0),
+    new_session=RetryBudget(max_attempts=0),
+)
 
 
 class FixedRandom:
@@ -204,6 +210,7 @@ class Harness:
 
     def gateway(self, url: str, token: str = TOKEN, **options: Any) -> Gateway:
         options.setdefault("rng", FixedRandom(0.5))
+        options.setdefault("plan", NO_RETRY)  # resuming is tested against FakeDiscord
         gateway = Gateway(token, url, **options)
         self.gateways.append(gateway)
         return gateway
