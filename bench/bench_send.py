@@ -111,6 +111,23 @@ def _percentile(values: list[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
+def receiver_figures(
+    by_ssrc: dict[int, list[tuple[int, float]]], digests: dict[int, str], ssrcs: list[int],
+    expected: list[bytes], audio_frames: int,
+) -> tuple[list[float], int, int]:
+    """(inter-arrival deviations from 20 ms in ms over the audio frames, lost, altered streams)."""
+    expected_digest = stream_digest(expected)
+    deviations: list[float] = []
+    lost = altered = 0
+    for ssrc in ssrcs:
+        arrivals = by_ssrc.get(ssrc, [])
+        lost += len(expected) - len(arrivals)
+        altered += digests.get(ssrc) != expected_digest
+        audio = arrivals[:audio_frames]
+        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(audio)]
+    return deviations, lost, altered
+
+
 def run(count: int, frames: list[bytes]) -> dict[str, Any]:
     with remote_fake() as (gateway, pipe):
         voice = Voice(gateway, queue_size=len(frames) + 8)
@@ -137,15 +154,7 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
         pipe.send("frames")
         by_ssrc, digests, udp_errors = pipe.recv()
     expected = frames + [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
-    expected_digest = stream_digest(expected)
-    deviations: list[float] = []
-    lost = altered = 0
-    for ssrc in ssrcs:
-        arrivals = by_ssrc.get(ssrc, [])
-        lost += len(expected) - len(arrivals)
-        altered += digests.get(ssrc) != expected_digest
-        audio = arrivals[: len(frames)]
-        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(audio)]
+    deviations, lost, altered = receiver_figures(by_ssrc, digests, ssrcs, expected, len(frames))
     packets = sum(s.frames_sent for s in stats)
     cpu_ns = sum(cpu_after.get(t, 0) - cpu_before.get(t, 0) for t in cpu_before)
     return {

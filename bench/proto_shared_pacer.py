@@ -14,12 +14,11 @@ It reaches into private attributes (``_sender``, ``_udp``): it is a measurement,
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 import time
 
-from bench.bench_send import _percentile, asset_frames, remote_fake, stream_digest
+from bench.bench_send import _percentile, asset_frames, receiver_figures, remote_fake
 from discord_voice import Voice
 
 
@@ -49,14 +48,7 @@ def run(count: int, frames: list[bytes]) -> dict[str, float]:
             conn.disconnect()
         pipe.send("frames")
         by_ssrc, digests, _ = pipe.recv()
-    expected_digest = stream_digest(frames)
-    deviations: list[float] = []
-    lost = altered = 0
-    for ssrc in ssrcs:
-        arrivals = by_ssrc.get(ssrc, [])
-        lost += len(frames) - len(arrivals)
-        altered += digests.get(ssrc) != expected_digest
-        deviations += [abs((b[1] - a[1]) - 0.020) * 1000 for a, b in itertools.pairwise(arrivals)]
+    deviations, lost, altered = receiver_figures(by_ssrc, digests, ssrcs, frames, len(frames))
     return {"connections": count, "p50": _percentile(deviations, 50),
             "p99": _percentile(deviations, 99), "max": max(deviations, default=0.0),
             "lost": lost, "altered": altered,

@@ -19,7 +19,13 @@ from discord_voice.clock import Clock, SystemClock
 from discord_voice.connection import Connection, ConnectionState
 from discord_voice.core.dave import supported_protocol_version
 from discord_voice.core.voice_gateway import VoiceServerInfo
-from discord_voice.errors import JoinError, JoinTimeout, LocalProtocolError, VoiceError
+from discord_voice.errors import (
+    ConnectionClosed,
+    JoinError,
+    JoinTimeout,
+    LocalProtocolError,
+    VoiceError,
+)
 from discord_voice.main_gateway import MainGateway
 
 __all__ = ["Voice"]
@@ -263,8 +269,6 @@ class Voice:
 
 
 def _disconnected_by_discord() -> VoiceError:
-    from discord_voice.errors import ConnectionClosed
-
     return ConnectionClosed(
         "disconnected from the voice channel by Discord (kicked, or the channel was deleted)"
     )
