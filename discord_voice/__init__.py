@@ -13,12 +13,26 @@
 
 from discord_voice._version import __version__
 from discord_voice.clock import Clock, Signal, SystemClock
-from discord_voice.connection import Connection, ConnectionState, ConnectionStats
+from discord_voice.connection import (
+    Connection,
+    ConnectionState,
+    ConnectionStats,
+    default_voice_plan,
+)
 from discord_voice.core.frames import MAX_OPUS_PACKET_SIZE, OPUS_SILENCE_FRAME
 from discord_voice.core.opcodes import Intents, SpeakingFlag
+from discord_voice.core.reconnect import (
+    Action,
+    Attempt,
+    AttemptKind,
+    ClosePolicy,
+    ReconnectPlan,
+    RetryBudget,
+)
 from discord_voice.errors import (
     ConnectionClosed,
     DaveRequired,
+    Disconnected,
     EncryptionError,
     GatewayClosed,
     GatewayTimeout,
@@ -43,6 +57,13 @@ from discord_voice.main_gateway import MainGateway, VoiceEventHandler
 from discord_voice.voice import Voice
 
 __all__ = [
+    "Action",
+    "Attempt",
+    "AttemptKind",
+    "ClosePolicy",
+    "ReconnectPlan",
+    "RetryBudget",
+    "default_voice_plan",
     "MAX_OPUS_PACKET_SIZE",
     "OPUS_SILENCE_FRAME",
     "Clock",
@@ -55,6 +76,7 @@ __all__ = [
     "Gateway",
     "GatewayClosed",
     "GatewayTimeout",
+    "Disconnected",
     "HeartbeatTimeout",
     "Intents",
     "InvalidFrame",

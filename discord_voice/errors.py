@@ -21,6 +21,7 @@ __all__ = [
     "VoiceGatewayClosed",
     "MainGatewayClosed",
     "DaveRequired",
+    "Disconnected",
     "HeartbeatTimeout",
     "JoinError",
     "JoinTimeout",
@@ -105,6 +106,21 @@ class MainGatewayClosed(GatewayClosed):
     """The main gateway websocket was closed (see Discord's gateway close codes)."""
 
     _what = "main gateway"
+
+
+class Disconnected(ConnectionClosed):
+    """Discord ended the bot's presence in the voice channel and no move followed.
+
+    ``why`` is ``"kicked"`` (our VOICE_STATE_UPDATE came with no channel: kicked, or the
+    channel was deleted) or ``"not_moved"`` (the voice websocket was closed with 4014/4022, or
+    the voice server went away, and no new VOICE_SERVER_UPDATE arrived in time); ``code`` is
+    the close code behind it, if any.
+    """
+
+    def __init__(self, why: str, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.why = why
+        self.code = code
 
 
 class HeartbeatTimeout(ConnectionClosed, TimeoutError):

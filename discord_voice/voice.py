@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from discord_voice.clock import Clock, SystemClock
 from discord_voice.connection import Connection, ConnectionState
 from discord_voice.core.dave import supported_protocol_version
+from discord_voice.core.ids import snowflake
+from discord_voice.core.reconnect import Action, ReconnectPlan
 from discord_voice.core.voice_gateway import VoiceServerInfo
 from discord_voice.errors import (
-    ConnectionClosed,
     JoinError,
     JoinTimeout,
     LocalProtocolError,
@@ -44,16 +45,6 @@ _HINTS = {
 }
 
 
-def snowflake(value: int | str, what: str) -> str:
-    """Validate an id given as int or str and return it as Discord sends it (a decimal string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{what} must be an int or a str, got {type(value).__name__}")
-    text = str(value)
-    if not text.isdigit() or not 0 < int(text) < 2**64:
-        raise ValueError(f"{what} must be a positive 64-bit integer id, got {value!r}")
-    return str(int(text))
-
-
 @dataclass(eq=False)
 class _PendingJoin:
     channel_id: str
@@ -73,6 +64,9 @@ class Voice:
         clock: time source for pacing and heartbeats (tests pass a ``FakeClock``).
         queue_size: capacity of each connection's ``opus_send`` (frames of 20 ms).
         close_timeout: how long `Connection.disconnect` may take to join its threads.
+        reconnect_plan: how connections recover from a lost voice websocket, per close code
+            (default `default_voice_plan()`; override rows with
+            ``ReconnectPlan(ClosePolicy.voice_default().with_overrides({...}))``).
 
     Thread safety: every method may be called from any thread except the library's own.
     """
@@ -84,9 +78,13 @@ class Voice:
         clock: Clock | None = None,
         queue_size: int = 10,
         close_timeout: float = 5.0,
+        reconnect_plan: ReconnectPlan[Action] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if reconnect_plan is not None and reconnect_plan.policy.gateway != "voice":
+            raise ValueError("reconnect_plan must use a voice gateway ClosePolicy")
+        self._plan = reconnect_plan
         self._gateway = gateway
         self._clock: Clock = clock or SystemClock()
         self._queue_size = queue_size
@@ -115,7 +113,8 @@ class Voice:
         """Join a voice channel; block until the connection can carry audio.
 
         One deadline covers the whole join. Joining the channel a live connection is already in
-        returns that connection; joining another channel of the same guild replaces it.
+        returns that connection (once it is READY); joining another channel of the same guild
+        moves that connection there (`Connection.move_to`) and returns it.
 
         Raises:
             JoinTimeout: a stage did not complete in time (``.stage`` names it).
@@ -136,10 +135,14 @@ class Voice:
                 leaving.result(min(_LEAVE_WAIT, max(0.0, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:
                 log.debug("guild %s: leave not confirmed before the rejoin", guild)
-        if existing is not None:
-            if existing.state is ConnectionState.READY and existing.channel_id == channel:
-                return existing
-            existing.disconnect()
+        if existing is not None and existing.state is not ConnectionState.CLOSED:
+            remaining = max(0.0, deadline - time.monotonic())
+            if existing.channel_id != channel:
+                existing.move_to(channel, remaining)
+            elif not existing.wait_for_state(ConnectionState.READY, remaining):
+                existing._raise_if_failed()
+                raise JoinTimeout("ready", timeout, "the connection is still recovering")
+            return existing
         user_id = self._gateway.user_id
         if user_id is None:
             raise JoinError("the main gateway is not READY yet (no user id)")
@@ -168,6 +171,7 @@ class Voice:
             self, info, clock=self._clock, queue_size=self._queue_size,
             close_timeout=self._close_timeout,
             max_dave_protocol_version=supported_protocol_version(),
+            plan=self._plan, self_mute=self_mute, self_deaf=self_deaf,
         )
         with self._lock:
             self._connections[guild] = connection
@@ -219,18 +223,26 @@ class Voice:
             if str(channel) == pending.channel_id and data.get("session_id"):
                 _resolve(pending.state, data)
             return
-        if connection is not None and channel is None:
-            connection._fail(_disconnected_by_discord())
+        if connection is not None:
+            connection._on_voice_state(None if channel is None else str(channel),
+                                       str(data.get("session_id") or ""))
 
     def on_voice_server_update(self, data: Mapping[str, Any]) -> None:
         guild = str(data.get("guild_id"))
         with self._lock:
             pending = self._pending.get(guild)
-        if pending is None:
-            log.debug("VOICE_SERVER_UPDATE for guild %s outside a join: ignored", guild)
+            connection = self._connections.get(guild)
+        endpoint, token = data.get("endpoint"), data.get("token")
+        if not token or not isinstance(token, str):
+            log.warning("VOICE_SERVER_UPDATE for guild %s without a token: ignored", guild)
             return
-        if data.get("endpoint") and data.get("token"):
-            _resolve(pending.server, data)
+        if pending is not None:
+            if endpoint:
+                _resolve(pending.server, data)
+        elif connection is not None:
+            connection._on_voice_server(str(endpoint) if endpoint else None, token)
+        else:
+            log.debug("VOICE_SERVER_UPDATE for guild %s with no connection: ignored", guild)
 
     # -- internal ---------------------------------------------------------------------------
 
@@ -258,6 +270,10 @@ class Voice:
             _resolve(confirmed, None)  # nothing was sent: nothing to wait for
         return confirmed
 
+    def _request_voice_state(self, guild: str, channel: str, mute: bool, deaf: bool) -> None:
+        """Send op 4 for a connection (a move or a fresh session); raises if it cannot."""
+        self._gateway.update_voice_state(guild, channel, self_mute=mute, self_deaf=deaf)
+
     def _leave_quietly(self, guild: str) -> bool:
         """Send op 4 with no channel; False (logged) if the main gateway could not send it."""
         try:
@@ -266,12 +282,6 @@ class Voice:
             log.warning("could not send the leave for guild %s: %s", guild, exc)
             return False
         return True
-
-
-def _disconnected_by_discord() -> VoiceError:
-    return ConnectionClosed(
-        "disconnected from the voice channel by Discord (kicked, or the channel was deleted)"
-    )
 
 
 def _await(

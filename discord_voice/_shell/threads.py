@@ -51,3 +51,12 @@ def join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
             alive.append(thread.name)
     if alive:
         raise ShutdownTimeout(alive, timeout)
+
+
+def joined_within(threads: Iterable[threading.Thread], timeout: float) -> bool:
+    """Join `threads` against one deadline; False (nothing raised) if one is still alive."""
+    try:
+        join_all(threads, timeout)
+    except ShutdownTimeout:
+        return False
+    return True

@@ -1,4 +1,10 @@
-"""The UDP sender thread body: ``opus_send`` -> packetizer -> socket, on the pacer's schedule.
+r"""The UDP sender thread body: ``opus_send`` -> packetizer -> socket, on the pacer's schedule.
+
+One sender lives as long as its connection. A full reconnect gives the connection a new voice
+session (new socket, SSRC, key, RTP counters and DAVE group): the connection `suspend`\ s the
+sender, which then holds its frames (the one in hand included) and takes nothing more from the
+queue, and `resume`\ s it with the new `Transport`; a frame already packetized for the old
+session is packetized again for the new one. Producers block on the bounded queue meanwhile.
 
 Each frame is packetized (RTP header + transport encryption) right after the previous send,
 while the thread is still running, and only the ``send`` syscall happens at the due time. On a
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from discord_voice.errors import ConnectionClosed, DaveNotReady
 
 from .opus_queue import STOP, OpusQueue
 
-__all__ = ["StopSpeakingMarker", "UdpSender"]
+__all__ = ["StopSpeakingMarker", "Transport", "UdpSender"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,16 @@ class StopSpeakingMarker:
     done: Signal
 
 
+@dataclass(frozen=True, eq=False)
+class Transport:
+    """Where and how one voice session's packets go."""
+
+    sock: socket.socket
+    packetizer: Packetizer
+    #: Blocks until the DAVE key is back (or the signal is set; returns whether it is).
+    wait_e2ee: Callable[[Signal], bool] | None = None
+
+
 @dataclass(eq=False)
 class _Done:
     done: Signal
@@ -44,7 +61,9 @@ class _Done:
 @dataclass(eq=False)
 class _Packet:
     data: bytes
+    frame: bytes  # the Opus frame, to packetize again for a new transport
     from_queue: bool  # counts towards opus_send.join() once sent
+    transport: Transport
 
 
 class _Stopped(Exception):
@@ -54,29 +73,34 @@ class _Stopped(Exception):
 class UdpSender:
     """Owns the pacing state of one connection; `run` is the ``dv-udp-sender`` thread body.
 
-    Thread safety: `run` on the sender thread only; `announced`, `held` and the counters may be
-    read from any thread.
+    Thread safety: `run` on the sender thread only; `suspend`, `resume`, `announced`, `held`
+    and the counters from any thread.
+
+    `announce()` sends Speaking before the first frame of a run; it returns False, having
+    called `suspend`, when Speaking cannot be sent now (the websocket is being recovered): the
+    frame is held until `resume`, so audio never precedes Speaking.
     """
 
     def __init__(
         self,
         *,
-        sock: socket.socket,
-        packetizer: Packetizer,
+        transport: Transport,
         frames: OpusQueue,
         clock: Clock,
         stop: Signal,
-        announce: Callable[[], None],
-        wait_e2ee: Callable[[Signal], bool] | None = None,
+        announce: Callable[[], bool],
         pacer: Pacer | None = None,
     ) -> None:
-        self._sock = sock
-        self._packetizer = packetizer
         self._frames = frames
         self._clock = clock
         self._stop = stop
         self._announce = announce
-        self._wait_e2ee = wait_e2ee
+        self._lock = threading.Lock()  # guards the transport, suspension and wake signal
+        self._transport = transport
+        self._suspended = False
+        # Set by stop() or suspend(): every wait of the sender thread ends on it.
+        self._wake = Signal()
+        stop.add_listener(self._on_stop)
         # A frame the transform refused for want of a DAVE key: retried, never dropped.
         self._waiting: tuple[bytes, bool] | None = None
         self.pacer = pacer or Pacer()
@@ -86,7 +110,39 @@ class UdpSender:
         self.bytes_sent = 0
         #: 1 while a frame taken from the queue is packetized but not yet sent.
         self.held = 0
+        #: How many times the sender was switched to a new transport.
+        self.transports = 1
         self._pending: deque[Any] = deque()  # silence frames and _Done after stop_speaking
+
+    # -- control (any thread) ---------------------------------------------------------------
+
+    def suspend(self) -> None:
+        """Hold every frame from now on (none is sent or dropped) until `resume`."""
+        with self._lock:
+            self._suspended = True
+            wake = self._wake
+        wake.set()
+
+    def resume(self, transport: Transport | None = None, *, announced: bool) -> None:
+        """Send again, on `transport` if given (a new session); `announced`: Speaking was
+        sent for it already."""
+        with self._lock:
+            if transport is not None and transport is not self._transport:
+                self._transport = transport
+                self.transports += 1
+            self._suspended = False
+            self.announced = announced
+            wake, self._wake = self._wake, Signal()
+            if self._stop.is_set():
+                self._wake.set()
+        wake.set()  # a sender parked in suspension goes on
+
+    def _on_stop(self) -> None:
+        with self._lock:
+            wake = self._wake
+        wake.set()
+
+    # -- the thread -------------------------------------------------------------------------
 
     def run(self) -> None:
         try:
@@ -98,10 +154,19 @@ class UdpSender:
         pacer, clock, stop, pending = self.pacer, self._clock, self._stop, self._pending
         packet: _Packet | None = None
         while not stop.is_set():
+            with self._lock:
+                suspended, transport, wake = self._suspended, self._transport, self._wake
+            if suspended:  # a reconnect is under way: hold everything, do not burst after
+                pacer.pause()
+                wake.wait()
+                continue
+            if packet is not None and packet.transport is not transport:
+                packet = self._packetize(packet.frame, from_queue=packet.from_queue)
+                continue
             if self._waiting is not None:  # E2EE key missing: hold the stream, do not burst
                 pacer.pause()
-                if self._wait_e2ee is None or self._wait_e2ee(stop):
-                    return
+                if transport.wait_e2ee is not None and transport.wait_e2ee(wake):
+                    continue  # stopped or suspended
                 frame, from_queue = self._waiting
                 self._waiting = None
                 packet = self._packetize(frame, from_queue=from_queue)
@@ -112,8 +177,8 @@ class UdpSender:
                 self.announced = False
                 pending.popleft().done.set()
             if pacer.running:
-                if clock.wait_until(pacer.next_due(clock.monotonic()), stop):
-                    return
+                if clock.wait_until(pacer.next_due(clock.monotonic()), wake):
+                    continue
                 if packet is None:
                     packet = self._next_packet(block=False)
                     if packet is None:
@@ -125,9 +190,10 @@ class UdpSender:
                     packet = self._next_packet(block=True)
                     if packet is None:
                         continue
-                if clock.wait_until(pacer.start(clock.monotonic()), stop):
-                    return
-            self._transmit(packet)
+                if clock.wait_until(pacer.start(clock.monotonic()), wake):
+                    continue
+            if not self._transmit(packet):
+                continue  # suspended at the last moment: the packet stays in hand
             packet = self._next_packet(block=False)  # prepare the next one while warm
 
     def _next_packet(self, *, block: bool) -> _Packet | None:
@@ -151,25 +217,36 @@ class UdpSender:
         return self._packetize(item, from_queue=True)
 
     def _packetize(self, frame: bytes, *, from_queue: bool) -> _Packet | None:
+        with self._lock:
+            transport = self._transport
+        self.held = int(from_queue)
         try:
-            packet = _Packet(self._packetizer.packetize(frame), from_queue)
+            data = transport.packetizer.packetize(frame)
         except DaveNotReady:
             self._waiting = (frame, from_queue)
-            self.held = int(from_queue)
             return None
-        self.held = int(from_queue)
-        return packet
+        return _Packet(data, frame, from_queue, transport)
 
-    def _transmit(self, packet: _Packet) -> None:
+    def _transmit(self, packet: _Packet) -> bool:
+        """Send `packet` unless the sender was suspended meanwhile; return whether sent."""
+        with self._lock:
+            if self._suspended or packet.transport is not self._transport:
+                return False
         if not self.announced:
-            self._announce()
+            if not self._announce():  # Speaking cannot be sent now: the owner suspended us
+                return False
             self.announced = True
         try:
-            self._sock.send(packet.data)
+            packet.transport.sock.send(packet.data)
         except OSError as exc:
+            with self._lock:
+                replaced = self._suspended or packet.transport is not self._transport
+            if replaced:  # the old session's socket was closed under us: send it anew
+                return False
             raise ConnectionClosed(f"udp send failed: {exc}") from exc
         self.held = 0
         self.pacer.sent(self._clock.monotonic())
         self.bytes_sent += len(packet.data)
         if packet.from_queue:
             self._frames.task_done()
+        return True

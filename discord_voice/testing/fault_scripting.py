@@ -213,7 +213,8 @@ class FaultScripting:
         if peer is None:
             live.end()  # detached: no resume any more
             return
-        _deliver(peer.post(("close", _MOVED, reason)), "voice close 4014")
+        # The client may close first (it follows the VOICE_SERVER_UPDATE at once): fine.
+        peer.post(("close", _MOVED, reason)).wait(_DELIVERY_TIMEOUT)
 
     # -- UDP -----------------------------------------------------------------------------------
 

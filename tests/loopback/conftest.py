@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,13 @@ def make_world() -> Iterator[object]:
     worlds: list[World] = []
     fakes: list[FakeDiscord] = []
 
-    def make(**options: object) -> World:
+    def make(voice_options: dict[str, Any] | None = None, **options: object) -> World:
         fake = FakeDiscord(**options)  # type: ignore[arg-type]
         fake.start()
         fakes.append(fake)
         gateway = Gateway(fake.token, url=fake.gateway_url)
         gateway.connect(timeout=LONG)
-        world = World(fake, gateway, Voice(gateway))
+        world = World(fake, gateway, Voice(gateway, **(voice_options or {})))
         worlds.append(world)
         return world
 

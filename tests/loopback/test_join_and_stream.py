@@ -13,17 +13,20 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from discord_voice import (
     ConnectionClosed,
     DaveRequired,
+    Disconnected,
     InvalidFrame,
     JoinTimeout,
     SpeakingFlag,
     UnsupportedEncryptionMode,
     VoiceGatewayClosed,
+    default_voice_plan,
 )
 from discord_voice.core import crypto
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp, VoiceOp
@@ -177,13 +180,20 @@ def test_rejoining_the_same_channel_returns_the_live_connection(world: World) ->
     again.disconnect()
 
 
-def test_joining_another_channel_replaces_the_connection(world: World) -> None:
+def test_joining_another_channel_moves_the_connection(world: World) -> None:
     first = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    first.opus_send.put(b"old")
+    old_ssrc = first.ssrc
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=old_ssrc)[0].opus == b"old"
     second = world.voice.join_channel(GUILD, CHANNEL + 1, timeout=LONG)
-    assert second is not first and second.channel_id == str(CHANNEL + 1)
-    with pytest.raises(ConnectionClosed):
-        first.opus_send.put(b"old")
+    assert second is first and second.channel_id == str(CHANNEL + 1)
+    assert second.reconnects == 1 and second.ssrc != old_ssrc
+    second.opus_send.put(b"new")  # the same queue goes on, into the new session
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=second.ssrc)[0].opus == b"new"
     assert world.voice.connection(GUILD) is second
+    joins = [m.data["d"]["channel_id"] for m in world.fake.main_messages
+             if m.direction == "client" and m.op == 4]
+    assert joins == [str(CHANNEL), str(CHANNEL + 1)]  # a move, not a leave and a rejoin
     second.disconnect()
 
 
@@ -246,15 +256,17 @@ def test_close_during_join_raises_the_close_code(world: World, op: int, code: in
         assert isinstance(info.value, DaveRequired) and "requires DAVE" in str(info.value)
 
 
-def test_voice_server_closing_mid_stream_reaches_the_producer(world: World) -> None:
+def test_voice_server_closing_mid_stream_reaches_the_producer(make_world) -> None:
+    plan = replace(default_voice_plan(), move_timeout=0.2)
+    world = make_world(voice_options={"reconnect_plan": plan})
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.opus_send.put(b"one")
     world.fake.wait_for_frames(1, timeout=LONG)
-    world.fake.close_voice(4014, "kicked")  # not resumable: the connection ends
-    with pytest.raises(VoiceGatewayClosed) as info:
+    world.fake.close_voice(4014, "kicked")  # no new server follows: the connection ends
+    with pytest.raises(Disconnected) as info:
         conn.wait(timeout=LONG)
-    assert info.value.code == 4014
-    with pytest.raises(VoiceGatewayClosed):
+    assert (info.value.why, info.value.code) == ("not_moved", 4014)
+    with pytest.raises(Disconnected):
         conn.opus_send.put(b"two")
     assert conn.error is info.value
 
@@ -302,15 +314,6 @@ def test_a_state_listener_that_raises_ends_the_connection_loudly(world: World) -
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_a_failed_resume_ends_the_connection_with_the_real_reason(make_world) -> None:
-    w: World = make_world(voice_resume_window=0.0)  # the session cannot be resumed: 4006
-    conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    w.fake.drop_voice()
-    with pytest.raises(VoiceGatewayClosed) as info:
-        conn.wait(timeout=LONG)
-    assert info.value.code == 4006
-
-
 def test_bad_items_are_rejected_and_the_stream_goes_on(world: World) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     for bad in ("text", None, b"", b"\x00" * 5000, 42):
@@ -349,12 +352,18 @@ def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
                          if not r.name.startswith("discord_voice.testing"))
 
     texts = [library_logs(), repr(conn), repr(w.voice), repr(w.gateway), repr(conn.stats)]
-    w.fake.close_voice(4006, "bye")
+    w.fake.close_voice(4006, "bye")  # a full reconnect: new session, token and key
+    assert w.fake.wait_until(lambda f: conn.reconnects == 1, LONG)
+    new = w.fake.voice_sessions[-1]
+    texts += [repr(conn), repr(conn._link), library_logs()]
+    w.fake.close_voice(4004, "bye")  # fatal
     with pytest.raises(VoiceGatewayClosed) as info:
         conn.wait(timeout=LONG)
     texts += [str(info.value), repr(info.value), library_logs()]
     secrets = ["SECRET-BOT-TOKEN", str(voice_token), session.session_id,
                session.secret_key.hex(), str(list(session.secret_key))[1:-1]]
+    assert new.secret_key is not None and new.session_id is not None
+    secrets += [new.session_id, new.secret_key.hex(), str(client_ops(w.fake, 0)[-1]["token"])]
     for text in texts:
         for secret in secrets:
             assert secret not in text

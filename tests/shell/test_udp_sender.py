@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread
-from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
+from discord_voice._shell.udp_sender import StopSpeakingMarker, Transport, UdpSender
 from discord_voice.clock import Signal
 from discord_voice.core.crypto import Aes256GcmRtpSize
 from discord_voice.core.packetizer import Packetizer
@@ -65,16 +65,17 @@ def rig() -> Iterator[Rig]:
     announced: list[float] = []
     failures: list[BaseException] = []
 
-    def announce() -> None:
+    def announce() -> bool:
         # Speaking must be sent before the first packet: nothing may have arrived yet.
         readable, _, _ = select.select([receiver], [], [], 0)
         if readable:
             failures.append(AssertionError("audio was sent before Speaking"))
         announced.append(clock.monotonic())
+        return True
 
     sender = UdpSender(
-        sock=sock, packetizer=Packetizer(0xDEADBEEF, Aes256GcmRtpSize(KEY), sequence=65534,
-                                         timestamp=2**32 - 960),
+        transport=Transport(sock, Packetizer(0xDEADBEEF, Aes256GcmRtpSize(KEY), sequence=65534,
+                                             timestamp=2**32 - 960)),
         frames=frames, clock=clock, stop=stop,
         announce=announce,
     )

@@ -1,0 +1,226 @@
+"""Full reconnects and moves, end to end on the fake Discord: a new voice session (fresh op 4 or
+a new VOICE_SERVER_UPDATE), nothing lost, RTP restarting cleanly, Speaking sent again."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from discord_voice import (
+    Attempt,
+    AttemptKind,
+    Connection,
+    Disconnected,
+    VoiceGatewayClosed,
+    default_voice_plan,
+)
+from discord_voice.core.opcodes import GatewayOp, VoiceOp
+from discord_voice.testing import FakeDiscord
+from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.timeouts import LONG
+
+MakeWorld = Callable[..., World]
+
+
+def frames_of(count: int) -> list[bytes]:
+    return [os.urandom(1 + (i * 53) % 300) for i in range(count)]
+
+
+def op4_channels(fake: FakeDiscord) -> list[object]:
+    return [m.data["d"]["channel_id"] for m in fake.main_messages
+            if m.direction == "client" and m.op == GatewayOp.VOICE_STATE_UPDATE]
+
+
+def watch(conn: Connection) -> tuple[list[tuple[str, str]], list[Attempt]]:
+    changes: list[tuple[str, str]] = []
+    attempts: list[Attempt] = []
+    conn.add_state_listener(lambda old, new, why: changes.append((old.value, new.value)))
+    conn.add_attempt_listener(attempts.append)
+    return changes, attempts
+
+
+def stream_across(world: World, conn: Connection, fault: Callable[[], None],
+                  count: int = 40) -> list[bytes]:
+    """Put half the frames, cause `fault`, put the rest (blocking while the connection
+    recovers); return what was sent."""
+    sent = frames_of(count)
+    for frame in sent[: count // 4]:
+        conn.opus_send.put(frame, timeout=LONG)
+    session = world.fake.voice_sessions[-1]  # let its Speaking arrive before the fault
+    assert world.fake.wait_until(lambda f: bool(session.speaking), LONG)
+    fault()
+    for frame in sent[count // 4:]:
+        conn.opus_send.put(frame, timeout=LONG)
+    conn.opus_send.join()  # every frame handed to the socket
+    return sent
+
+
+def assert_sessions_carried(fake: FakeDiscord, sent: list[bytes], ssrcs: list[int]) -> None:
+    """Every frame arrived exactly once, in order, over the sessions `ssrcs` one after the
+    other; within each, RTP sequence and timestamp are continuous."""
+    got = fake.wait_for_frames(len(sent), timeout=LONG)
+    assert [f.opus for f in got] == sent
+    assert [ssrc for ssrc, _ in itertools.groupby(f.ssrc for f in got)] == ssrcs
+    for ssrc in ssrcs:
+        mine = fake.frames(ssrc)
+        for a, b in itertools.pairwise(mine):
+            assert b.sequence == (a.sequence + 1) % 2**16
+            assert b.timestamp == (a.timestamp + 960) % 2**32
+
+
+@pytest.mark.parametrize("code", [4006, 4009, 4011, 4999])
+def test_codes_that_need_a_new_session_reconnect_with_a_fresh_op_4(
+    world: World, code: int
+) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    changes, attempts = watch(conn)
+    old_ssrc = conn.ssrc
+    assert old_ssrc is not None
+    sent = stream_across(world, conn, lambda: world.fake.close_voice(code, "gone"))
+    assert conn.reconnects == 1 and conn.resumes == 0 and conn.ssrc != old_ssrc
+    assert conn.ssrc is not None
+    assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
+    assert op4_channels(world.fake) == [str(CHANNEL), str(CHANNEL)]  # fresh op 4, same channel
+    assert changes == [("ready", "reconnecting"), ("reconnecting", "ready")]
+    assert [(a.kind, a.number, a.code) for a in attempts] == [(AttemptKind.RECONNECT, 1, code)]
+    new = world.fake.voice_sessions[-1]
+    assert new.ssrc == conn.ssrc and new.speaking and new.speaking[0]["speaking"] == 1
+    assert conn.error is None and not world.fake.violations  # Speaking before audio, too
+    conn.disconnect()
+
+
+def test_a_failed_resume_becomes_a_full_reconnect(make_world: MakeWorld) -> None:
+    world = make_world(voice_resume_window=0.0)  # no session can be resumed: op 7 gets 4006
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    changes, attempts = watch(conn)
+    old_ssrc = conn.ssrc
+    assert old_ssrc is not None
+    sent = stream_across(world, conn, world.fake.drop_voice)
+    assert conn.ssrc is not None
+    assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
+    assert [(a.kind, a.code) for a in attempts] == [
+        (AttemptKind.RESUME, None), (AttemptKind.RECONNECT, 4006)]
+    assert changes == [("ready", "resuming"), ("resuming", "reconnecting"),
+                       ("reconnecting", "ready")]
+    assert (conn.resumes, conn.reconnects) == (0, 1)
+    conn.disconnect()
+
+
+def test_a_move_to_another_voice_server_mid_stream_loses_nothing(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    changes, _ = watch(conn)
+    old_ssrc, old_endpoint = conn.ssrc, conn.endpoint
+    assert old_ssrc is not None
+    endpoint: list[str] = []
+    sent = stream_across(world, conn, lambda: endpoint.append(world.fake.move_user()))
+    assert conn.endpoint == endpoint[0] != old_endpoint and conn.reconnects == 1
+    assert conn.ssrc is not None
+    assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
+    assert op4_channels(world.fake) == [str(CHANNEL)]  # Discord moved us: no op 4 from us
+    assert changes == [("ready", "reconnecting"), ("reconnecting", "ready")]
+    assert conn.error is None and not world.fake.violations
+    conn.disconnect()
+
+
+def test_a_moderator_moving_the_bot_to_another_channel_is_followed(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    old_ssrc = conn.ssrc
+    assert old_ssrc is not None
+    sent = stream_across(
+        world, conn, lambda: world.fake.move_user(CHANNEL + 7, new_server=False))
+    assert conn.channel_id == str(CHANNEL + 7) and conn.ssrc is not None
+    assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
+    assert world.fake.voice_sessions[-1].channel_id == CHANNEL + 7
+    conn.disconnect()
+
+
+def test_a_kick_ends_the_connection_at_once_with_a_typed_reason(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # the move wait is 10 s
+    world.fake.kick_user()
+    with pytest.raises(Disconnected) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.why == "kicked"
+    with pytest.raises(Disconnected):
+        conn.opus_send.put(b"after the kick")
+    assert world.voice.connection(GUILD) is None
+    again = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # no "already connected"
+    assert again is not conn
+    again.disconnect()
+
+
+def test_a_null_endpoint_holds_the_frames_until_the_next_server(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    old_ssrc = conn.ssrc
+    assert old_ssrc is not None
+    conn.opus_send.put(b"before")
+    world.fake.wait_for_frames(1, timeout=LONG)
+    world.fake.null_endpoint()
+    assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
+    for frame in (b"held-1", b"held-2"):
+        conn.opus_send.put(frame)  # held, neither sent to the old server nor dropped
+    world.fake.move_user(new_server=True)
+    conn.opus_send.join()
+    assert conn.ssrc is not None
+    assert_sessions_carried(world.fake, [b"before", b"held-1", b"held-2"],
+                            [old_ssrc, conn.ssrc])
+    conn.disconnect()
+
+
+def test_no_new_server_after_4014_ends_as_not_moved(make_world: MakeWorld) -> None:
+    plan = replace(default_voice_plan(), move_timeout=0.3)
+    world = make_world(voice_options={"reconnect_plan": plan})
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    _, attempts = watch(conn)
+    world.fake.close_voice(4022, "call terminated")
+    with pytest.raises(Disconnected) as info:
+        conn.wait(timeout=LONG)
+    assert (info.value.why, info.value.code) == ("not_moved", 4022)
+    assert [(a.kind, a.delay) for a in attempts] == [(AttemptKind.WAIT_FOR_MOVE, 0.3)]
+
+
+def test_reconnect_attempts_are_bounded_and_the_last_reason_is_raised(
+    make_world: MakeWorld,
+) -> None:
+    plan = default_voice_plan()
+    plan = replace(plan, new_session=replace(plan.new_session, max_attempts=3, base_delay=0.01))
+    world = make_world(voice_options={"reconnect_plan": plan})
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    _, attempts = watch(conn)
+    for _ in range(3):  # every new session is refused at Identify
+        world.fake.close_voice_on(VoiceOp.IDENTIFY, 4006, "no")
+    world.fake.close_voice(4006, "session gone")
+    with pytest.raises(VoiceGatewayClosed) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.code == 4006
+    assert [(a.kind, a.number) for a in attempts] == [
+        (AttemptKind.RECONNECT, 1), (AttemptKind.RECONNECT, 2), (AttemptKind.RECONNECT, 3)]
+    assert all(0 < a.delay <= 0.02 for a in attempts[1:])  # backoff, capped, with jitter
+    assert world.fake.wait_until(  # 4 joins, then the leave
+        lambda f: op4_channels(f) == [str(CHANNEL)] * 4 + [None], LONG)
+
+
+@pytest.mark.parametrize("code", [4017, 4021, 4004])
+def test_fatal_codes_end_the_connection_without_a_retry(world: World, code: int) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    _, attempts = watch(conn)
+    world.fake.close_voice(code, "no")
+    with pytest.raises(VoiceGatewayClosed) as info:
+        conn.wait(timeout=LONG)
+    assert info.value.code == code and attempts == []
+    assert world.fake.wait_until(lambda f: op4_channels(f) == [str(CHANNEL), None], LONG)
+
+
+def test_disconnect_during_a_reconnect_is_prompt_and_leaves_no_thread(
+    world: World,
+) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    world.fake.withhold("voice_server_update")  # the fresh op 4 gets no server: we wait
+    world.fake.close_voice(4006, "gone")
+    assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
+    conn.opus_send.put(b"held")
+    conn.disconnect(timeout=LONG)  # wakes the recovery thread at once; the frame is counted
+    assert conn.stats.frames_discarded == 1
