@@ -187,3 +187,72 @@ def test_mutable_buffers_are_copied_at_put(rig: Rig) -> None:
     rig.frames.put(buf)
     buf[:] = b"zzz"
     assert rig.recv()[2] == b"abc"
+
+
+def test_suspend_holds_frames_and_resume_sends_them_once_on_the_new_transport(rig: Rig) -> None:
+    """A reconnect: the frame in hand is packetized again for the new session (its SSRC, key
+    and counters), nothing goes to the old socket after `suspend`, and no burst follows."""
+    new_key = bytes(range(100, 132))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(LONG)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(receiver.getsockname())
+    try:
+        for frame in (b"a", b"b", b"c"):
+            rig.frames.put(frame)
+        assert rig.recv()[2] == b"a"
+        rig.clock.wait_for_sleepers(1, LONG)  # parked until b is due, b already packetized
+        rig.sender.suspend()
+        rig.frames.put(b"d")
+        rig.clock.advance(1.0)  # long past b's due time: still nothing may be sent
+        assert rig.sender.held == 1
+        rig.sender.resume(
+            Transport(sock, Packetizer(0x0BADCAFE, Aes256GcmRtpSize(new_key), sequence=7,
+                                       timestamp=5000)),
+            announced=False,
+        )
+        got = []
+        for expected_time in (1001.0, 1001.02, 1001.04):
+            if got:
+                rig.advance_frame()
+            data = receiver.recv(4096)
+            header, nonce4 = data[:12], data[-4:]
+            opus = AESGCM(new_key).decrypt(nonce4 + bytes(8), data[12:-4], header)
+            _, _, seq, ts, ssrc = struct.unpack(">BBHII", header)
+            got.append((opus, seq, ts, ssrc, round(rig.clock.monotonic(), 6)))
+            assert got[-1][4] == pytest.approx(expected_time)
+        assert got == [(b"b", 7, 5000, 0x0BADCAFE, 1001.0), (b"c", 8, 5960, 0x0BADCAFE, 1001.02),
+                       (b"d", 9, 6920, 0x0BADCAFE, 1001.04)]
+        assert rig.announced == [1000.0, 1001.0]  # Speaking again before the new session
+        readable, _, _ = select.select([rig.receiver], [], [], 0)
+        assert readable == []  # nothing went to the old session after the suspension
+        rig.frames.join()
+        assert rig.sender.transports == 2 and rig.sender.held == 0
+    finally:
+        sock.close()
+        receiver.close()
+
+
+def test_a_refused_announce_holds_the_frame_until_resumed(rig: Rig) -> None:
+    """While the websocket is recovered Speaking cannot be sent: the owner refuses the
+    announce (and suspends); the frame is sent only after `resume`, never before Speaking."""
+    refused = threading.Event()
+    original = rig.sender._announce
+
+    def announce() -> bool:
+        if not refused.is_set():
+            rig.sender.suspend()
+            refused.set()
+            return False
+        return original()
+
+    rig.sender._announce = announce  # type: ignore[method-assign]
+    rig.frames.put(b"held")
+    assert refused.wait(LONG)
+    rig.clock.advance(0.5)  # nothing is sent while suspended, however long
+    readable, _, _ = select.select([rig.receiver], [], [], 0)
+    assert readable == [] and rig.sender.held == 1
+    rig.sender.resume(announced=False)
+    assert rig.recv()[2] == b"held"
+    assert rig.announced == [1000.5]  # announced (for real) right before the frame
