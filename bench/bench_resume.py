@@ -1,9 +1,11 @@
-"""Resume figures: frames lost and the longest gap at the receiver when the voice socket dies.
+"""Resume and reconnect figures: frames lost and the longest gap at the receiver.
 
 One connection streams real Opus frames in real time (DAVE on, a libdave listener decrypting);
 mid-stream the fake closes the voice websocket with 4015 (voice server crashed) or drops the TCP
-connection. The library resumes on a new socket while UDP audio goes on. Reported: frames lost
-or altered, and the longest inter-arrival gap at the receiver (kernel timestamps).
+connection (the library resumes on a new socket while UDP audio goes on), closes it with 4006
+(a full reconnect: fresh op 4, new session, SSRC, key and DAVE group; frames are held meanwhile)
+or moves the bot to another voice server. Reported: frames lost or altered (over every SSRC, in
+order), and the longest inter-arrival gap at the receiver (kernel timestamps).
 
 Run: ``python -m bench.bench_resume``.
 """
@@ -15,7 +17,7 @@ import itertools
 import sys
 
 from bench.bench_send import asset_frames
-from discord_voice import Gateway, Voice
+from discord_voice import OPUS_SILENCE_FRAME, Gateway, Voice
 from discord_voice.testing import FakeDiscord
 
 GUILD, CHANNEL = 41771983423143937, 127121515262115840
@@ -32,18 +34,21 @@ def run(fault: str, frames: list[bytes]) -> str:
             if index == at:
                 if fault == "drop":
                     fake.drop_voice()
+                elif fault == "move":
+                    fake.move_user(new_server=True)
                 else:
-                    fake.close_voice(4015, "voice server crashed")
+                    fake.close_voice(int(fault), "injected")
             conn.opus_send.put(frame)  # real-time pacing through the bounded queue
         conn.stop_speaking(timeout=10)
-        got = fake.wait_for_frames(len(frames), timeout=10, ssrc=conn.ssrc)
-        resumes = fake.voice_sessions[0].resumes
+        got = fake.wait_for_frames(len(frames), timeout=10)  # every session, in arrival order
+        got = [f for f in got if f.opus != OPUS_SILENCE_FRAME]
+        resumes, reconnects = conn.resumes, conn.reconnects
         conn.disconnect()
         gateway.close()
     intact = sum(1 for f, sent in zip(got, frames, strict=False) if f.opus == sent)
     gap = max((b.arrival - a.arrival) * 1000 for a, b in itertools.pairwise(got))
-    return (f"{fault:>10}: {len(frames)} frames, {len(frames) - intact} lost or altered, "
-            f"longest inter-arrival {gap:.1f} ms, resumes {resumes}")
+    return (f"{fault:>5}: {len(frames)} frames, {len(frames) - intact} lost or altered, "
+            f"longest inter-arrival {gap:.1f} ms, resumes {resumes}, reconnects {reconnects}")
 
 
 def main() -> int:
@@ -51,8 +56,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     frames = asset_frames(args.seconds)
-    for fault in ("close 4015", "drop"):
-        print(run("drop" if fault == "drop" else "4015", frames))
+    for fault in ("4015", "drop", "4006", "move"):
+        print(run(fault, frames))
     return 0
 
 

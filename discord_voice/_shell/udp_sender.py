@@ -100,6 +100,8 @@ class UdpSender:
         self._suspended = False
         # Set by stop() or suspend(): every wait of the sender thread ends on it.
         self._wake = Signal()
+        # Set by resume() or stop(): what a suspended sender waits for.
+        self._resumed = Signal()
         stop.add_listener(self._on_stop)
         # A frame the transform refused for want of a DAVE key: retried, never dropped.
         self._waiting: tuple[bytes, bool] | None = None
@@ -119,7 +121,11 @@ class UdpSender:
     def suspend(self) -> None:
         """Hold every frame from now on (none is sent or dropped) until `resume`."""
         with self._lock:
-            self._suspended = True
+            if not self._suspended:
+                self._suspended = True
+                self._resumed = Signal()
+                if self._stop.is_set():
+                    self._resumed.set()
             wake = self._wake
         wake.set()
 
@@ -132,15 +138,16 @@ class UdpSender:
                 self.transports += 1
             self._suspended = False
             self.announced = announced
-            wake, self._wake = self._wake, Signal()
-            if self._stop.is_set():
-                self._wake.set()
-        wake.set()  # a sender parked in suspension goes on
+            if self._wake.is_set() and not self._stop.is_set():
+                self._wake = Signal()  # the suspension's wake-up is spent
+            resumed = self._resumed
+        resumed.set()  # a sender parked in suspension goes on
 
     def _on_stop(self) -> None:
         with self._lock:
-            wake = self._wake
+            wake, resumed = self._wake, self._resumed
         wake.set()
+        resumed.set()
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -156,9 +163,10 @@ class UdpSender:
         while not stop.is_set():
             with self._lock:
                 suspended, transport, wake = self._suspended, self._transport, self._wake
+                resumed = self._resumed
             if suspended:  # a reconnect is under way: hold everything, do not burst after
                 pacer.pause()
-                wake.wait()
+                resumed.wait()  # bounded by the connection: its end sets it
                 continue
             if packet is not None and packet.transport is not transport:
                 packet = self._packetize(packet.frame, from_queue=packet.from_queue)

@@ -10,6 +10,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -207,6 +208,9 @@ def test_suspend_holds_frames_and_resume_sends_them_once_on_the_new_transport(ri
         rig.frames.put(b"d")
         rig.clock.advance(1.0)  # long past b's due time: still nothing may be sent
         assert rig.sender.held == 1
+        cpu = time.process_time()
+        threading.Event().wait(0.2)  # an interval to measure over, not a synchronisation
+        assert time.process_time() - cpu < 0.1  # parked, not spinning
         rig.sender.resume(
             Transport(sock, Packetizer(0x0BADCAFE, Aes256GcmRtpSize(new_key), sequence=7,
                                        timestamp=5000)),
