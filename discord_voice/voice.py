@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from discord_voice._connection_core import ConnectionCore, ConnectionState
 from discord_voice.clock import Clock, SystemClock
-from discord_voice.connection import Connection, ConnectionState
+from discord_voice.connection import Connection
 from discord_voice.core.dave import supported_protocol_version
 from discord_voice.core.ids import snowflake
 from discord_voice.core.reconnect import Action, ReconnectPlan
@@ -247,7 +248,7 @@ class Voice:
     # -- internal ---------------------------------------------------------------------------
 
     def _forget(
-        self, connection: Connection, *, leave: bool
+        self, connection: ConnectionCore, *, leave: bool
     ) -> concurrent.futures.Future[None] | None:
         """Drop `connection` from the registry; with `leave`, tell Discord we left and return a
         future resolved by Discord's confirmation (our VOICE_STATE_UPDATE with no channel)."""
