@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -224,3 +225,31 @@ def test_disconnect_during_a_reconnect_is_prompt_and_leaves_no_thread(
     conn.opus_send.put(b"held")
     conn.disconnect(timeout=LONG)  # wakes the recovery thread at once; the frame is counted
     assert conn.stats.frames_discarded == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc")
+def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+
+    def reconnect(n: int) -> tuple[int, int]:
+        world.fake.close_voice(4006, "again")
+        assert world.fake.wait_until(lambda f: conn.reconnects == n, LONG)
+        conn.opus_send.put(bytes([n]))
+        conn.opus_send.join()
+        live = [t for t in threading.enumerate() if t.name.startswith("dv-voice")]
+        # the recovery thread of this round may still be on its way out
+        assert all(t.name.startswith(("dv-voice-reader", "dv-voice-heartbeat",
+                                      "dv-voice-recover")) for t in live)
+        return len(os.listdir("/proc/self/fd")), len(conn._threads)
+
+    reconnect(1)
+    fds, _ = reconnect(2)
+    for n in range(3, 7):
+        now, own = reconnect(n)
+    # old links' websockets and UDP sockets were closed (4 leaked links would add 8 or more;
+    # the slack is for the fake's own server-side sockets, closed on its threads)
+    assert now <= fds + 2
+    assert own <= 3  # the sender plus at most the latest recovery threads are kept
+    assert [t.name for t in conn._link.threads() if t.is_alive()] == [
+        f"dv-voice-reader:{GUILD}", f"dv-voice-heartbeat:{GUILD}"]
+    conn.disconnect()
