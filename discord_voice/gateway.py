@@ -1,6 +1,7 @@
 """`Gateway`: the built-in synchronous main-gateway client (v10, JSON, no compression).
 
-Two threads per connection (`discord_voice._shell.gateway_connection`), both joined by
+Two threads per connection (`discord_voice._shell.gateway_connection`; a third,
+``dv-gateway-watchdog``, while a reconnect awaits READY/RESUMED), all joined by
 `Gateway.close`: on ``dv-gateway-reader``, `Gateway` turns messages into events through
 `discord_voice.core.main_gateway` and delivers dispatches to voice handlers and listeners;
 ``dv-gateway-heartbeat`` (started on Hello) sends op 1 on the schedule and ends a zombie
@@ -34,6 +35,7 @@ from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRout
 from discord_voice._shell.gateway_events import FAILURE_CLOSE_CODE, GatewayEvents
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, default_plan
+from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT
 from discord_voice._shell.websocket import WebSocketChannel
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.main_gateway import (
@@ -66,11 +68,15 @@ class Gateway(GatewayEvents):
     """A synchronous main-gateway connection that implements `MainGateway`.
 
     ``connect()`` blocks until READY. After that, connection failures are recovered from by
-    `plan` (default: `default_plan()`); every attempt is logged at INFO. The failure that
-    ends the gateway (a fatal close code such as 4004, attempts exhausted, malformed data, or
-    an exception raised by a handler or listener) is stored in `error`, re-raised by `wait()`,
-    and chained as ``__cause__`` of the `ConnectionClosed` raised by the next
-    `update_voice_state`.
+    `plan` (default: `default_plan()`); every attempt is logged at INFO. Each attempt has
+    `reconnect_timeout` seconds (on `clock`, from opening its websocket) to get READY or
+    RESUMED; otherwise it is closed with 4000 and counts as failed (its `GatewayTimeout` is
+    the last failure if the attempts run out). The failure that ends the gateway (a fatal
+    close code such as 4004, attempts exhausted, a malformed READY, or an exception raised by
+    a handler or listener) is stored in `error`, re-raised by `wait()`, and chained as
+    ``__cause__`` of the `ConnectionClosed` raised by the next `update_voice_state`.
+    Other malformed or unknown messages are skipped and counted (`malformed_messages`,
+    `ignored_messages`).
 
     Thread safety: every method may be called from any thread, including from a callback.
     """
@@ -85,7 +91,11 @@ class Gateway(GatewayEvents):
         properties: Mapping[str, str] | None = None,
         rng: RandomSource | None = None,
         plan: ReconnectPlan[GatewayAction] | None = None,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
     ) -> None:
+        if not reconnect_timeout > 0:
+            raise LocalProtocolError("reconnect_timeout must be positive")
+        self._reconnect_timeout = reconnect_timeout
         self._session = GatewaySession(token, intents, properties)
         #: The websocket URL, with ``v=10&encoding=json`` added when it had no query.
         self.url = normalize_gateway_url(url)
@@ -104,6 +114,8 @@ class Gateway(GatewayEvents):
         self._retired: list[GatewayConnection] = []  # earlier connections, joined by close()
         self._heartbeat: GatewayHeartbeat | None = None  # created on Hello
         self._error: BaseException | None = None
+        self._malformed = self._ignored = 0
+        self._last_protocol_error: str | None = None
         self._started = self._ready = self._closing = False
 
     def __repr__(self) -> str:
@@ -214,6 +226,8 @@ class Gateway(GatewayEvents):
                 self._retired = [c for c in self._retired if c.is_alive()]
                 self._retired.append(self._connection)
             self._connection, self._heartbeat = connection, None
+            if self._ready:  # a reconnect: bound the wait for READY/RESUMED
+                self._start_watchdog(connection, resume=resume)
             connection.start(
                 lambda message: self._handle(connection, message, resume=resume),
                 redact=self._session.redact, on_exit=lambda: self._connection_ended(connection),

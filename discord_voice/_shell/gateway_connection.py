@@ -1,8 +1,9 @@
 """One main gateway websocket and the threads that serve it, from opening to release.
 
 ``dv-gateway-reader`` (`run_gateway_reader`) reads; ``dv-gateway-heartbeat`` (started on
-Hello) beats. The reader also ends the connection: after the close handshake it releases the
-socket, joins the heartbeat thread and only then reports the end, so an owner that waits for
+Hello) beats; on a reconnect, ``dv-gateway-watchdog`` (`..gateway_watchdog`) bounds the wait
+for READY/RESUMED. The reader also ends the connection: after the close handshake it releases
+the socket, joins the other threads and only then reports the end, so an owner that waits for
 that end finds every thread finished.
 """
 
@@ -55,7 +56,7 @@ def open_gateway_channel(
 
 
 class GatewayConnection:
-    """An open websocket (`channel`) with its reader and, after `start_heartbeat`, heartbeat.
+    """An open websocket (`channel`) with its reader, heartbeat and (on a reconnect) watchdog.
 
     A failure of either thread goes to `fail` (a non-`VoiceError` one, a bug, wrapped in
     `ConnectionClosed`). `stop` is the owner's signal that the connection should end.
@@ -69,12 +70,17 @@ class GatewayConnection:
         self.channel = channel
         self.stop = stop  #: set to end this connection (not necessarily its owner)
         self._stop = stop
+        #: Set once READY/RESUMED arrived on this connection, and whenever `stop` is set.
+        self.settled = Signal()
+        if not stop.add_listener(self.settled.set):
+            self.settled.set()
         #: The first failure that ended this connection (set by the owner).
         self.failure: BaseException | None = None
         self._fail = fail
         self._released = threading.Event()  # the reader has released the socket
         self._reader: ServiceThread | None = None
         self._heartbeat: ServiceThread | None = None
+        self._watchdog: ServiceThread | None = None
 
     def start(
         self,
@@ -100,9 +106,9 @@ class GatewayConnection:
                 )
             finally:
                 self._released.set()
-                heartbeat = self._heartbeat
-                if heartbeat is not None:
-                    heartbeat.join(SHUTDOWN_TIMEOUT)
+                for helper in (self._heartbeat, self._watchdog):
+                    if helper is not None:
+                        helper.join(SHUTDOWN_TIMEOUT)
                 on_exit()
 
         self._reader = self._thread("dv-gateway-reader", read)
@@ -112,6 +118,11 @@ class GatewayConnection:
         """Run `body` on ``dv-gateway-heartbeat``; the reader joins it before it exits."""
         self._heartbeat = self._thread("dv-gateway-heartbeat", body)
         self._heartbeat.start()
+
+    def start_watchdog(self, body: Callable[[], None]) -> None:
+        """Run `body` on ``dv-gateway-watchdog``; call before `start` (the reader joins it)."""
+        self._watchdog = self._thread("dv-gateway-watchdog", body)
+        self._watchdog.start()
 
     def release(self, timeout: float = CLOSE_HANDSHAKE_TIMEOUT) -> None:
         """Give the reader `timeout` seconds to finish the close handshake, then cut the socket.
@@ -127,15 +138,18 @@ class GatewayConnection:
 
     def is_alive(self) -> bool:
         """True while the reader or heartbeat thread still runs."""
-        return any(t is not None and t.is_alive() for t in (self._reader, self._heartbeat))
+        return any(t is not None and t.is_alive() for t in self._threads())
 
     def shut_down(self, release_timeout: float, join_timeout: float) -> None:
-        """`release`, then join both threads (not the calling one) within `join_timeout`.
+        """`release`, then join every thread (not the calling one) within `join_timeout`.
 
         Raises `ShutdownTimeout` naming any thread still alive.
         """
         self.release(release_timeout)
-        join_all([t for t in (self._heartbeat, self._reader) if t is not None], join_timeout)
+        join_all([t for t in self._threads() if t is not None], join_timeout)
+
+    def _threads(self) -> tuple[ServiceThread | None, ...]:
+        return self._watchdog, self._heartbeat, self._reader
 
     def _thread(self, name: str, body: Callable[[], None]) -> ServiceThread:
         def report(exc: BaseException) -> None:

@@ -45,12 +45,14 @@ class DispatchRouter:
             raise LocalProtocolError("a dispatch listener must be callable")
         return self._listeners.add(callback)
 
-    def deliver(self, event: Dispatch) -> None:
+    def deliver(self, event: Dispatch) -> bool:
         """Voice dispatches to every voice handler, then every dispatch to every listener.
 
-        Raises `ConnectionClosed` (caused by the callback's exception) if a callback raises.
+        Returns whether any callback received it. Raises `ConnectionClosed` (caused by the
+        callback's exception) if a callback raises.
         """
         handlers, listeners = self._voice_handlers.items, self._listeners.items
+        voice = event.name in ("VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE")
         try:
             if event.name == "VOICE_STATE_UPDATE":
                 for handler in handlers:
@@ -67,6 +69,7 @@ class DispatchRouter:
                 "the main gateway was closed"
             )
             raise ConnectionClosed(message) from exc
+        return bool(listeners) or (voice and bool(handlers))
 
 
 class _Registry(Generic[_T]):

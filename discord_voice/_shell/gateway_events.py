@@ -5,6 +5,13 @@ beat, Identify or Resume after Hello), and when a connection fails asks `Recover
 the ending connection's reader thread then makes the attempts (resume on
 ``resume_gateway_url``, or identify afresh on the original URL) until one has a running
 connection, or ends the gateway with the failure. `Gateway` sets the attributes declared below.
+
+Garbage is survived and counted, never fatal: a message that is not JSON, not an object or a
+known op with a malformed body (``malformed_messages``; a second Hello too), and an unknown
+opcode or a dispatch that reaches no handler or listener (``ignored_messages``). The one
+exception is a malformed READY: it carries the session everything else needs, so the gateway
+fails with `RemoteProtocolError` at once instead of waiting for a timeout. (A broken websocket
+frame, such as text that is not UTF-8, still ends the connection: it is no longer usable.)
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from discord_voice._shell.gateway_connection import GatewayConnection, open_gate
 from discord_voice._shell.gateway_dispatch import DispatchRouter
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, invalid_session, reconnect_requested
+from discord_voice._shell.gateway_watchdog import run_reconnect_watchdog
 from discord_voice._shell.websocket import WebSocketChannel
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.main_gateway import (
@@ -28,8 +36,11 @@ from discord_voice.core.main_gateway import (
     InvalidSession,
     Ready,
     Reconnect,
+    UnknownOp,
+    decode_payload,
 )
 from discord_voice.core.main_gateway_resume import resume_url
+from discord_voice.core.opcodes import GatewayOp
 from discord_voice.core.reconnect import Attempt, AttemptKind
 from discord_voice.errors import MainGatewayClosed, RemoteProtocolError, VoiceError
 
@@ -62,6 +73,30 @@ class GatewayEvents:
     _heartbeat: GatewayHeartbeat | None
     _ready: bool
     _closing: bool
+    _reconnect_timeout: float
+    _malformed: int
+    _ignored: int
+    _last_protocol_error: str | None
+
+    # --- counters ---------------------------------------------------------------------------
+
+    @property
+    def malformed_messages(self) -> int:
+        """Messages skipped as malformed: not JSON/UTF-8, not an object, a bad known op body."""
+        with self._lock:
+            return self._malformed
+
+    @property
+    def ignored_messages(self) -> int:
+        """Unknown opcodes, and dispatches that reached no voice handler or listener."""
+        with self._lock:
+            return self._ignored
+
+    @property
+    def last_protocol_error(self) -> str | None:
+        """Why the last malformed message was skipped (None before the first)."""
+        with self._lock:
+            return self._last_protocol_error
 
     def _fail(self, error: BaseException) -> None:
         raise NotImplementedError
@@ -92,6 +127,14 @@ class GatewayEvents:
         connection.stop.set()
         connection.channel.close(FAILURE_CLOSE_CODE)  # not 1000: the session stays resumable
         connection.release()
+
+    def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:
+        """Bound a reconnect's wait for READY/RESUMED; call before starting its reader."""
+        deadline = self._clock.monotonic() + self._reconnect_timeout
+        connection.start_watchdog(lambda: run_reconnect_watchdog(
+            self._clock, deadline, self._reconnect_timeout,
+            settled=connection.settled, stop=connection.stop, resume=resume,
+        ))
 
     def _connection_ended(self, connection: GatewayConnection) -> None:
         """On the ending connection's reader thread: make the next attempt, or report the end."""
@@ -133,7 +176,13 @@ class GatewayEvents:
 
     def _handle(self, connection: GatewayConnection, message: str | bytes, *, resume: bool) -> None:
         last_seq = self._session.seq
-        event = self._session.receive(message)  # only this thread mutates the session
+        try:
+            event = self._session.receive(message)  # only this thread mutates the session
+        except RemoteProtocolError as exc:
+            if _names_ready(message):
+                raise  # no session without it: fail now rather than time out
+            self._malformed_message(exc)
+            return
         heartbeat = self._heartbeat
         if isinstance(event, HeartbeatAck):
             if heartbeat is not None:
@@ -142,9 +191,11 @@ class GatewayEvents:
             if event.seq is not None and last_seq is not None and event.seq <= last_seq:
                 _log.debug("skipping %s s=%d: delivered already", event.name, event.seq)
                 return
-            if isinstance(event, Ready) or event.name == "RESUMED":
-                self._back_online(event.name)
-            self._router.deliver(event)
+            settles = isinstance(event, Ready) or event.name == "RESUMED"
+            if settles:
+                self._back_online(connection, event.name)
+            if not self._router.deliver(event) and not settles:
+                self._ignored_message(f"dispatch {event.name!r} (no handler or listener)")
         elif isinstance(event, Hello):
             self._on_hello(connection, event, resume=resume)
         elif isinstance(event, HeartbeatRequest):
@@ -156,23 +207,39 @@ class GatewayEvents:
             raise reconnect_requested()
         elif isinstance(event, InvalidSession):
             raise invalid_session(event.resumable)
-        else:
-            _log.debug("ignoring main gateway event %r", event)
+        elif isinstance(event, UnknownOp):
+            self._ignored_message(f"op {event.op}")
 
-    def _back_online(self, name: str) -> None:
+    def _malformed_message(self, error: RemoteProtocolError) -> None:
+        text = self._session.redact(str(error))[:200]
+        with self._lock:
+            self._malformed += 1
+            self._last_protocol_error = text
+        _log.warning("main gateway: skipped a malformed message: %s", text)
+
+    def _ignored_message(self, what: str) -> None:
+        with self._lock:
+            self._ignored += 1
+        _log.debug("main gateway: ignored %s", self._session.redact(what)[:200])
+
+    def _back_online(self, connection: GatewayConnection, name: str) -> None:
         """READY or RESUMED: the attempt in progress (if any) worked; senders may go on."""
         with self._lock:
             self._ready = True
             attempt, online = self._recovery.succeeded(), self._online
         if attempt is not None:
             _log.info("main gateway back after %s: %s", attempt.summary("main"), name)
+        connection.settled.set()  # ends the reconnect watchdog
         online.set()
         self._settled.set()
 
     def _on_hello(self, connection: GatewayConnection, hello: Hello, *, resume: bool) -> None:
         with self._lock:
-            if self._heartbeat is not None:
-                raise RemoteProtocolError("main gateway sent a second Hello")
+            second = self._heartbeat is not None
+        if second:
+            self._malformed_message(RemoteProtocolError("main gateway sent a second Hello"))
+            return
+        with self._lock:
             self._heartbeat = GatewayHeartbeat(
                 hello.heartbeat_interval, self._rng.random(), clock=self._clock,
                 stop=connection.stop, channel=connection.channel,
@@ -183,3 +250,12 @@ class GatewayEvents:
             connection.start_heartbeat(self._heartbeat.run)
         self._send(self._session.resume() if resume else self._session.identify(),
                    require_ready=False)
+
+
+def _names_ready(message: str | bytes) -> bool:
+    """True if `message` decodes to a READY dispatch (whose body, then, was malformed)."""
+    try:
+        payload = decode_payload(message)
+    except RemoteProtocolError:
+        return False
+    return payload.op == GatewayOp.DISPATCH and payload.t == "READY"

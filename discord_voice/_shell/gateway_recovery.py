@@ -1,9 +1,10 @@
 """When the main gateway connection ends, whether and how `Gateway` comes back.
 
 `Recovery` feeds each failure to a `ReconnectPlan` over `ClosePolicy.main_default()`: a close
-code, a dropped connection, our own zombie close, op 7 Reconnect and op 9 Invalid Session
-become the plan's next `Attempt` (resume on ``resume_gateway_url``, or identify afresh) or a
-`GiveUp`. Failures that are not about the connection (malformed data, a raising callback)
+code, a dropped connection, our own zombie close, our close of a reconnect that got no
+READY/RESUMED in time (the watchdog), op 7 Reconnect and op 9 Invalid Session become the plan's
+next `Attempt` (resume on ``resume_gateway_url``, or identify afresh) or a
+`GiveUp`. Failures that are not about the connection (a malformed READY, a raising callback)
 are not recovered from.
 """
 
@@ -19,7 +20,12 @@ from discord_voice.core.reconnect import (
     GiveUp,
     ReconnectPlan,
 )
-from discord_voice.errors import ConnectionClosed, HeartbeatTimeout, MainGatewayClosed
+from discord_voice.errors import (
+    ConnectionClosed,
+    GatewayTimeout,
+    HeartbeatTimeout,
+    MainGatewayClosed,
+)
 
 __all__ = ["ServerAskedToReconnect", "Recovery", "default_plan"]
 
@@ -73,6 +79,8 @@ class Recovery:
             code, reason, ours = error.code, str(error), False
         elif isinstance(error, HeartbeatTimeout):
             code, reason, ours = RECOVERY_CLOSE_CODE, "heartbeat ACK overdue (zombie)", True
+        elif isinstance(error, GatewayTimeout):  # the reconnect watchdog
+            code, reason, ours = RECOVERY_CLOSE_CODE, f"no {error.stage} in time", True
         elif isinstance(error, MainGatewayClosed):
             code, reason, ours = error.code, error.reason, False
         else:

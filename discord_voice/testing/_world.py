@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 __all__ = ["WITHHOLDABLE", "Config", "Credentials", "IssuedVoice", "Script", "is_snowflake"]
 
 #: Names accepted by `FakeDiscord.withhold` ("heartbeat_ack" is the voice gateway's op 6;
-#: "main_heartbeat_ack" the main gateway's op 11).
+#: "main_heartbeat_ack" the main gateway's op 11; "ready" the voice gateway's op 2, while
+#: "main_ready" and "main_resumed" are the main gateway's READY and RESUMED dispatches).
 WITHHOLDABLE = frozenset(
     {
         "voice_state_update",
@@ -22,6 +23,8 @@ WITHHOLDABLE = frozenset(
         "ip_discovery",
         "heartbeat_ack",
         "main_heartbeat_ack",
+        "main_ready",
+        "main_resumed",
     }
 )
 

@@ -14,7 +14,9 @@ Use it in tests of anything that talks to Discord voice::
 Everything the fake sees is recorded (``main_messages``, ``voice_messages``, ``frames()``,
 ``voice_sessions``, ``violations``, ``udp_errors``); `FakeDiscord.wait_until` blocks until a
 predicate over the fake holds, woken by every new record (no polling). Faults are scripted with
-`withhold`, `close_voice_on`, `close_voice`, `drop_voice`, `send_voice_raw`, `move_user`,
+`withhold` (handshake stages; ``main_ready``/``main_resumed`` hold back the main gateway's
+answer on a reconnect), `close_voice_on`, `close_voice`, `drop_voice`, `send_voice_raw`,
+`send_main_raw`, `move_user`,
 `kick_user`, `null_endpoint`, `impair_udp`, `drop_main`, `invalid_session` and friends (see
 `fault_scripting`) and listed in ``faults``. Voice sessions can be resumed (op 7, see
 `voice_live`), main sessions too (op 6, see `main_resume`).

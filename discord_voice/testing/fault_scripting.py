@@ -52,8 +52,10 @@ class FaultScripting:
 
     def withhold(self, *names: str) -> None:
         """Never send these from now on: "voice_state_update", "voice_server_update", "hello",
-        "ready", "session_description", "ip_discovery", "heartbeat_ack" (voice op 6), or
-        "main_heartbeat_ack" (main op 11)."""
+        "ready", "session_description", "ip_discovery", "heartbeat_ack" (voice op 6),
+        "main_heartbeat_ack" (main op 11), "main_ready" (READY after op 2 Identify: the session
+        is created all the same) or "main_resumed" (RESUMED after op 6 Resume: the session is
+        taken over and the missed dispatches are replayed all the same)."""
         self._script.withhold(names)
         self._rec.fault(f"withhold{names}")
 
@@ -123,6 +125,13 @@ class FaultScripting:
         if payload.get("op") != GatewayOp.DISPATCH:
             self._rec.fault(f"send_main(op={payload.get('op')})")
         _deliver(self._main.post(("send", dict(payload)), connection), "main message")
+
+    def send_main_raw(self, message: str | bytes, *, connection: int | None = None) -> None:
+        """Send `message` as is on the newest open main connection (or `connection`): a text
+        or binary frame, no ``s``, not kept for resume (invalid JSON, unknown shapes, huge
+        messages up to 1 MiB). Returns once sent."""
+        self._rec.fault(f"send_main_raw({len(message)} {type(message).__name__})")
+        _deliver(self._main.post(("raw", message), connection), "raw main message")
 
     def close_main(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
         """Close the newest open main gateway connection (or `connection`) with `code`."""

@@ -13,6 +13,8 @@ names the problem, and appends a line to ``fake.violations``.
 
 READY carries ``resume_gateway_url`` (this same server); op 6 Resume replays the dispatches a
 session missed and then dispatches RESUMED, or answers op 9 ``d: false`` (see `main_resume`).
+``withhold("main_ready")`` / ``withhold("main_resumed")`` leave an Identify / Resume unanswered
+(the session is made or taken over all the same); `FakeDiscord.send_main_raw` sends garbage.
 """
 
 from __future__ import annotations
@@ -161,6 +163,10 @@ class _MainConnection:
         run_posted(item, delivery, self.peer, self._send_posted)
 
     def _send_posted(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "raw":  # malformed on purpose: no seq, not logged for resume
+            self.rec.message("main", "server", item[1], self.peer.number)
+            self.peer.send(item[1])
+            return
         if item[0] == "invalid":  # op 9; not resumable: the session is gone
             if not item[1]:
                 self.live.valid = False
@@ -283,7 +289,8 @@ class _MainConnection:
         }
         if isinstance(d.get("shard"), list):
             ready["shard"] = d["shard"]
-        self._dispatch("READY", ready)
+        if not self.gw.script.withheld("main_ready"):
+            self._dispatch("READY", ready)
 
     def _on_resume(self, d: Any) -> None:
         """Op 6: continue a session on this websocket, replaying the dispatches it missed."""
@@ -301,7 +308,8 @@ class _MainConnection:
         for raw in missed:
             self.rec.message("main", "server", raw, self.peer.number)
             self.peer.send(raw)
-        self._dispatch("RESUMED", {})
+        if not self.gw.script.withheld("main_resumed"):
+            self._dispatch("RESUMED", {})
 
     def _on_voice_state(self, d: Any) -> None:
         guild_id, channel_id = checks.main_voice_state(d)

@@ -230,7 +230,7 @@ class Recorder:
         if isinstance(raw, str):
             try:
                 parsed = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # deeply nested garbage too
                 parsed = None
             if isinstance(parsed, dict):
                 data = parsed

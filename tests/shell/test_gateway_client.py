@@ -574,13 +574,35 @@ def test_reconnect_and_invalid_session_end_the_gateway(
     assert fake.wait_closed() == 4000
 
 
-def test_malformed_message_is_a_remote_protocol_error(harness: Harness) -> None:
+def test_malformed_and_unknown_messages_are_skipped_and_counted(harness: Harness) -> None:
     fake = harness.fake()
+    seen = Recorder()
     gw = harness.gateway(fake.url)
+    gw.add_voice_handler(seen)  # no dispatch listener: other dispatches reach no one
     gw.connect(timeout=LONG)
     fake.send("{not json")
-    with pytest.raises(RemoteProtocolError):
-        gw.wait(timeout=LONG)
+    fake.send({"op": 0, "t": "BAD_BODY", "s": 2, "d": 5})  # a dispatch whose d is no object
+    fake.send({"op": 10, "d": {"heartbeat_interval": 1000}})  # a second Hello
+    fake.send({"op": 42, "d": None})  # an unknown opcode
+    fake.dispatch("NOBODY_LISTENS", {})
+    fake.dispatch("VOICE_STATE_UPDATE", {"guild_id": "1"})  # the reader handles them in order
+    seen.wait_for("voice_state")
+    assert (gw.malformed_messages, gw.ignored_messages) == (3, 2)
+    assert gw.last_protocol_error == "main gateway sent a second Hello"
+    assert gw.error is None and not gw.closed and fake.close_codes == []
+    gw.update_voice_state("1", None, self_mute=False, self_deaf=False)
+    assert fake.wait_ops(4, 1)[0]["d"]["guild_id"] == "1"
+
+
+def test_malformed_ready_is_a_remote_protocol_error(harness: Harness) -> None:
+    fake = harness.fake(ready=False)
+    gw = harness.gateway(fake.url)
+    thread, result = in_thread(lambda: gw.connect(timeout=LONG))
+    fake.wait_ops(2, 1)
+    fake.dispatch("READY", {"user": {"id": "not a number"}, "session_id": "s"})
+    thread.join(LONG)
+    assert isinstance(result.get("error"), RemoteProtocolError)
+    assert "READY" in str(result["error"]) and gw.malformed_messages == 0
     assert fake.wait_closed() == 4000
 
 
