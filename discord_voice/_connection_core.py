@@ -110,6 +110,7 @@ class ConnectionCore:
         plan: ReconnectPlan[Action] | None = None,
         self_mute: bool = False,
         self_deaf: bool = False,
+        reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -117,6 +118,7 @@ class ConnectionCore:
         self._max_dave = max_dave_protocol_version
         self._plan = plan if plan is not None else default_voice_plan()
         self._mute_deaf = (self_mute, self_deaf)
+        self._reconnect_timeout = reconnect_timeout
         #: Queue Opus frames here (bytes, one 20 ms packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size)
@@ -258,7 +260,7 @@ class ConnectionCore:
 
     def _reconnect(self) -> None:
         """A new session: a fresh op 4 for our channel, then both updates, then the handshake."""
-        timeout = RECONNECT_ATTEMPT_TIMEOUT
+        timeout = self._reconnect_timeout
         deadline = time.monotonic() + timeout
         state, server = self._updates.state, self._updates.server
         channel = state.channel_id or self.channel_id
@@ -281,7 +283,7 @@ class ConnectionCore:
         return got is not None
 
     def _move(self) -> None:
-        timeout = RECONNECT_ATTEMPT_TIMEOUT
+        timeout = self._reconnect_timeout
         self._switch_link(self._updates.state, self._updates.server,
                           time.monotonic() + timeout, timeout)
 

@@ -15,7 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from discord_voice._connection_core import ConnectionCore, ConnectionState
+from discord_voice._connection_core import (
+    RECONNECT_ATTEMPT_TIMEOUT,
+    ConnectionCore,
+    ConnectionState,
+)
 from discord_voice.clock import Clock, SystemClock
 from discord_voice.connection import Connection
 from discord_voice.core.dave import supported_protocol_version
@@ -68,6 +72,8 @@ class Voice:
         reconnect_plan: how connections recover from a lost voice websocket, per close code
             (default `default_voice_plan()`; override rows with
             ``ReconnectPlan(ClosePolicy.voice_default().with_overrides({...}))``).
+        reconnect_timeout: how long one new-session attempt may take (fresh op 4, both
+            updates, the whole voice handshake) before it counts as failed.
 
     Thread safety: every method may be called from any thread except the library's own.
     """
@@ -80,12 +86,16 @@ class Voice:
         queue_size: int = 10,
         close_timeout: float = 5.0,
         reconnect_plan: ReconnectPlan[Action] | None = None,
+        reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         if reconnect_plan is not None and reconnect_plan.policy.gateway != "voice":
             raise ValueError("reconnect_plan must use a voice gateway ClosePolicy")
+        if not reconnect_timeout > 0:
+            raise ValueError("reconnect_timeout must be positive")
         self._plan = reconnect_plan
+        self._reconnect_timeout = reconnect_timeout
         self._gateway = gateway
         self._clock: Clock = clock or SystemClock()
         self._queue_size = queue_size
@@ -173,6 +183,7 @@ class Voice:
             close_timeout=self._close_timeout,
             max_dave_protocol_version=supported_protocol_version(),
             plan=self._plan, self_mute=self_mute, self_deaf=self_deaf,
+            reconnect_timeout=self._reconnect_timeout,
         )
         with self._lock:
             self._connections[guild] = connection

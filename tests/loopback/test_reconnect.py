@@ -16,6 +16,7 @@ from discord_voice import (
     AttemptKind,
     Connection,
     Disconnected,
+    JoinTimeout,
     VoiceGatewayClosed,
     default_voice_plan,
 )
@@ -252,4 +253,21 @@ def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) ->
     assert own <= 3  # the sender plus at most the latest recovery threads are kept
     assert [t.name for t in conn._link.threads() if t.is_alive()] == [
         f"dv-voice-reader:{GUILD}", f"dv-voice-heartbeat:{GUILD}"]
+    conn.disconnect()
+
+
+def test_joining_the_same_channel_while_reconnecting_waits_for_the_connection(
+    make_world: MakeWorld,
+) -> None:
+    world = make_world(voice_options={"reconnect_timeout": 0.5})
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    world.fake.withhold("voice_server_update")  # the fresh op 4 gets no server for now
+    world.fake.close_voice(4006, "gone")
+    assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
+    with pytest.raises(JoinTimeout) as info:
+        world.voice.join_channel(GUILD, CHANNEL, timeout=0.2)
+    assert info.value.stage == "ready" and conn.error is None  # still recovering
+    world.fake.release("voice_server_update")  # the next attempt's op 4 gets both updates
+    assert world.voice.join_channel(GUILD, CHANNEL, timeout=LONG) is conn
+    assert conn.reconnects == 1
     conn.disconnect()
