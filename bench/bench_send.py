@@ -148,7 +148,7 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
             conn.stop_speaking(timeout=len(frames) * 0.02 + 30)
         cpu_after = _sender_cpu_ns()
         stats = [conn.stats for conn in conns]
-        ssrcs = [conn.ssrc for conn in conns]
+        ssrcs = [conn.ssrc for conn in conns if conn.ssrc is not None]
         for conn in conns:
             conn.disconnect()
         pipe.send("frames")

@@ -29,8 +29,10 @@ def run(count: int, frames: list[bytes]) -> dict[str, float]:
                  for i in range(count)]
         for conn in conns:
             conn.speaking()
-        packetizers = [conn._sender._packetizer for conn in conns]  # type: ignore[union-attr]
-        sockets = [conn._udp for conn in conns]
+        # the prototype borrows each connection's current session (its socket and packetizer)
+        transports = [conn._sender._transport for conn in conns]  # type: ignore[union-attr]
+        packetizers = [t.packetizer for t in transports]
+        sockets = [t.sock for t in transports]
         prepared = [p.packetize(frames[0]) for p in packetizers]
         cpu_start = time.thread_time()
         origin = math.ceil(time.monotonic() / 0.020) * 0.020 + 0.020
@@ -39,11 +41,11 @@ def run(count: int, frames: list[bytes]) -> dict[str, float]:
             if delay > 0:
                 time.sleep(delay)
             for sock, packet in zip(sockets, prepared, strict=True):
-                sock.send(packet)  # type: ignore[union-attr]
+                sock.send(packet)
             if n + 1 < len(frames):
                 prepared = [p.packetize(frames[n + 1]) for p in packetizers]
         cpu = time.thread_time() - cpu_start
-        ssrcs = [conn.ssrc for conn in conns]
+        ssrcs = [conn.ssrc for conn in conns if conn.ssrc is not None]
         for conn in conns:
             conn.disconnect()
         pipe.send("frames")
