@@ -181,6 +181,8 @@ class ConnectionCore:
             self._recovering = True
             link = self._link
         log.info("voice connection (guild %s): %s; moving", self.guild_id, reason)
+        if self._sender is not None:
+            self._sender.suspend()  # not one more frame to the old server
         link.stop(None)
         self._start_recovery(move_attempt(self._plan, reason), ConnectionClosed(reason))
 
@@ -224,6 +226,8 @@ class ConnectionCore:
             self._fail(exc)
             return
         log.warning("voice connection (guild %s): %s; recovering", self.guild_id, exc)
+        if step.kind is not AttemptKind.RESUME and self._sender is not None:
+            self._sender.suspend()  # the session is gone: hold frames from now on
         self._start_recovery(step, exc)
 
     def _start_recovery(self, step: Attempt, error: BaseException) -> None:
