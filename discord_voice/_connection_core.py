@@ -344,7 +344,7 @@ class ConnectionCore:
             self._state_changed.notify_all()
         self._notify(old, None)
         flags = self._flags
-        if attempt.kind is AttemptKind.RESUME and flags:
+        if flags:  # again: the flags may have been set since the new session sent them
             try:
                 link.session.send_speaking(flags)
             except ConnectionClosed:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from discord_voice.testing.main_gateway import FakeMainGateway
     from discord_voice.testing.records import Recorder
     from discord_voice.testing.udp_server import FakeUdpServer
-    from discord_voice.testing.voice_live import LiveVoices
+    from discord_voice.testing.voice_live import LiveVoice, LiveVoices
 
 __all__ = ["FaultScripting"]
 
@@ -184,11 +184,12 @@ class FaultScripting:
         channel = old.channel_id if channel_id is None else str(channel_id)
         self._rec.fault(f"move_user(channel_id={channel}, new_server={new_server})")
         endpoint = self._add_voice_server() if new_server else self._endpoint()
+        before = self._bot_voice(old.guild_id)
         issued = self._credentials.reissue(old.guild_id, channel)
         self._dispatch("VOICE_STATE_UPDATE", self._voice_state(issued, channel))
         server = {"token": issued.token, "guild_id": issued.guild_id, "endpoint": endpoint}
         self._dispatch("VOICE_SERVER_UPDATE", server)
-        self._disconnect_voice(issued.guild_id, "disconnected: moved to another channel/server")
+        self._disconnect_voice(before, "disconnected: moved to another channel/server")
         return endpoint
 
     def kick_user(self, *, guild_id: int | None = None) -> None:
@@ -196,9 +197,10 @@ class FaultScripting:
         ``channel_id: null``, then its voice websocket closed with 4014."""
         issued = self._credentials.current(None if guild_id is None else str(guild_id))
         self._rec.fault(f"kick_user(guild_id={issued.guild_id})")
+        before = self._bot_voice(issued.guild_id)
         self._credentials.revoke(issued.guild_id)
         self._dispatch("VOICE_STATE_UPDATE", self._voice_state(issued, None))
-        self._disconnect_voice(issued.guild_id, "disconnected: kicked from the channel")
+        self._disconnect_voice(before, "disconnected: kicked from the channel")
 
     def null_endpoint(self, *, guild_id: int | None = None) -> None:
         """Send VOICE_SERVER_UPDATE with ``endpoint: null`` (the voice server went away; a new
@@ -213,8 +215,12 @@ class FaultScripting:
     def _endpoint(self) -> str:
         raise NotImplementedError
 
-    def _disconnect_voice(self, guild_id: str, reason: str) -> None:
-        live = self._live.for_guild(guild_id, str(self._config.user_id))
+    def _bot_voice(self, guild_id: str) -> LiveVoice | None:
+        return self._live.for_guild(guild_id, str(self._config.user_id))
+
+    def _disconnect_voice(self, live: LiveVoice | None, reason: str) -> None:
+        """Close `live` (the bot's voice session looked up before the dispatches, so that a
+        client already on its new session keeps that one) with 4014."""
         if live is None:
             return
         with live.lock:

@@ -271,3 +271,23 @@ def test_joining_the_same_channel_while_reconnecting_waits_for_the_connection(
     assert world.voice.join_channel(GUILD, CHANNEL, timeout=LONG) is conn
     assert conn.reconnects == 1
     conn.disconnect()
+
+
+def test_a_4014_first_and_the_new_server_later_is_still_a_move(world: World) -> None:
+    """Discord may close the old socket before it sends the new VOICE_SERVER_UPDATE."""
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    _, attempts = watch(conn)
+    old_ssrc = conn.ssrc
+    assert old_ssrc is not None
+    conn.opus_send.put(b"before")
+    world.fake.wait_for_frames(1, timeout=LONG)
+    world.fake.close_voice(4014, "disconnected")
+    assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
+    conn.opus_send.put(b"held")  # waits in the queue while no server is known
+    endpoint = world.fake.move_user(new_server=True)
+    conn.opus_send.join()
+    assert conn.endpoint == endpoint and conn.ssrc is not None
+    assert_sessions_carried(world.fake, [b"before", b"held"], [old_ssrc, conn.ssrc])
+    assert [(a.kind, a.code) for a in attempts] == [(AttemptKind.WAIT_FOR_MOVE, 4014)]
+    assert conn.error is None and not world.fake.violations
+    conn.disconnect()
