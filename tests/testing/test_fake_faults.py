@@ -127,7 +127,8 @@ def test_send_voice_raw(fake: FakeDiscord, message: str | bytes) -> None:
     main, client = full_voice(fake)
     fake.send_voice_raw(message)
     assert client.ws.recv() == message
-    record = fake.voice_messages[-1]
+    # the last message the fake sent (the client's own Speaking may be recorded after it)
+    record = [m for m in fake.voice_messages if m.direction == "server"][-1]
     assert record.raw == message and record.data is None
     fake.send_voice({"op": 5, "d": {"user_id": "1", "ssrc": 2, "speaking": 1}})
     assert recv_json(client.ws)["seq"] == 3  # the raw message took no seq
