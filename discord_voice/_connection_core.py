@@ -179,11 +179,7 @@ class ConnectionCore:
             if self._closing or self._recovering or self._state is not ConnectionState.READY:
                 return  # a recovery under way picks the update up from the mailbox
             self._recovering = True
-            link = self._link
         log.info("voice connection (guild %s): %s; moving", self.guild_id, reason)
-        if self._sender is not None:
-            self._sender.suspend()  # not one more frame to the old server
-        link.stop(None)
         self._start_recovery(move_attempt(self._plan, reason), ConnectionClosed(reason))
 
     # -- losing the voice websocket, and recovering --------------------------------------
@@ -226,11 +222,10 @@ class ConnectionCore:
             self._fail(exc)
             return
         log.warning("voice connection (guild %s): %s; recovering", self.guild_id, exc)
-        if step.kind is not AttemptKind.RESUME and self._sender is not None:
-            self._sender.suspend()  # the session is gone: hold frames from now on
         self._start_recovery(step, exc)
 
     def _start_recovery(self, step: Attempt, error: BaseException) -> None:
+        self._hold_frames_for(step)  # at once: not one more frame to a session that is gone
         steps = RecoverySteps(
             closed=self._closed, begin=self._begin_attempt, resume=self._resume,
             reconnect=self._reconnect, await_move=self._await_move, move=self._move,
@@ -246,8 +241,7 @@ class ConnectionCore:
     def _begin_attempt(self, attempt: Attempt, cause: BaseException) -> bool:
         resuming = attempt.kind is AttemptKind.RESUME
         log.info("voice connection (guild %s): %s", self.guild_id, attempt.summary())
-        if not resuming and self._sender is not None:
-            self._sender.suspend()  # a new session: hold every frame until it is there
+        self._hold_frames_for(attempt)  # a resume escalated to a new session
         self._link.stop(ConnectionClosed(attempt.summary()))  # idempotent for a stopped link
         with self._lock:
             listeners = list(self._attempt_listeners)
@@ -255,6 +249,11 @@ class ConnectionCore:
             listener(attempt)  # raising ends the connection (ServiceThread reports it)
         state = ConnectionState.RESUMING if resuming else ConnectionState.RECONNECTING
         return self._set_state(state, cause)
+
+    def _hold_frames_for(self, attempt: Attempt) -> None:
+        """A new session is needed: the sender holds every frame until `_recovered`."""
+        if attempt.kind is not AttemptKind.RESUME and self._sender is not None:
+            self._sender.suspend()
 
     def _resume(self) -> None:
         deadline = time.monotonic() + self._close_timeout
@@ -308,11 +307,8 @@ class ConnectionCore:
             self._link, self._link_generation = new, server.generation
         self._retire(old)
         transport: Transport = new.establish(deadline, timeout)
-        flags = self._flags
-        if flags:
-            new.session.send_speaking(flags)
         assert self._sender is not None
-        self._sender.resume(transport, announced=bool(flags))
+        self._sender.set_transport(transport)  # still held: `_recovered` sends Speaking first
         with self._lock:
             self.reconnects += 1
         log.info("voice connection (guild %s): new voice session on %s (channel %s)",
@@ -344,13 +340,13 @@ class ConnectionCore:
             self._state_changed.notify_all()
         self._notify(old, None)
         flags = self._flags
-        if flags:  # again: the flags may have been set since the new session sent them
+        if flags:  # Speaking on the resumed or new socket before any more audio
             try:
                 link.session.send_speaking(flags)
             except ConnectionClosed:
                 pass  # lost again at once: that loss starts the next recovery
         if self._sender is not None:
-            self._sender.resume(announced=bool(flags))  # if `_announce` held it
+            self._sender.resume(announced=bool(flags))  # held for a new session or `_announce`
         log.info("voice connection (guild %s) recovered (%s)", self.guild_id,
                  attempt.kind.value)
         if self._updates.server.generation > self._link_generation:

@@ -3,8 +3,8 @@ r"""The UDP sender thread body: ``opus_send`` -> packetizer -> socket, on the pa
 One sender lives as long as its connection. A full reconnect gives the connection a new voice
 session (new socket, SSRC, key, RTP counters and DAVE group): the connection `suspend`\ s the
 sender, which then holds its frames (the one in hand included) and takes nothing more from the
-queue, and `resume`\ s it with the new `Transport`; a frame already packetized for the old
-session is packetized again for the new one. Producers block on the bounded queue meanwhile.
+queue, gives it the new `Transport` and `resume`\ s it; a frame already packetized for the
+old session is packetized again for the new one. Producers block on the bounded queue meanwhile.
 
 Each frame is packetized (RTP header + transport encryption) right after the previous send,
 while the thread is still running, and only the ``send`` syscall happens at the due time. On a
@@ -73,8 +73,8 @@ class _Stopped(Exception):
 class UdpSender:
     """Owns the pacing state of one connection; `run` is the ``dv-udp-sender`` thread body.
 
-    Thread safety: `run` on the sender thread only; `suspend`, `resume`, `announced`, `held`
-    and the counters from any thread.
+    Thread safety: `run` on the sender thread only; `suspend`, `set_transport`, `resume`,
+    `announced`, `held` and the counters from any thread.
 
     `announce()` sends Speaking before the first frame of a run; it returns False, having
     called `suspend`, when Speaking cannot be sent now (the websocket is being recovered): the
@@ -129,13 +129,16 @@ class UdpSender:
             wake = self._wake
         wake.set()
 
-    def resume(self, transport: Transport | None = None, *, announced: bool) -> None:
-        """Send again, on `transport` if given (a new session); `announced`: Speaking was
-        sent for it already."""
+    def set_transport(self, transport: Transport) -> None:
+        """Send on `transport` (a new session) from now on; call while suspended."""
         with self._lock:
-            if transport is not None and transport is not self._transport:
+            if transport is not self._transport:
                 self._transport = transport
                 self.transports += 1
+
+    def resume(self, *, announced: bool) -> None:
+        """Send again after `suspend`; `announced`: Speaking was sent for this run already."""
+        with self._lock:
             self._suspended = False
             self.announced = announced
             if self._wake.is_set() and not self._stop.is_set():
@@ -225,8 +228,7 @@ class UdpSender:
         return self._packetize(item, from_queue=True)
 
     def _packetize(self, frame: bytes, *, from_queue: bool) -> _Packet | None:
-        with self._lock:
-            transport = self._transport
+        transport = self._transport  # one attribute read: `_transmit` re-checks it under the lock
         self.held = int(from_queue)
         try:
             data = transport.packetizer.packetize(frame)

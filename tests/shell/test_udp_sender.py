@@ -211,11 +211,10 @@ def test_suspend_holds_frames_and_resume_sends_them_once_on_the_new_transport(ri
         cpu = time.process_time()
         threading.Event().wait(0.2)  # an interval to measure over, not a synchronisation
         assert time.process_time() - cpu < 0.1  # parked, not spinning
-        rig.sender.resume(
+        rig.sender.set_transport(
             Transport(sock, Packetizer(0x0BADCAFE, Aes256GcmRtpSize(new_key), sequence=7,
-                                       timestamp=5000)),
-            announced=False,
-        )
+                                       timestamp=5000)))
+        rig.sender.resume(announced=False)
         got = []
         for expected_time in (1001.0, 1001.02, 1001.04):
             if got:
