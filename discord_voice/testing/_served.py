@@ -7,7 +7,7 @@ from typing import Any
 
 from discord_voice.testing._ws import CloseWith, Delivery, Dropped, Peer, WsServer
 
-__all__ = ["ServedGateway", "run_posted"]
+__all__ = ["ServedGateway", "next_client_message", "run_posted"]
 
 
 class ServedGateway:
@@ -63,3 +63,22 @@ def run_posted(
         send(item)
     finally:
         delivery.finish(not peer.closed)
+
+
+def next_client_message(
+    peer: Peer,
+    run: Callable[[tuple[Any, ...], Delivery], None],
+    idle: Callable[[], None] | None = None,
+) -> str | bytes:
+    """`peer`'s next message; meanwhile run the actions posted for it (`run`) and, on every
+    receive timeout, `idle`. Raises `CloseWith` 1001 when the fake shuts down."""
+    while True:
+        for item, delivery in peer.take_posted():
+            run(item, delivery)
+        raw = peer.recv()
+        if raw is not None:
+            return raw
+        if peer.stopping:
+            raise CloseWith(1001, "fake discord is shutting down", violation=False)
+        if idle is not None:
+            idle()

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
 from discord_voice.testing import _checks as checks
-from discord_voice.testing._served import ServedGateway, run_posted
+from discord_voice.testing._served import ServedGateway, next_client_message, run_posted
 from discord_voice.testing._world import Config, Credentials, Script
 from discord_voice.testing._ws import (
     CloseWith,
@@ -115,13 +115,7 @@ class _MainConnection:
                 }
             )
             while True:
-                for item, delivery in self.peer.take_posted():
-                    self._run_posted(item, delivery)
-                raw = self.peer.recv()
-                if raw is None:
-                    if self.peer.stopping:
-                        raise CloseWith(1001, "fake discord is shutting down", violation=False)
-                    continue
+                raw = next_client_message(self.peer, self._run_posted)
                 self.rec.message("main", "client", raw, self.peer.number)
                 self._handle(raw)
         except CloseWith as close:

@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing import _checks as checks
-from discord_voice.testing._served import ServedGateway, run_posted
+from discord_voice.testing._served import ServedGateway, next_client_message, run_posted
 from discord_voice.testing._world import Config, Credentials, Script
 from discord_voice.testing._ws import (
     CloseWith,
@@ -138,15 +138,7 @@ class _VoiceConnection(VoiceHandshake):
             if self.config.voice_hello_first:
                 self._hello()
             while True:
-                for item, delivery in self.peer.take_posted():
-                    self._run_posted(item, delivery)
-                raw = self.peer.recv()
-                if raw is None:
-                    if self.peer.stopping:
-                        raise CloseWith(1001, "fake discord is shutting down", violation=False)
-                    self._check_audio_rule(final=False)
-                    self.gw.live.reap()
-                    continue
+                raw = next_client_message(self.peer, self._run_posted, self._idle)
                 self.rec.message("voice", "client", raw, self.peer.number)
                 self._handle(raw)
         except CloseWith as close:
@@ -169,6 +161,11 @@ class _VoiceConnection(VoiceHandshake):
 
     def _closed(self, code: int | None, reason: str, by: str) -> None:
         record_close(self.rec, self.session, code, reason, by)
+
+    def _idle(self) -> None:
+        """Between client messages: the Speaking-before-audio rule, expired sessions."""
+        self._check_audio_rule(final=False)
+        self.gw.live.reap()
 
     def _check_audio_rule(self, *, final: bool) -> None:
         with self.rec.lock:
