@@ -6,9 +6,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from discord_voice.clock import Signal
 from discord_voice.errors import ShutdownTimeout
 
-__all__ = ["ServiceThread", "join_all"]
+__all__ = ["ServiceThread", "SharedWorker", "join_all", "joined_within"]
 
 
 class ServiceThread(threading.Thread):
@@ -60,3 +61,82 @@ def joined_within(threads: Iterable[threading.Thread], timeout: float) -> bool:
     except ShutdownTimeout:
         return False
     return True
+
+
+class SharedWorker:
+    """One named thread shared by many clients (a `Voice`'s connections).
+
+    The first `acquire` starts the thread; the last `release` sets its stop signal and joins it
+    (unless called on the thread itself, which then ends on its own and is joined by the next
+    `acquire` or by `close`). So the thread lives exactly as long as it has clients, and no
+    client outlives its `release` with the thread still running.
+
+    `body(stop)` runs on the thread and must return promptly once `stop` is set (its waits go
+    through a clock on a signal that `stop` also sets). An exception from it goes to
+    `on_failure` (the owner tells every client), as with `ServiceThread`.
+
+    Thread safety: every method from any thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        body: Callable[[Signal], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self._body = body
+        self._on_failure = on_failure
+        self._lock = threading.Lock()  # guards the fields below; never held while joining
+        self._clients = 0
+        self._thread: ServiceThread | None = None
+        self._stop = Signal()
+
+    def __repr__(self) -> str:
+        return f"<SharedWorker {self.name} clients={self._clients}>"
+
+    @property
+    def clients(self) -> int:
+        return self._clients
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The running thread, if any (for tests and diagnostics)."""
+        return self._thread
+
+    def acquire(self, timeout: float = 5.0) -> None:
+        """Add a client; start the thread if it is not running."""
+        with self._lock:
+            self._clients += 1
+            if self._clients > 1:
+                return
+            previous, stop = self._thread, self._stop
+            self._stop = Signal()
+            thread = ServiceThread(self.name, lambda: self._body(self._stop), self._on_failure)
+            self._thread = thread
+        stop.set()  # a previous thread that is still ending (released from itself)
+        if previous is not None:
+            join_all([previous], timeout)
+        thread.start()
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Remove a client; the last one stops the thread and joins it (`ShutdownTimeout`)."""
+        with self._lock:
+            if self._clients <= 0:
+                raise RuntimeError(f"{self.name}: release without acquire")
+            self._clients -= 1
+            if self._clients:
+                return
+            thread, stop = self._thread, self._stop
+        stop.set()
+        if thread is not None:
+            join_all([thread], timeout)  # skips the current thread
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop and join the thread whatever the clients (the owner is closing)."""
+        with self._lock:
+            self._clients = 0
+            thread, stop = self._thread, self._stop
+        stop.set()
+        if thread is not None:
+            join_all([thread], timeout)
