@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from discord_voice.testing.dave_group import DaveState
-    from discord_voice.testing.dave_hub import DaveHub
+    from discord_voice.testing.dave.group import DaveState
+    from discord_voice.testing.dave.hub import DaveHub
     from discord_voice.testing.records import Recorder
 
 __all__ = ["DaveScripting"]

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
-from discord_voice.testing._world import Config, Credentials, IssuedVoice, Script
-from discord_voice.testing._ws import Peer
 from discord_voice.testing.dave_scripting import DaveScripting
 from discord_voice.testing.fault_scripting import FaultScripting
-from discord_voice.testing.faults import UdpImpairment
-from discord_voice.testing.main_gateway import FakeMainGateway
+from discord_voice.testing.gateways.main import FakeMainGateway
+from discord_voice.testing.gateways.voice import FakeVoiceGateway
+from discord_voice.testing.gateways.voice_live import LiveVoices
+from discord_voice.testing.gateways.ws import Peer
 from discord_voice.testing.records import (
     MainSession,
     ReceivedFrame,
@@ -57,12 +57,12 @@ from discord_voice.testing.records import (
     Recorder,
     VoiceSession,
 )
-from discord_voice.testing.udp_server import FakeUdpServer
-from discord_voice.testing.voice_gateway import FakeVoiceGateway
-from discord_voice.testing.voice_live import LiveVoices
+from discord_voice.testing.udp.impairment import UdpImpairment
+from discord_voice.testing.udp.server import FakeUdpServer
+from discord_voice.testing.world import Config, Credentials, IssuedVoice, Script
 
 if TYPE_CHECKING:
-    from discord_voice.testing.dave_hub import DaveHub
+    from discord_voice.testing.dave.hub import DaveHub
 
 __all__ = ["FakeDiscord"]
 
@@ -127,7 +127,7 @@ class FakeDiscord(DaveScripting, FaultScripting):
         grace: Callable[[], float] = lambda: self.speaking_grace  # noqa: E731
         self._dave: DaveHub | None = None
         if dave:
-            from discord_voice.testing.dave_hub import DaveHub  # needs dave-py
+            from discord_voice.testing.dave.hub import DaveHub  # needs dave-py
 
             self._dave = DaveHub(
                 self._rec, enabled=True, stage=bool(stage), listener=bool(dave_listener)

@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import GatewayOp
-from discord_voice.testing._ws import Delivery, Peer, valid_close_code
-from discord_voice.testing.faults import ImpairmentStats, UdpImpairment
+from discord_voice.testing.gateways.ws import Delivery, Peer, valid_close_code
+from discord_voice.testing.udp.impairment import ImpairmentStats, UdpImpairment
 
 if TYPE_CHECKING:
-    from discord_voice.testing._world import Config, Credentials, IssuedVoice, Script
-    from discord_voice.testing.main_gateway import FakeMainGateway
+    from discord_voice.testing.gateways.main import FakeMainGateway
+    from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
     from discord_voice.testing.records import Recorder
-    from discord_voice.testing.udp_server import FakeUdpServer
-    from discord_voice.testing.voice_live import LiveVoice, LiveVoices
+    from discord_voice.testing.udp.server import FakeUdpServer
+    from discord_voice.testing.world import Config, Credentials, IssuedVoice, Script
 
 __all__ = ["FaultScripting"]
 
@@ -241,7 +241,7 @@ class FaultScripting:
         delay: float = 0.0,
         seed: int = 0,
     ) -> None:
-        """Impair the UDP receive path from now on (see `discord_voice.testing.faults`):
+        """Impair the UDP receive path from now on (see `discord_voice.testing.udp.impairment`):
         probabilities `drop`, `duplicate`, `reorder` (swap with the next packet), and `delay`
         milliseconds before recording, decided by ``random.Random(seed)``. All zero: none."""
         impairment: UdpImpairment[Any] | None = UdpImpairment(drop, duplicate, reorder, delay, seed)

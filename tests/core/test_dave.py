@@ -19,7 +19,7 @@ from discord_voice.core import dave_messages as dm
 from discord_voice.core.dave import SILENCE_FRAME, DaveProtocol, Frame
 from discord_voice.core.voice_payloads import DaveMessage, decode_binary, decode_text
 from discord_voice.errors import EncryptionError, LocalProtocolError, RemoteProtocolError
-from discord_voice.testing.mls import (
+from discord_voice.testing.dave.mls import (
     ExternalSender,
     opaque,
     proposal_ref,

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from discord_voice.testing.faults import UdpImpairment
+from discord_voice.testing.udp.impairment import UdpImpairment
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 davey = pytest.importorskip("davey")
 dave = pytest.importorskip("dave")
 
-from discord_voice.testing import dave_wire  # noqa: E402
-from discord_voice.testing.mls import (  # noqa: E402
+from discord_voice.testing.dave import wire as dave_wire  # noqa: E402
+from discord_voice.testing.dave.mls import (  # noqa: E402
     ExternalSender,
     MLSDecodeError,
     proposal_ref,

@@ -9,7 +9,7 @@ import pytest
 import websocket
 
 from discord_voice.testing import FakeDiscord
-from discord_voice.testing.faults import UdpImpairment
+from discord_voice.testing.udp.impairment import UdpImpairment
 from tests.testing.fake_raw_clients import (
     TIMEOUT,
     VoiceClient,

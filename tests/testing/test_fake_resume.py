@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import websocket
 
-from discord_voice.testing import FakeDiscord, voice_live
+from discord_voice.testing import FakeDiscord
+from discord_voice.testing.gateways import voice_live
 from tests.testing.fake_raw_clients import (
     TIMEOUT,
     VoiceClient,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discord_voice.testing.mls import (
+from discord_voice.testing.dave.mls import (
     ExternalSender,
     MLSDecodeError,
     decode_varint,

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import VoiceCloseCode
-from discord_voice.testing._world import IssuedVoice
-from discord_voice.testing._ws import CloseWith
+from discord_voice.testing.gateways.ws import CloseWith
 from discord_voice.testing.records import VoiceSession
+from discord_voice.testing.world import IssuedVoice
 
 if TYPE_CHECKING:
-    from discord_voice.testing._ws import Peer
-    from discord_voice.testing.dave_link import DaveLink
+    from discord_voice.testing.gateways.voice_dave import DaveLink
+    from discord_voice.testing.gateways.ws import Peer
 
 __all__ = [
     "BUFFER_SIZE",

@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 from discord_voice.core.opcodes import GatewayCloseCode, VoiceCloseCode
-from discord_voice.testing._world import is_snowflake
-from discord_voice.testing._ws import CloseWith
+from discord_voice.testing.gateways.ws import CloseWith
+from discord_voice.testing.world import is_snowflake
 
 __all__ = [
     "MAX_PAYLOAD",

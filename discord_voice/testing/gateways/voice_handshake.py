@@ -12,14 +12,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
-from discord_voice.testing import _checks as checks
-from discord_voice.testing._world import Config, Script, is_snowflake
-from discord_voice.testing._ws import CloseWith, Peer
+from discord_voice.testing.gateways import checks
+from discord_voice.testing.gateways.voice_live import LiveVoice
+from discord_voice.testing.gateways.ws import CloseWith, Peer
 from discord_voice.testing.records import Recorder, VoiceSession
-from discord_voice.testing.voice_live import LiveVoice
+from discord_voice.testing.world import Config, Script, is_snowflake
 
 if TYPE_CHECKING:
-    from discord_voice.testing.voice_gateway import FakeVoiceGateway
+    from discord_voice.testing.gateways.voice import FakeVoiceGateway
 
 __all__ = ["VoiceHandshake"]
 
@@ -135,7 +135,7 @@ class VoiceHandshake:
                 },
             )
         if hub is not None and in_dave:
-            from discord_voice.testing.dave_link import DaveLink  # needs dave-py
+            from discord_voice.testing.gateways.voice_dave import DaveLink  # needs dave-py
 
             user = self.session.user_id if self.session.user_id is not None else 0
             live.dave_link = DaveLink(hub, channel, user, self.where, live.post)

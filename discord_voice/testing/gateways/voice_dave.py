@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
-from discord_voice.testing._ws import CloseWith
-from discord_voice.testing.dave_hub import DaveHub
-from discord_voice.testing.dave_members import ClientMember
+from discord_voice.testing.dave.hub import DaveHub
+from discord_voice.testing.dave.members import ClientMember
+from discord_voice.testing.gateways.ws import CloseWith
 
 __all__ = ["DaveLink"]
 

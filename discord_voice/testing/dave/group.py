@@ -19,10 +19,10 @@ from typing import TypeVar
 import dave
 
 from discord_voice.core.opcodes import VoiceOp
-from discord_voice.testing import dave_wire
-from discord_voice.testing.dave_commits import DaveGroupCore
-from discord_voice.testing.dave_members import LibdaveMember, Member
-from discord_voice.testing.mls import MLSDecodeError
+from discord_voice.testing.dave import wire as dave_wire
+from discord_voice.testing.dave.commits import DaveGroupCore
+from discord_voice.testing.dave.members import LibdaveMember, Member
+from discord_voice.testing.dave.mls import MLSDecodeError
 
 __all__ = ["DaveGroup", "DaveState", "OpenedFrame"]
 

@@ -17,10 +17,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import GatewayCloseCode
-from discord_voice.testing._ws import CloseWith
+from discord_voice.testing.gateways.ws import CloseWith
 
 if TYPE_CHECKING:
-    from discord_voice.testing._ws import Peer
+    from discord_voice.testing.gateways.ws import Peer
 
 __all__ = ["DISPATCH_LOG", "RESUMABLE_MAIN_CLOSES", "MainLive", "MainSessions"]
 

@@ -28,18 +28,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
-from discord_voice.testing import _checks as checks
-from discord_voice.testing._served import ServedGateway, next_client_message, run_posted
-from discord_voice.testing._world import Config, Credentials, Script
-from discord_voice.testing._ws import (
+from discord_voice.testing.gateways import checks
+from discord_voice.testing.gateways.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
+from discord_voice.testing.gateways.served import ServedGateway, next_client_message, run_posted
+from discord_voice.testing.gateways.ws import (
     CloseWith,
     Delivery,
     Dropped,
     Peer,
     PeerGone,
 )
-from discord_voice.testing.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
 from discord_voice.testing.records import MainSession, Recorder, record_close
+from discord_voice.testing.world import Config, Credentials, Script
 
 __all__ = ["FakeMainGateway"]
 

@@ -20,9 +20,9 @@ from functools import partial
 import dave
 
 from discord_voice.core.opcodes import VoiceOp
-from discord_voice.testing import dave_wire
-from discord_voice.testing.dave_members import LibdaveMember, Member, transition_frame
-from discord_voice.testing.mls import (
+from discord_voice.testing.dave import wire as dave_wire
+from discord_voice.testing.dave.members import LibdaveMember, Member, transition_frame
+from discord_voice.testing.dave.mls import (
     ExternalSender,
     MLSDecodeError,
     proposal_ref,

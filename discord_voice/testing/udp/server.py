@@ -25,19 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from discord_voice.testing._packets import (
+from discord_voice.testing.records import ReceivedFrame, Recorder, VoiceSession
+from discord_voice.testing.udp.impairment import UdpImpairment
+from discord_voice.testing.udp.packets import (
     RtpPacket,
     TransportCipher,
     discovery_response,
     parse_discovery_request,
     parse_rtp,
 )
-from discord_voice.testing._world import Script
-from discord_voice.testing.faults import UdpImpairment
-from discord_voice.testing.records import ReceivedFrame, Recorder, VoiceSession
+from discord_voice.testing.world import Script
 
 if TYPE_CHECKING:
-    from discord_voice.testing.dave_hub import DaveHub
+    from discord_voice.testing.dave.hub import DaveHub
 
 __all__ = ["FakeUdpServer"]
 

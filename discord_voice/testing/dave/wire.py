@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from discord_voice.testing.mls import MLSDecodeError, decode_varint
+from discord_voice.testing.dave.mls import MLSDecodeError, decode_varint
 
 __all__ = [
     "SILENCE_FRAME",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from discord_voice.testing._ws import CloseWith, Delivery, Dropped, Peer, WsServer
+from discord_voice.testing.gateways.ws import CloseWith, Delivery, Dropped, Peer, WsServer
 
 __all__ = ["ServedGateway", "next_client_message", "run_posted"]
 

@@ -40,10 +40,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
-from discord_voice.testing import _checks as checks
-from discord_voice.testing._served import ServedGateway, next_client_message, run_posted
-from discord_voice.testing._world import Config, Credentials, Script
-from discord_voice.testing._ws import (
+from discord_voice.testing.gateways import checks
+from discord_voice.testing.gateways.served import ServedGateway, next_client_message, run_posted
+from discord_voice.testing.gateways.voice_handshake import VoiceHandshake
+from discord_voice.testing.gateways.voice_live import (
+    RESUMABLE_SERVER_CLOSES,
+    LiveVoice,
+    LiveVoices,
+    resume_failed,
+    take_over,
+)
+from discord_voice.testing.gateways.ws import (
     CloseWith,
     Delivery,
     Dropped,
@@ -51,18 +58,11 @@ from discord_voice.testing._ws import (
     PeerGone,
 )
 from discord_voice.testing.records import Recorder, VoiceSession, record_close
-from discord_voice.testing.udp_server import FakeUdpServer
-from discord_voice.testing.voice_handshake import VoiceHandshake
-from discord_voice.testing.voice_live import (
-    RESUMABLE_SERVER_CLOSES,
-    LiveVoice,
-    LiveVoices,
-    resume_failed,
-    take_over,
-)
+from discord_voice.testing.udp.server import FakeUdpServer
+from discord_voice.testing.world import Config, Credentials, Script
 
 if TYPE_CHECKING:
-    from discord_voice.testing.dave_hub import DaveHub
+    from discord_voice.testing.dave.hub import DaveHub
 
 __all__ = ["FakeVoiceGateway"]
 
