@@ -23,12 +23,17 @@ from discord_voice.errors import OpusError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (warnings are errors) with the repository importable."""
+def run_python(*code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``code`` blocks, one after the other, in a fresh interpreter (warnings are errors)
+    with the repository importable.
+
+    ``$DISCORD_VOICE_LIBOPUS`` is removed (tests/conftest.py sets it for the suite) unless given.
+    """
     environ = {k: v for k, v in os.environ.items() if k != opus.ENV_VAR}
     environ.update(PYTHONPATH=str(ROOT), **env)
+    program = "\n".join(textwrap.dedent(block) for block in code)
     return subprocess.run(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        [sys.executable, "-W", "error", "-c", program],
         capture_output=True,
         text=True,
         timeout=30,
@@ -37,12 +42,27 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def pyav_libopus() -> str:
-    import av as av_module
+def system_lookup(found: str | None) -> str:
+    """Code that makes the system lookup (``ctypes.util.find_library``) find ``found`` for opus.
 
-    libs = Path(av_module.__file__).resolve().parent.parent / "av.libs"
-    (found,) = sorted(libs.glob("libopus-*.so*"))
-    return str(found)
+    It stands for the host: ``None`` is a machine without libopus, a path one that has it. The
+    stub is kept in ``stub`` so the code after it can check it is in place again.
+    """
+    return f"""
+        import ctypes.util
+        real_find_library = ctypes.util.find_library
+        def stub(name):
+            return {found!r} if name == "opus" else real_find_library(name)
+        ctypes.util.find_library = stub
+        """
+
+
+def reported_version(path: str) -> str:
+    """What the library at ``path`` itself says its version is (read with ctypes, not opuslib)."""
+    function = ctypes.CDLL(path).opus_get_version_string
+    function.restype = ctypes.c_char_p
+    version: bytes = function()
+    return version.decode("ascii")
 
 
 def decode_native(packets: list[bytes]) -> np.ndarray:
@@ -77,20 +97,26 @@ def toc_duration_ms(packet: bytes) -> float:
 
 
 # --- finding libopus -----------------------------------------------------------------------
+# The host's own libopus never decides a result here: the system lookup is stubbed ("this host
+# has none" or "this host has <file>") and $DISCORD_VOICE_LIBOPUS is set or removed explicitly.
 
 
-def test_find_libopus_finds_a_loadable_libopus_here(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_system_libopus_the_bundled_copy_is_found(
+    monkeypatch: pytest.MonkeyPatch, bundled_libopus: str
+) -> None:
     monkeypatch.delenv(opus.ENV_VAR, raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     found = opus.find_libopus()
-    assert found is not None
-    library = ctypes.CDLL(found)
-    assert hasattr(library, "opus_encoder_create")
+    assert found == bundled_libopus
+    assert hasattr(ctypes.CDLL(found), "opus_encoder_create")
 
 
-def test_environment_variable_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(opus.ENV_VAR, pyav_libopus())
+def test_environment_variable_comes_first(
+    monkeypatch: pytest.MonkeyPatch, pyav_libopus: str
+) -> None:
+    monkeypatch.setenv(opus.ENV_VAR, pyav_libopus)
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libopus.so.0")
-    assert opus.find_libopus() == pyav_libopus()
+    assert opus.find_libopus() == pyav_libopus
 
 
 def test_missing_environment_path_falls_through(
@@ -107,11 +133,13 @@ def test_system_library_comes_before_bundled_copies(monkeypatch: pytest.MonkeyPa
     assert opus.find_libopus() == "libopus.so.0"
 
 
-def test_bundled_copies_are_found_without_importing_them() -> None:
+def test_bundled_copies_are_found_without_importing_them(
+    bundled_libopus: str, pyav_libopus: str
+) -> None:
     result = run_python(
+        system_lookup(None),
         """
-        import ctypes.util, importlib.util, sys
-        ctypes.util.find_library = lambda name: None
+        import importlib.util, sys
         from discord_voice import opus
         first = opus.find_libopus()
         real_find_spec = importlib.util.find_spec
@@ -120,68 +148,95 @@ def test_bundled_copies_are_found_without_importing_them() -> None:
         print(first)
         print(second)
         print("opuslib_next" in sys.modules, "av" in sys.modules)
-        """
+        """,
     )
     assert result.returncode == 0, result.stderr
-    first, second, imported = result.stdout.splitlines()
-    assert first.endswith(os.path.join("opuslib_next", "_native", "libopus.so"))
-    assert second == pyav_libopus()
-    assert imported == "False False"
+    assert result.stdout.splitlines() == [bundled_libopus, pyav_libopus, "False False"]
 
 
 # --- loading opuslib -----------------------------------------------------------------------
+# In a fresh interpreter each time: opuslib binds its library once per process.
 
 
-def test_load_opuslib_and_version() -> None:
-    lib = opus.load_opuslib()
-    assert lib is opus.load_opuslib()
-    assert hasattr(lib, "Encoder")
-    assert opus.libopus_version().startswith("libopus ")
-    assert ctypes.util.find_library("opus") is None  # the temporary redirect was undone
+def lookup_case(case: str, bundled: str, pyav: str) -> tuple[str | None, dict[str, str], str]:
+    """(what the system lookup finds, extra environment, the file opuslib must load) for a case.
+
+    The three places `find_libopus` can stop at, each with a different file than the place after
+    it would give, so loading the wrong one is seen.
+    """
+    if case == "environment variable":
+        return bundled, {opus.ENV_VAR: pyav}, pyav
+    if case == "system":
+        return pyav, {}, pyav
+    assert case == "bundled copy"
+    return None, {}, bundled
 
 
-def test_load_compiles_opuslib_fresh_under_w_error(tmp_path: Path) -> None:
+CASES = ["environment variable", "system", "bundled copy"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_load_opuslib_loads_the_library_found(
+    case: str, bundled_libopus: str, pyav_libopus: str
+) -> None:
+    system, env, expected = lookup_case(case, bundled_libopus, pyav_libopus)
+    result = run_python(
+        system_lookup(system),
+        """
+        from discord_voice import opus
+        lib = opus.load_opuslib()
+        assert lib is opus.load_opuslib()
+        assert hasattr(lib, "Encoder")
+        print(lib.api.lib_location)
+        print(opus.libopus_version())
+        print(ctypes.util.find_library is stub)  # the temporary redirect was undone
+        """,
+        **env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [expected, reported_version(expected), "True"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_load_compiles_opuslib_fresh_under_w_error(
+    tmp_path: Path, case: str, bundled_libopus: str, pyav_libopus: str
+) -> None:
     # An empty pycache prefix makes Python compile opuslib from source, which emits its
     # SyntaxWarning; under -W error a plain import turns that into a SyntaxError.
+    system, env, expected = lookup_case(case, bundled_libopus, pyav_libopus)
     control = run_python(
-        f"""
-        import ctypes.util
-        ctypes.util.find_library = lambda name: {opus.find_libopus()!r}
-        import opuslib
-        """,
-        PYTHONPYCACHEPREFIX=str(tmp_path),
+        system_lookup(expected), "import opuslib", PYTHONPYCACHEPREFIX=str(tmp_path)
     )
     assert control.returncode != 0
     assert "SyntaxError" in control.stderr and "is not" in control.stderr
     result = run_python(
+        system_lookup(system),
         """
-        import ctypes.util
-        before = ctypes.util.find_library
         from discord_voice import opus
         print(opus.libopus_version())
-        print(ctypes.util.find_library is before, ctypes.util.find_library("opus"))
+        print(ctypes.util.find_library is stub)
         """,
         PYTHONPYCACHEPREFIX=str(tmp_path),
+        **env,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith("libopus ")
-    assert result.stdout.splitlines()[1] == "True None"
+    assert result.stdout.splitlines() == [reported_version(expected), "True"]
 
 
-def test_environment_variable_selects_the_library() -> None:
-    result = run_python(
-        "from discord_voice import opus; print(opus.libopus_version())",
-        DISCORD_VOICE_LIBOPUS=pyav_libopus(),
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "libopus 1.6.1"  # PyAV's copy, not opuslib-next-bundled's
+def test_this_process_encodes_with_the_library_conftest_chose() -> None:
+    # tests/conftest.py sets the variable before any test runs, so the encoding tests below use
+    # the same libopus on every host.
+    chosen = os.environ.get(opus.ENV_VAR)
+    if not chosen:
+        pytest.skip(f"${opus.ENV_VAR} is not set (opuslib-next-bundled is not installed)")
+    assert opus.load_opuslib().api.lib_location == chosen
+    assert opus.libopus_version() == reported_version(chosen)
 
 
 def hide_and_report(hidden: str) -> str:
-    """Code that hides the system libopus and the packages in ``hidden``, then tries to encode."""
+    """Code that hides the packages in ``hidden``, then tries to encode (after `system_lookup`)."""
     return f"""
-    import ctypes.util, importlib.util
-    ctypes.util.find_library = lambda name: None
+    import importlib.util
     real_find_spec = importlib.util.find_spec
     importlib.util.find_spec = lambda n, *a: None if n in {hidden} else real_find_spec(n)
     from discord_voice import opus
@@ -197,7 +252,7 @@ def hide_and_report(hidden: str) -> str:
 
 
 def test_not_available_message_says_how_to_fix_it() -> None:
-    result = run_python(hide_and_report('{"opuslib_next", "av"}'))
+    result = run_python(system_lookup(None), hide_and_report('{"opuslib_next", "av"}'))
     assert result.returncode == 0, result.stderr
     message = result.stdout
     assert message.startswith("no libopus shared library found;")
@@ -218,7 +273,7 @@ def test_not_available_message_says_how_to_fix_it() -> None:
 
 
 def test_not_available_when_opuslib_is_missing() -> None:
-    result = run_python(hide_and_report('{"opuslib"}'))
+    result = run_python(system_lookup(None), hide_and_report('{"opuslib"}'))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("opuslib is not installed;")
     assert "pip install opuslib" in result.stdout
@@ -227,7 +282,9 @@ def test_not_available_when_opuslib_is_missing() -> None:
 def test_not_available_when_the_file_is_not_a_library(tmp_path: Path) -> None:
     fake = tmp_path / "libopus.so"
     fake.write_bytes(b"not an ELF file")
-    result = run_python(hide_and_report("set()"), DISCORD_VOICE_LIBOPUS=str(fake))
+    result = run_python(
+        system_lookup(None), hide_and_report("set()"), DISCORD_VOICE_LIBOPUS=str(fake)
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"could not load libopus from {fake}")
     assert "pip install opuslib" in result.stdout
