@@ -10,12 +10,12 @@ connection. `Connection` adds the public API on top. No lock is held across netw
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import logging
 import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, joined_within
@@ -41,9 +41,6 @@ from discord_voice.core.reconnect import (
 )
 from discord_voice.core.voice_gateway import VoiceServerInfo
 from discord_voice.errors import ConnectionClosed, Disconnected, JoinTimeout
-
-if TYPE_CHECKING:
-    from discord_voice.voice import Voice
 
 __all__ = [
     "AttemptListener",
@@ -91,6 +88,17 @@ def default_voice_plan() -> ReconnectPlan[Action]:
     )
 
 
+class ConnectionOwner(Protocol):
+    """What a connection asks of the `Voice` that made it (a protocol, not an import of
+    `discord_voice.voice`, which imports this module: no import cycle)."""
+
+    def _forget(
+        self, connection: ConnectionCore, *, leave: bool
+    ) -> concurrent.futures.Future[None] | None: ...
+
+    def _request_voice_state(self, guild: str, channel: str, mute: bool, deaf: bool) -> None: ...
+
+
 class ConnectionCore:
     """State, failure and recovery of one guild's voice connection (see the module docstring).
 
@@ -100,7 +108,7 @@ class ConnectionCore:
 
     def __init__(
         self,
-        owner: Voice,
+        owner: ConnectionOwner,
         info: VoiceServerInfo,
         *,
         clock: Clock,
@@ -131,7 +139,7 @@ class ConnectionCore:
         self._stop_sender = Signal()
         self._threads: list[ServiceThread] = []  # sender and recovery threads
         self._updates = VoiceUpdates(StateUpdate(info.channel_id, info.session_id),
-                                     ServerUpdate(info.endpoint, info.token))
+                                     ServerUpdate(info.endpoint, info.token), clock=clock)
         self._link = self._new_link(info)
         self._link_generation = 0  # the server update the current link was made from
         self._retired_links: list[VoiceLink] = []  # threads not joined in time: at release
@@ -227,9 +235,9 @@ class ConnectionCore:
     def _start_recovery(self, step: Attempt, error: BaseException) -> None:
         self._hold_frames_for(step)  # at once: not one more frame to a session that is gone
         steps = RecoverySteps(
-            closed=self._closed, begin=self._begin_attempt, resume=self._resume,
-            reconnect=self._reconnect, await_move=self._await_move, move=self._move,
-            recovered=self._recovered, give_up=self._fail,
+            closed=self._closed, clock=self._clock, begin=self._begin_attempt,
+            resume=self._resume, reconnect=self._reconnect, await_move=self._await_move,
+            move=self._move, recovered=self._recovered, give_up=self._fail,
         )
         thread = ServiceThread(f"dv-voice-recover:{self.guild_id}",
                                lambda: run_recovery(steps, self._plan, step, error), self._fail)
@@ -256,7 +264,7 @@ class ConnectionCore:
             self._sender.suspend()
 
     def _resume(self) -> None:
-        deadline = time.monotonic() + self._close_timeout
+        deadline = self._clock.monotonic() + self._close_timeout
         self._link.resume_session(deadline, self._close_timeout)
         with self._lock:
             self.resumes += 1
@@ -264,14 +272,14 @@ class ConnectionCore:
     def _reconnect(self) -> None:
         """A new session: a fresh op 4 for our channel, then both updates, then the handshake."""
         timeout = self._reconnect_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         state, server = self._updates.state, self._updates.server
         channel = state.channel_id or self.channel_id
         self._owner._request_voice_state(self.guild_id, channel, *self._mute_deaf)
         got = self._updates.wait(
             lambda st, sv: st.generation > state.generation
             and sv.generation > server.generation and sv.endpoint is not None,
-            deadline - time.monotonic())
+            deadline)
         if got is None:
             stage = ("voice_state_update"
                      if self._updates.state.generation == state.generation
@@ -282,13 +290,13 @@ class ConnectionCore:
     def _await_move(self, timeout: float) -> bool:
         got = self._updates.wait(
             lambda st, sv: sv.generation > self._link_generation and sv.endpoint is not None,
-            timeout)
+            self._clock.monotonic() + timeout)
         return got is not None
 
     def _move(self) -> None:
         timeout = self._reconnect_timeout
         self._switch_link(self._updates.state, self._updates.server,
-                          time.monotonic() + timeout, timeout)
+                          self._clock.monotonic() + timeout, timeout)
 
     def _switch_link(self, state: StateUpdate, server: ServerUpdate, deadline: float,
                      timeout: float) -> None:

@@ -1,7 +1,33 @@
-"""Time as a seam: every deadline, heartbeat and pacing wait in the library goes through a `Clock`.
+"""Time as a seam: every protocol deadline, wait and backoff in the library goes through a `Clock`.
 
-`SystemClock` is the real monotonic clock. `discord_voice.testing.FakeClock` implements the same
-protocol with logical time, so pacing and heartbeat logic can be tested without sleeping.
+`SystemClock` is the real monotonic clock and the default everywhere. The testing package's
+`FakeClock` implements the same protocol with logical time, so pacing, heartbeats, join deadlines
+and whole recoveries (backoff included) run at CPU speed in tests, driven by ``advance``.
+
+Which time a wait uses (where the choice is not obvious):
+
+(a) Protocol time is the injected clock: the join deadline and every handshake stage (IP
+    discovery's deadline too), resume, reconnect and move deadlines, the backoff between
+    recovery attempts, heartbeats and their watchdogs, pacing, rate-limit slots. Waits on a
+    `concurrent.futures.Future` or on a condition are written as a `Signal` plus
+    ``clock.wait_until(deadline, signal)`` (`future_signal` makes the signal), never as
+    ``future.result(deadline - clock.monotonic())``: a real-time wait whose length came from a
+    fake clock would not be driven by that clock, and with a fake clock the wait lasts until the
+    test moves time past the deadline, as it should.
+(b) OS-level I/O timeouts (a socket timeout handed to the kernel or to websocket-client) are
+    relative durations and need no clock read. Where a remaining time is computed for one, it is
+    computed from the injected clock and the loop around it checks the deadline on that clock;
+    under a fake clock such a loop keeps polling the socket in real time until the test advances.
+(c) Shutdown bounds are real time: joining threads (``_shell/threads.py``), the close handshake
+    after the library decided to close (``WebSocketChannel.drain_until_close``) and the budget
+    of ``Connection.disconnect(timeout)``. A fake clock must never make a close hang. Outside
+    ``_shell/threads.py`` real time is read through a `SystemClock`, never `time` directly.
+(d) A timeout that a caller passes to a method that only observes (``Connection.wait``,
+    ``wait_for_state``, ``wait_for_e2ee``, ``stop_speaking``, ``opus_send.put``,
+    ``Gateway.wait``) is real seconds, like any standard-library timeout.
+
+Only this module and ``_shell/threads.py`` (and the CLI demo) call `time`; ``tests/test_hygiene.py``
+enforces it.
 """
 
 from __future__ import annotations
@@ -9,9 +35,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol
 
-__all__ = ["Clock", "Signal", "SystemClock"]
+__all__ = ["Clock", "Signal", "SystemClock", "future_signal"]
 
 
 class Signal:
@@ -98,3 +125,14 @@ class SystemClock:
         if remaining <= 0:
             return signal.is_set()
         return signal.wait(remaining)
+
+
+def future_signal(future: Future[Any]) -> Signal:
+    """A `Signal` set once `future` is done (at once if it is), to wait for it on a clock.
+
+    ``clock.wait_until(deadline, future_signal(f))`` is the clock-driven form of
+    ``f.result(timeout)``: under a `FakeClock` it times out only when the test advances time.
+    """
+    signal = Signal()
+    future.add_done_callback(lambda _: signal.set())
+    return signal

@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -32,7 +31,7 @@ from discord_voice._connection_core import (
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice._shell.threads import ServiceThread, join_all
 from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
-from discord_voice.clock import Signal
+from discord_voice.clock import Signal, SystemClock
 from discord_voice.core.ids import snowflake
 from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.errors import (
@@ -306,12 +305,13 @@ class Connection(ConnectionCore):
         Raises `ShutdownTimeout` if a thread cannot be joined within `timeout` seconds.
         """
         timeout = self._close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        real = SystemClock()  # a shutdown bound: real time whatever the clock (see clock.py)
+        deadline = real.monotonic() + timeout
         confirmed = self._owner._forget(self, leave=True) if self._begin_close(None) else None
         self._join(timeout)
         if confirmed is not None:  # bounded: an immediate rejoin must not race our leave
             try:
-                confirmed.result(max(0.0, deadline - time.monotonic()))
+                confirmed.result(max(0.0, deadline - real.monotonic()))
             except concurrent.futures.TimeoutError:
                 log.info("guild %s: Discord did not confirm the leave within %gs",
                          self.guild_id, timeout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from discord_voice._connection_core import (
     ConnectionCore,
     ConnectionState,
 )
-from discord_voice.clock import Clock, SystemClock
+from discord_voice.clock import Clock, SystemClock, future_signal
 from discord_voice.connection import Connection
 from discord_voice.core.dave import supported_protocol_version
 from discord_voice.core.ids import snowflake
@@ -137,17 +136,19 @@ class Voice:
         channel = snowflake(channel_id, "channel_id")
         if threading.current_thread().name.startswith("dv-"):
             raise LocalProtocolError("join_channel cannot be called from a library thread")
-        deadline = time.monotonic() + timeout
+        clock = self._clock
+        deadline = clock.monotonic() + timeout
         with self._lock:
             existing = self._connections.get(guild)
             leaving = self._leaves.get(guild)
-        if leaving is not None:  # a leave in flight: let Discord confirm it before rejoining
-            try:  # capped: without the voice-states intent no confirmation ever comes
-                leaving.result(min(_LEAVE_WAIT, max(0.0, deadline - time.monotonic())))
-            except concurrent.futures.TimeoutError:
-                log.debug("guild %s: leave not confirmed before the rejoin", guild)
+        # A leave in flight: let Discord confirm it before rejoining. Capped: without the
+        # voice-states intent no confirmation ever comes.
+        if leaving is not None and not clock.wait_until(
+            min(deadline, clock.monotonic() + _LEAVE_WAIT), future_signal(leaving)
+        ):
+            log.debug("guild %s: leave not confirmed before the rejoin", guild)
         if existing is not None and existing.state is not ConnectionState.CLOSED:
-            remaining = max(0.0, deadline - time.monotonic())
+            remaining = max(0.0, deadline - clock.monotonic())
             if existing.channel_id != channel:
                 existing.move_to(channel, remaining)
             elif not existing.wait_for_state(ConnectionState.READY, remaining):
@@ -165,8 +166,8 @@ class Voice:
         try:
             self._gateway.update_voice_state(guild, channel, self_mute=self_mute,
                                              self_deaf=self_deaf)
-            state = _await(pending.state, deadline, timeout, "voice_state_update")
-            server = _await(pending.server, deadline, timeout, "voice_server_update")
+            state = _await(clock, pending.state, deadline, timeout, "voice_state_update")
+            server = _await(clock, pending.server, deadline, timeout, "voice_server_update")
         except BaseException:
             self._leave(guild)
             raise
@@ -297,12 +298,13 @@ class Voice:
 
 
 def _await(
-    future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
+    clock: Clock, future: concurrent.futures.Future[T], deadline: float, timeout: float,
+    stage: str,
 ) -> T:
-    try:
-        return future.result(max(0.0, deadline - time.monotonic()))
-    except concurrent.futures.TimeoutError:
-        raise JoinTimeout(stage, timeout, _HINTS.get(stage, "")) from None
+    """The future's result, waiting on `clock` until `deadline`; else `JoinTimeout(stage)`."""
+    if not clock.wait_until(deadline, future_signal(future)):
+        raise JoinTimeout(stage, timeout, _HINTS.get(stage, ""))
+    return future.result(0)
 
 
 def _resolve(future: concurrent.futures.Future[T], value: T) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from typing import Any
 
 from discord_voice.core.frames import check_opus_frame
@@ -76,13 +75,13 @@ class OpusQueue(queue.Queue[Any]):
             if self.maxsize > 0 and self._qsize() >= self.maxsize:
                 if not block:
                     raise queue.Full
-                end = None if timeout is None else time.monotonic() + timeout
-                while self._qsize() >= self.maxsize:
-                    remaining = None if end is None else end - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise queue.Full
-                    self.not_full.wait(remaining)
-                    self._raise_if_closed()
+                # `timeout` is real seconds, as for any queue.Queue (see discord_voice.clock)
+                self.not_full.wait_for(
+                    lambda: self._error is not None or self._qsize() < self.maxsize, timeout
+                )
+                self._raise_if_closed()
+                if self._qsize() >= self.maxsize:
+                    raise queue.Full
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify()

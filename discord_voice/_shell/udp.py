@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 
+from discord_voice.clock import Clock
 from discord_voice.core import ipdiscovery
 from discord_voice.errors import ConnectionClosed, InvalidPacket, JoinTimeout
 
@@ -32,18 +32,27 @@ def open_udp(ip: str, port: int, *, io_timeout: float = 2.0) -> socket.socket:
 
 
 def discover_ip(
-    sock: socket.socket, ssrc: int, *, deadline: float, timeout: float, resend_every: float = 0.5
+    sock: socket.socket,
+    ssrc: int,
+    *,
+    clock: Clock,
+    deadline: float,
+    timeout: float,
+    resend_every: float = 0.5,
 ) -> tuple[str, int]:
-    """Ask the voice server for our external address; resend until `deadline` (time.monotonic).
+    """Ask the voice server for our external address; resend until `deadline` (on `clock`).
 
-    Stray or malformed datagrams are skipped. Raises `JoinTimeout` (stage ``ip_discovery``)
-    when no valid reply arrives in time, `ConnectionClosed` when the socket fails.
+    The socket timeout of each receive is what remains until the next resend on `clock`
+    (under a fake clock: a resend every `resend_every` real seconds until the test advances
+    past `deadline`). Stray or malformed datagrams are skipped. Raises `JoinTimeout` (stage
+    ``ip_discovery``) when no valid reply arrives in time, `ConnectionClosed` when the socket
+    fails.
     """
     request = ipdiscovery.build_request(ssrc)
     original_timeout = sock.gettimeout()
     try:
         while True:
-            now = time.monotonic()
+            now = clock.monotonic()
             if now >= deadline:
                 raise JoinTimeout("ip_discovery", timeout,
                                   "no reply from the voice server over UDP")
@@ -52,8 +61,8 @@ def discover_ip(
             except OSError as exc:
                 raise ConnectionClosed(f"ip discovery send failed: {exc}") from exc
             resend_at = min(deadline, now + resend_every)
-            while (remaining := resend_at - time.monotonic()) > 0:
-                sock.settimeout(remaining)
+            while (remaining := resend_at - clock.monotonic()) > 0:
+                sock.settimeout(min(remaining, resend_every))
                 try:
                     data = sock.recv(2048)
                 except TimeoutError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from discord_voice._shell.dave_channel import DaveChannel
@@ -76,7 +75,8 @@ class VoiceLink:
         self.ssrc = ready.ssrc
         mode = crypto.choose_mode(ready.modes)
         self.udp = open_udp(ready.ip, ready.port)
-        address, port = discover_ip(self.udp, ready.ssrc, deadline=deadline, timeout=timeout)
+        address, port = discover_ip(self.udp, ready.ssrc, clock=self._clock, deadline=deadline,
+                                    timeout=timeout)
         description = session.select_protocol(address, port, mode, deadline=deadline,
                                               timeout=timeout)
         session.await_e2ee(deadline, timeout)  # at once when the call has no DAVE
@@ -97,7 +97,7 @@ class VoiceLink:
         new = self._new_session(old)
         with self._lock:
             self.session = new
-        self._retire(old, min(1.0, max(0.0, deadline - time.monotonic())))
+        self._retire(old, min(1.0, max(0.0, deadline - self._clock.monotonic())))
         try:
             new.resume(deadline, timeout)
         except BaseException as exc:

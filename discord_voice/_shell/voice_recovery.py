@@ -3,8 +3,10 @@
 `run_recovery` walks a `ReconnectPlan`: each `Attempt` is reported, then carried out through the
 connection's `RecoverySteps` (resume the websocket, reconnect with a fresh op 4, or wait for the
 new VOICE_SERVER_UPDATE of a move and go there); a failure gives the plan's next step, until an
-attempt succeeds or the plan gives up, and then the connection fails with a typed error. It runs
-on the connection's ``dv-voice-recover:<guild>`` thread and knows nothing else of it.
+attempt succeeds or the plan gives up, and then the connection fails with a typed error. The
+backoff before an attempt waits on the connection's clock and ends at once when the connection
+closes. It runs on the connection's ``dv-voice-recover:<guild>`` thread and knows nothing else
+of it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from discord_voice.clock import Signal
+from discord_voice.clock import Clock, Signal
 from discord_voice.core.reconnect import (
     Action,
     Attempt,
@@ -40,6 +42,7 @@ class RecoverySteps:
     """What the recovery loop can ask of its connection (each may raise a `VoiceError`)."""
 
     closed: Signal  #: set when the connection ends: the loop stops at once
+    clock: Clock  #: the backoff before each attempt waits on it (a FakeClock in tests)
     #: enter RESUMING/RECONNECTING because of the error; False: closing
     begin: Callable[[Attempt, BaseException], bool]
     resume: Callable[[], None]  #: op 7 on a new websocket
@@ -90,7 +93,8 @@ def run_recovery(
                     continue
                 steps.move()
             else:
-                if steps.closed.wait(attempt.delay):
+                clock = steps.clock
+                if clock.wait_until(clock.monotonic() + attempt.delay, steps.closed):
                     return
                 if attempt.kind is AttemptKind.RESUME:
                     steps.resume()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,7 +21,7 @@ from discord_voice._shell import websocket as ws
 from discord_voice._shell.dave_channel import DaveChannel
 from discord_voice._shell.heartbeat import run_heartbeat
 from discord_voice._shell.threads import ServiceThread
-from discord_voice.clock import Clock, Signal
+from discord_voice.clock import Clock, Signal, future_signal
 from discord_voice.core import voice_payloads as vp
 from discord_voice.core.dave import DaveProtocol
 from discord_voice.core.opcodes import SpeakingFlag, VoiceCloseCode, describe_voice_close
@@ -99,7 +98,7 @@ class VoiceSocketSession:
         self._await(self._resumed, deadline, timeout, "resumed")
 
     def _connect(self, deadline: float, timeout: float) -> None:
-        remaining = deadline - time.monotonic()
+        remaining = deadline - self._clock.monotonic()
         if remaining <= 0:
             raise JoinTimeout("websocket_connect", timeout)
         self._socket = ws.WebSocketChannel.connect(
@@ -127,12 +126,12 @@ class VoiceSocketSession:
     def _await(
         self, future: concurrent.futures.Future[T], deadline: float, timeout: float, stage: str
     ) -> T:
-        try:
-            return future.result(max(0.0, deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
+        """The future's result (or its exception), waiting on the clock until `deadline`."""
+        if not self._clock.wait_until(deadline, future_signal(future)):
             hint = self.last_protocol_error
             detail = f"last protocol error: {hint}" if hint else ""
-            raise JoinTimeout(stage, timeout, detail) from None
+            raise JoinTimeout(stage, timeout, detail)
+        return future.result(0)
 
     # -- sending (any thread) ---------------------------------------------------------------
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 
 import websocket
 
+from discord_voice.clock import SystemClock
 from discord_voice.errors import ConnectionClosed
 
 __all__ = ["Binary", "Close", "Text", "Timeout", "WebSocketChannel", "timed_out"]
@@ -164,10 +164,12 @@ class WebSocketChannel:
         """After our close frame: drop messages until the peer's `Close`, at most `timeout` s.
 
         Returns that `Close` (also when the connection simply ended), or None if time ran out.
-        Call it from the reader thread only, once it has stopped reading for itself.
+        Call it from the reader thread only, once it has stopped reading for itself. The bound
+        is real time (a shutdown bound, see `discord_voice.clock`): no fake clock stalls a close.
         """
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
+        real = SystemClock()
+        deadline = real.monotonic() + timeout
+        while (remaining := deadline - real.monotonic()) > 0:
             try:
                 self._ws.settimeout(remaining)
             except (OSError, AttributeError) as exc:

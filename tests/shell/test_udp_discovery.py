@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from discord_voice._shell.udp import discover_ip, open_udp
+from discord_voice.clock import SystemClock
 from discord_voice.errors import JoinTimeout
 from tests.timeouts import LONG
 
@@ -45,7 +46,8 @@ def test_replies_from_other_addresses_are_ignored(server: socket.socket) -> None
         thread = threading.Thread(target=answer, name="fake-discovery")
         thread.start()
         deadline = time.monotonic() + LONG
-        assert discover_ip(client, SSRC, deadline=deadline, timeout=LONG) == ("203.0.113.7", 50004)
+        assert discover_ip(client, SSRC, clock=SystemClock(), deadline=deadline,
+                           timeout=LONG) == ("203.0.113.7", 50004)
         thread.join(LONG)
     finally:
         intruder.close()
@@ -57,7 +59,8 @@ def test_no_reply_is_a_join_timeout_after_bounded_resends(server: socket.socket)
     try:
         deadline = time.monotonic() + 0.25
         with pytest.raises(JoinTimeout) as info:
-            discover_ip(client, SSRC, deadline=deadline, timeout=0.25, resend_every=0.1)
+            discover_ip(client, SSRC, clock=SystemClock(), deadline=deadline, timeout=0.25,
+                        resend_every=0.1)
         assert info.value.stage == "ip_discovery"
         requests = 0
         server.settimeout(0.05)

@@ -13,7 +13,7 @@ from discord_voice._shell.voice_recovery import (
     move_attempt,
     run_recovery,
 )
-from discord_voice.clock import Signal
+from discord_voice.clock import Signal, SystemClock
 from discord_voice.core.reconnect import (
     Action,
     Attempt,
@@ -56,7 +56,8 @@ class Script:
 
     def steps(self) -> RecoverySteps:
         return RecoverySteps(
-            closed=self.closed, begin=self.begin, resume=lambda: self.act("resume"),
+            closed=self.closed, clock=SystemClock(), begin=self.begin,
+            resume=lambda: self.act("resume"),
             reconnect=lambda: self.act("reconnect"), await_move=self.await_move,
             move=lambda: self.act("move"), recovered=self.recovered, give_up=self.gave_up.append,
         )
