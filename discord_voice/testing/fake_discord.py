@@ -16,15 +16,14 @@ Everything the fake sees is recorded (``main_messages``, ``voice_messages``, ``f
 predicate over the fake holds, woken by every new record (no polling). Faults are scripted with
 `withhold` (handshake stages; ``main_ready``/``main_resumed`` hold back the main gateway's
 answer on a reconnect), `close_voice_on`, `close_voice`, `drop_voice`, `send_voice_raw`,
-`send_main_raw`, `move_user`,
-`kick_user`, `null_endpoint`, `impair_udp`, `drop_main`, `invalid_session` and friends (see
-`fault_scripting`) and listed in ``faults``. Voice sessions can be resumed (op 7, see
-`voice_live`), main sessions too (op 6, see `main_resume`).
+`send_main_raw`, `move_user`, `kick_user`, `null_endpoint`, `impair_udp`, `drop_main`,
+`invalid_session` and friends, and listed in ``faults``. Voice sessions can be resumed (op 7,
+see `gateways.voice_live`), main sessions too (op 6, see `gateways.main_resume`).
 
 DAVE: ``FakeDiscord(dave=True)`` plays Discord's E2EE role (4017 for clients without DAVE
 outside stage channels; the voice gateway as MLS external sender; the UDP server DAVE-decrypts
 with a libdave member of the channel). Script it with `add_member`, `remove_member`,
-`send_invalid_commit`, `downgrade`, `upgrade`; inspect with `dave_state` (see `dave_scripting`).
+`send_invalid_commit`, `downgrade`, `upgrade`; inspect with `dave_state` (see `dave.group`).
 ``stage=True`` or `set_stage` makes channels stage-like (no DAVE). A client alone in a DAVE
 channel stays a pending member (no one can commit its Add), as on Discord;
 ``dave_listener=True`` hosts a libdave member in every DAVE channel a client joins, so it is
@@ -32,24 +31,27 @@ never alone and its audio is always DAVE-decrypted. Needs ``dave-py``.
 
 Every thread is named ``fake-...``, non-daemon and joined by `close` / ``__exit__``, which returns
 within about a second even when clients are still connected (they get close code 1001).
+
+`FakeDiscord` is the whole public surface; it owns and wires the parts, each of which knows
+nothing of it: `gateways.main.FakeMainGateway`, `gateways.voice.FakeVoiceGateway` (one websocket
+server, another per move to a new server), `udp.server.FakeUdpServer`, `dave.hub.DaveHub`, and
+the state they share (`records.Recorder`, `world`).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from discord_voice._shell.exit_hook import close_at_exit
-from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20
-from discord_voice.testing.dave_scripting import DaveScripting
-from discord_voice.testing.fault_scripting import FaultScripting
+from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp
 from discord_voice.testing.gateways.main import FakeMainGateway
 from discord_voice.testing.gateways.voice import FakeVoiceGateway
-from discord_voice.testing.gateways.voice_live import LiveVoices
-from discord_voice.testing.gateways.ws import Peer
+from discord_voice.testing.gateways.voice_handshake import VoiceServices
+from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
+from discord_voice.testing.gateways.ws import Delivery, valid_close_code
 from discord_voice.testing.records import (
     MainSession,
     ReceivedFrame,
@@ -57,19 +59,22 @@ from discord_voice.testing.records import (
     Recorder,
     VoiceSession,
 )
-from discord_voice.testing.udp.impairment import UdpImpairment
+from discord_voice.testing.udp.impairment import ImpairmentStats, UdpImpairment
 from discord_voice.testing.udp.server import FakeUdpServer
-from discord_voice.testing.world import Config, Credentials, IssuedVoice, Script
+from discord_voice.testing.world import Config, Credentials, IssuedVoice, Script, voice_state
 
 if TYPE_CHECKING:
+    from discord_voice.testing.dave.group import DaveState
     from discord_voice.testing.dave.hub import DaveHub
 
 __all__ = ["FakeDiscord"]
 
 _CLOSE_BUDGET = 0.6  # seconds close() waits for handlers before cutting connections
+_DELIVERY_TIMEOUT = 5.0  # bound on waiting for a connection thread to act on a scripted item
+_MOVED = 4014  # Discord's "disconnected" (kicked, moved, channel gone)
 
 
-class FakeDiscord(DaveScripting, FaultScripting):
+class FakeDiscord:
     """A fake Discord for one test: start it (``with`` or `start`), point a client at it, assert.
 
     ``voice_resume_window``: seconds a voice session whose websocket ended resumably (drop,
@@ -123,7 +128,7 @@ class FakeDiscord(DaveScripting, FaultScripting):
         )
         self._rec = Recorder()
         self._script = Script()
-        self._credentials = credentials = Credentials()
+        self._credentials = Credentials()
         grace: Callable[[], float] = lambda: self.speaking_grace  # noqa: E731
         self._dave: DaveHub | None = None
         if dave:
@@ -135,23 +140,21 @@ class FakeDiscord(DaveScripting, FaultScripting):
         self._udp = FakeUdpServer(self._rec, self._script, grace, self._dave)
         self._impairment: UdpImpairment[Any] | None = None
         self._live = LiveVoices(lambda: self._config.voice_resume_window)
-        numbers = itertools.count(1).__next__  # voice connection numbers, unique across servers
-        self._new_voice: Callable[[], FakeVoiceGateway] = lambda: FakeVoiceGateway(
-            self._config, self._rec, self._script, credentials, self._udp, grace, self._live,
-            self._dave, numbers,
+        services = VoiceServices(
+            self._config, self._rec, self._script, self._credentials, self._udp, grace,
+            self._live, self._dave,
         )  # fmt: skip
-        self._voices = [self._new_voice()]
+        self._voice = FakeVoiceGateway(services, self._config.endpoint_scheme)
         self._main = FakeMainGateway(
-            self._config, self._rec, self._script, credentials, lambda: self.voice_endpoint
+            self._config, self._rec, self._script, self._credentials, lambda: self.voice_endpoint
         )
         self._state = "new"
         self._gateway_url = ""
-        self._voice_endpoint = ""
 
     def __repr__(self) -> str:
         return (
             f"FakeDiscord(state={self._state!r}, gateway_url={self._gateway_url!r}, "
-            f"voice_endpoint={self._voice_endpoint!r})"
+            f"voice_endpoint={self._voice.endpoint!r})"
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -165,12 +168,11 @@ class FakeDiscord(DaveScripting, FaultScripting):
         close_at_exit(self, FakeDiscord.close)  # a test that forgets close() must not hang
         try:
             self._udp.start()
-            self._voices[0].start()
-            self._main.start()
+            self._voice.start()
+            self._main.server.start()
         except BaseException:
             self._shutdown()
             raise
-        self._voice_endpoint = self._endpoint_of(self._voices[0])
         self._gateway_url = self._main.url
         with self._rec.lock:
             if self._state == "starting":  # not closed meanwhile by another thread
@@ -187,14 +189,12 @@ class FakeDiscord(DaveScripting, FaultScripting):
     def _shutdown(self) -> None:
         with self._rec.lock:
             self._state = "closed"
-            voices = list(self._voices)
-        gateways: list[FakeMainGateway | FakeVoiceGateway] = [self._main, *voices]
-        for gateway in gateways:
-            gateway.begin_close()
+        self._main.server.begin_close()
+        self._voice.begin_close()
         self._udp.begin_close()
         deadline = time.monotonic() + _CLOSE_BUDGET
-        for gateway in gateways:
-            gateway.finish_close(deadline)
+        self._main.server.finish_close(deadline)
+        self._voice.finish_close(deadline)
         self._live.close()
         self._udp.finish_close(deadline)
         with self._rec.changing():
@@ -236,41 +236,15 @@ class FakeDiscord(DaveScripting, FaultScripting):
     @property
     def voice_endpoint(self) -> str:
         """The ``endpoint`` VOICE_SERVER_UPDATE carries."""
-        if not self._voice_endpoint:
+        endpoint = self._voice.endpoint
+        if not endpoint:
             raise RuntimeError("FakeDiscord is not started")
-        return self._voice_endpoint
+        return endpoint
 
     @property
     def udp_address(self) -> tuple[str, int]:
         """Where the voice UDP server listens (also sent in voice Ready)."""
         return ("127.0.0.1", self._udp.port)
-
-    def _endpoint_of(self, gateway: FakeVoiceGateway) -> str:
-        port = gateway.port
-        return f"ws://127.0.0.1:{port}" if self._config.endpoint_scheme else f"127.0.0.1:{port}"
-
-    def _endpoint(self) -> str:
-        return self.voice_endpoint
-
-    def _add_voice_server(self) -> str:
-        """Start another voice gateway (same UDP server); later joins are sent there too."""
-        gateway = self._new_voice()
-        gateway.start()
-        with self._rec.lock:
-            running = self._state == "running"
-            if running:
-                self._voices.append(gateway)
-                self._voice_endpoint = self._endpoint_of(gateway)
-        if not running:
-            gateway.begin_close()
-            gateway.finish_close(time.monotonic() + _CLOSE_BUDGET)
-            raise RuntimeError("FakeDiscord is not running")
-        return self._voice_endpoint
-
-    def _voice_peers(self) -> list[Peer]:
-        with self._rec.lock:
-            voices = list(self._voices)
-        return sorted((p for v in voices for p in v.open_peers()), key=lambda p: p.number)
 
     # -- records -------------------------------------------------------------------------------
 
@@ -338,7 +312,189 @@ class FakeDiscord(DaveScripting, FaultScripting):
             f"only {got} of {n} frames{which} arrived within {timeout} s; last udp errors: {errors}"
         )
 
-    # -- scripting -----------------------------------------------------------------------------
+    # -- scripting: what the fake sends, withholds or breaks (each listed in `faults`) --------
+
+    @property
+    def faults(self) -> list[str]:
+        """Every fault and scripted action so far, in order, as readable lines."""
+        with self._rec.lock:
+            return list(self._rec.faults)
+
+    def withhold(self, *names: str) -> None:
+        """Never send these from now on: "voice_state_update", "voice_server_update", "hello",
+        "ready", "session_description", "ip_discovery", "heartbeat_ack" (voice op 6),
+        "main_heartbeat_ack" (main op 11), "main_ready" (READY after op 2 Identify: the session
+        is created all the same) or "main_resumed" (RESUMED after op 6 Resume: the session is
+        taken over and the missed dispatches are replayed all the same)."""
+        self._script.withhold(names)
+        self._rec.fault(f"withhold{names}")
+
+    def release(self, *names: str) -> None:
+        """Undo `withhold` for `names` (all of them when called without names)."""
+        self._script.release(names)
+        self._rec.fault(f"release{names}")
+
+    # -- voice websocket -----------------------------------------------------------------------
+
+    def close_voice_on(self, op: int, code: int, reason: str = "") -> None:
+        """When a voice connection next receives client op `op`, close it with `code` instead
+        of answering (one-shot; arm several times for several closes)."""
+        _check_code(code)
+        self._rec.fault(f"close_voice_on(op={op}, code={code})")
+        self._script.arm_close(int(op), code, reason)
+
+    def send_voice(
+        self, payload: dict[str, Any], *, seq: bool = True, connection: int | None = None
+    ) -> None:
+        """Send a JSON message on the newest open voice connection (or `connection`), with the
+        next top-level ``seq`` unless `seq` is False. Returns once it has been sent (and
+        recorded in `voice_messages`); RuntimeError if the connection closed first."""
+        self._post_voice(("send", dict(payload), seq), connection, "voice message")
+
+    def send_voice_binary(self, op: int, payload: bytes, *, connection: int | None = None) -> None:
+        """Send a binary message ``[uint16 seq][op][payload]`` on a voice connection (as
+        `send_voice`; the seq is the connection's next one)."""
+        item = ("binary", bytes([op]) + bytes(payload))
+        self._post_voice(item, connection, "voice binary message")
+
+    def send_voice_raw(self, message: str | bytes, *, connection: int | None = None) -> None:
+        """Send `message` as is (text or binary frame; no seq, not kept for resume): invalid
+        JSON, unknown shapes, huge messages (up to 1 MiB)."""
+        self._rec.fault(f"send_voice_raw({len(message)} {type(message).__name__})")
+        self._post_voice(("raw", message), connection, "raw voice message")
+
+    def close_voice(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
+        """Close the newest open voice connection (or `connection`) with `code`. Returns once
+        its thread has started closing; wait for ``voice_sessions[i].closed`` if needed. 4015
+        leaves the session resumable (op 7); any other code ends it."""
+        _check_code(code)
+        self._rec.fault(f"close_voice({code})")
+        self._post_voice(("close", code, reason), connection, "voice close")
+
+    def drop_voice(self, *, connection: int | None = None) -> None:
+        """Cut the newest open voice connection's TCP socket without a close frame (a network
+        failure). The session stays resumable for ``voice_resume_window`` seconds."""
+        self._rec.fault("drop_voice()")
+        self._post_voice(("drop",), connection, "voice drop")
+
+    def _post_voice(self, item: tuple[Any, ...], connection: int | None, what: str) -> None:
+        _deliver(self._voice.post(item, connection), what)
+
+    # -- main websocket ------------------------------------------------------------------------
+
+    def send_main(self, payload: dict[str, Any], *, connection: int | None = None) -> None:
+        """Send a message on the newest open main connection (or `connection`); a dispatch
+        (op 0) without ``s`` gets the session's next sequence number. Returns once sent.
+        ``send_main({"op": 7, "d": None})`` is Discord's Reconnect."""
+        if payload.get("op") != GatewayOp.DISPATCH:
+            self._rec.fault(f"send_main(op={payload.get('op')})")
+        _deliver(self._main.server.post(("send", dict(payload)), connection), "main message")
+
+    def send_main_raw(self, message: str | bytes, *, connection: int | None = None) -> None:
+        """Send `message` as is on the newest open main connection (or `connection`): a text
+        or binary frame, no ``s``, not kept for resume (invalid JSON, unknown shapes, huge
+        messages up to 1 MiB). Returns once sent."""
+        self._rec.fault(f"send_main_raw({len(message)} {type(message).__name__})")
+        _deliver(self._main.server.post(("raw", message), connection), "raw main message")
+
+    def close_main(self, code: int, reason: str = "", *, connection: int | None = None) -> None:
+        """Close the newest open main gateway connection (or `connection`) with `code`."""
+        _check_code(code)
+        self._rec.fault(f"close_main({code})")
+        _deliver(self._main.server.post(("close", code, reason), connection), "main close")
+
+    def drop_main(self, *, connection: int | None = None) -> None:
+        """Cut the main connection's TCP socket without a close frame; the session stays
+        resumable (op 6)."""
+        self._rec.fault("drop_main()")
+        _deliver(self._main.server.post(("drop",), connection), "main drop")
+
+    def invalid_session(self, resumable: bool, *, connection: int | None = None) -> None:
+        """Send op 9 Invalid Session with ``d: resumable``; False also ends the session (a
+        later op 6 for it gets op 9 ``d: false``)."""
+        self._rec.fault(f"invalid_session({bool(resumable)})")
+        item = ("invalid", bool(resumable))
+        _deliver(self._main.server.post(item, connection), "invalid session")
+
+    def _dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self.send_main({"op": GatewayOp.DISPATCH, "t": event, "d": data, "s": None})
+
+    # -- moves, kicks, voice servers -----------------------------------------------------------
+
+    def move_user(
+        self, channel_id: int | None = None, *, new_server: bool = True, guild_id: int | None = None
+    ) -> str:
+        """Move the bot (in `guild_id`, default the guild it joined last) to `channel_id`
+        (default: the same channel, i.e. only a voice-server change) as Discord does: a
+        VOICE_STATE_UPDATE and a VOICE_SERVER_UPDATE with a new token (and, if `new_server`, a
+        new endpoint: another fake voice gateway on its own port), then the old voice websocket
+        is closed with 4014. Returns the endpoint sent."""
+        old = self._credentials.current(None if guild_id is None else str(guild_id))
+        channel = old.channel_id if channel_id is None else str(channel_id)
+        self._rec.fault(f"move_user(channel_id={channel}, new_server={new_server})")
+        endpoint = self._voice.add() if new_server else self.voice_endpoint
+        before = self._bot_voice(old.guild_id)
+        issued = self._credentials.reissue(old.guild_id, channel)
+        self._dispatch("VOICE_STATE_UPDATE", _bot_state(issued, channel))
+        server = {"token": issued.token, "guild_id": issued.guild_id, "endpoint": endpoint}
+        self._dispatch("VOICE_SERVER_UPDATE", server)
+        self._disconnect_voice(before, "disconnected: moved to another channel/server")
+        return endpoint
+
+    def kick_user(self, *, guild_id: int | None = None) -> None:
+        """Disconnect the bot from voice as a moderator would: its VOICE_STATE_UPDATE with
+        ``channel_id: null``, then its voice websocket closed with 4014."""
+        issued = self._credentials.current(None if guild_id is None else str(guild_id))
+        self._rec.fault(f"kick_user(guild_id={issued.guild_id})")
+        before = self._bot_voice(issued.guild_id)
+        self._credentials.revoke(issued.guild_id)
+        self._dispatch("VOICE_STATE_UPDATE", _bot_state(issued, None))
+        self._disconnect_voice(before, "disconnected: kicked from the channel")
+
+    def null_endpoint(self, *, guild_id: int | None = None) -> None:
+        """Send VOICE_SERVER_UPDATE with ``endpoint: null`` (the voice server went away; a new
+        token is issued). The voice websocket is left alone: combine with `drop_voice`, or
+        follow with `move_user` to give the next endpoint."""
+        old = self._credentials.current(None if guild_id is None else str(guild_id))
+        self._rec.fault(f"null_endpoint(guild_id={old.guild_id})")
+        issued = self._credentials.reissue(old.guild_id, old.channel_id)
+        server = {"token": issued.token, "guild_id": issued.guild_id, "endpoint": None}
+        self._dispatch("VOICE_SERVER_UPDATE", server)
+
+    def _bot_voice(self, guild_id: str) -> LiveVoice | None:
+        return self._live.for_guild(guild_id, str(self._config.user_id))
+
+    def _disconnect_voice(self, live: LiveVoice | None, reason: str) -> None:
+        """Close `live` (the bot's voice session looked up before the dispatches, so that a
+        client already on its new session keeps that one) with 4014."""
+        if live is not None:
+            live.disconnect(_MOVED, reason, _DELIVERY_TIMEOUT)
+
+    # -- UDP -----------------------------------------------------------------------------------
+
+    def impair_udp(
+        self,
+        drop: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        delay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        """Impair the UDP receive path from now on (see `discord_voice.testing.udp.impairment`):
+        probabilities `drop`, `duplicate`, `reorder` (swap with the next packet), and `delay`
+        milliseconds before recording, decided by ``random.Random(seed)``. All zero: none."""
+        impairment: UdpImpairment[Any] | None = UdpImpairment(drop, duplicate, reorder, delay, seed)
+        if not (drop or duplicate or reorder or delay):
+            impairment = None
+        self._rec.fault(f"impair_udp({impairment!r})")
+        self._impairment = impairment
+        self._udp.set_impairment(impairment)
+
+    @property
+    def udp_impairment(self) -> ImpairmentStats | None:
+        """What the current UDP impairment did so far (None when there is none)."""
+        impairment = self._impairment
+        return None if impairment is None else impairment.stats
 
     def issue_voice(self, guild_id: int, channel_id: int, user_id: int) -> IssuedVoice:
         """Voice credentials for another user (not the bot), as if Discord had sent that user's
@@ -346,3 +502,82 @@ class FakeDiscord(DaveScripting, FaultScripting):
         channel. Identify with ``server_id=str(guild_id)``, ``user_id``, ``.session_id``,
         ``.token`` at `voice_endpoint`."""
         return self._credentials.issue_other(str(guild_id), str(channel_id), str(user_id))
+
+    # -- DAVE (FakeDiscord(dave=True)): each method raises RuntimeError when DAVE is off -----
+
+    @property
+    def dave(self) -> bool:
+        """Whether the fake plays Discord's DAVE role (E2EE required outside stage channels)."""
+        return self._dave is not None
+
+    @property
+    def dave_listeners(self) -> dict[int, int]:
+        """Channel id -> user id of the libdave listener hosted there (``dave_listener=True``)."""
+        return self._hub().listeners()
+
+    def _hub(self) -> DaveHub:
+        if self._dave is None:
+            raise RuntimeError("DAVE is off: create the fake with FakeDiscord(dave=True)")
+        return self._dave
+
+    def _channel(self, channel_id: int | None) -> int:
+        if channel_id is not None:
+            return channel_id
+        with self._rec.lock:
+            for session in reversed(self._rec.voice_sessions):
+                if session.channel_id is not None:
+                    return session.channel_id
+        raise RuntimeError("no voice session yet: pass channel_id")
+
+    def set_stage(self, channel_id: int, stage: bool = True) -> None:
+        """Make `channel_id` stage-like (no DAVE: version 0, max 0 accepted) or not."""
+        self._hub().set_stage(channel_id, stage)
+
+    def add_member(
+        self, channel_id: int | None = None, *, user_id: int | None = None, commits: bool = True
+    ) -> int:
+        """Put a libdave (dave-py) member with a fake user id into the channel (default: that
+        of the newest voice session); returns its user id. Its joining changes the epoch.
+        With `commits` False it never commits, so our clients' commits win."""
+        return self._hub().add_member(self._channel(channel_id), user_id, commits)
+
+    def remove_member(self, user_id: int) -> None:
+        """Disconnect a member added by `add_member` (a Remove proposal follows)."""
+        self._hub().remove_member(user_id)
+
+    def send_invalid_commit(self, channel_id: int | None = None) -> None:
+        """Corrupt the next commit announcement (op 29) sent to clients: they must answer op 31
+        and get removed and re-added."""
+        self._hub().run(self._channel(channel_id), lambda g: g.garbage_next_commit())
+
+    def downgrade(self, channel_id: int | None = None) -> None:
+        """Op 21 to protocol version 0; op 22 once every client sent op 23."""
+        self._hub().run(self._channel(channel_id), lambda g: g.downgrade())
+
+    def upgrade(self, channel_id: int | None = None) -> None:
+        """Op 24 (version 1, epoch 1) after a downgrade: the group is created again."""
+        self._hub().run(self._channel(channel_id), lambda g: g.upgrade())
+
+    def dave_state(self, channel_id: int | None = None) -> DaveState:
+        """The server's view of a channel's DAVE group (epoch, members, transitions)."""
+        return self._hub().state(self._channel(channel_id))
+
+    def member_epoch_authenticator(self, user_id: int) -> bytes | None:
+        """A hosted libdave member's epoch authenticator (equal for all members of an epoch)."""
+        hub = self._hub()
+        member = hub.hosted(user_id)
+        return hub.group(member.channel_id).call(member.epoch_authenticator)
+
+
+def _check_code(code: int) -> None:
+    if not valid_close_code(code):
+        raise ValueError(f"{code} cannot be sent in a close frame")
+
+
+def _deliver(delivery: Delivery, what: str) -> None:
+    if not delivery.wait(_DELIVERY_TIMEOUT):
+        raise RuntimeError(f"the {what} was not sent: the connection closed first")
+
+
+def _bot_state(issued: IssuedVoice, channel_id: str | None) -> dict[str, Any]:
+    return voice_state(issued.guild_id, channel_id, issued.user_id, issued.session_id)

@@ -260,7 +260,10 @@ class Recorder:
 
 
 def record_close(
-    recorder: Recorder, session: MainSession | VoiceSession, code: int | None, reason: str,
+    recorder: Recorder,
+    session: MainSession | VoiceSession,
+    code: int | None,
+    reason: str,
     by: str,
 ) -> None:
     """Record how a websocket of either gateway ended (`by`: "server" or "client")."""

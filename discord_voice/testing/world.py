@@ -7,8 +7,17 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["WITHHOLDABLE", "Config", "Credentials", "IssuedVoice", "Script", "is_snowflake"]
+__all__ = [
+    "WITHHOLDABLE",
+    "Config",
+    "Credentials",
+    "IssuedVoice",
+    "Script",
+    "is_snowflake",
+    "voice_state",
+]
 
 #: Names accepted by `FakeDiscord.withhold` ("heartbeat_ack" is the voice gateway's op 6;
 #: "main_heartbeat_ack" the main gateway's op 11; "ready" the voice gateway's op 2, while
@@ -60,6 +69,32 @@ class IssuedVoice:
     user_id: str
     session_id: str
     token: str = field(repr=False)
+
+
+def voice_state(
+    guild_id: str,
+    channel_id: str | None,
+    user_id: str,
+    session_id: str,
+    *,
+    self_mute: bool = False,
+    self_deaf: bool = False,
+) -> dict[str, Any]:
+    """The ``d`` of a VOICE_STATE_UPDATE as Discord sends it (`channel_id` None: the user left
+    voice); no server mute or deafen, no video."""
+    return {
+        "guild_id": guild_id,
+        "channel_id": channel_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "deaf": False,
+        "mute": False,
+        "self_deaf": self_deaf,
+        "self_mute": self_mute,
+        "self_video": False,
+        "suppress": False,
+        "request_to_speak_timestamp": None,
+    }
 
 
 class Credentials:

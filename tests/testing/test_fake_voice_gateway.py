@@ -315,7 +315,9 @@ def test_speaking_then_audio_is_not_a_violation(fake: FakeDiscord) -> None:
 def test_scripted_send_binary_and_close(fake: FakeDiscord) -> None:
     main, client = full_voice(fake)
     fake.send_voice({"op": 18, "d": {"flags": 0}})
-    assert fake.voice_messages[-1].data == {"op": 18, "d": {"flags": 0}, "seq": 3}  # already sent
+    # already sent: the last message the fake sent (the client's own Speaking may come after it)
+    sent = [m for m in fake.voice_messages if m.direction == "server"][-1]
+    assert sent.data == {"op": 18, "d": {"flags": 0}, "seq": 3}
     assert recv_json(client.ws) == {"op": 18, "d": {"flags": 0}, "seq": 3}
     fake.send_voice_binary(25, b"\x01\x02")
     assert client.ws.recv() == b"\x00\x04\x19\x01\x02"

@@ -30,16 +30,17 @@ from urllib.parse import parse_qs, urlsplit
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
 from discord_voice.testing.gateways import checks
 from discord_voice.testing.gateways.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
-from discord_voice.testing.gateways.served import ServedGateway, next_client_message, run_posted
+from discord_voice.testing.gateways.served import next_client_message, run_posted
 from discord_voice.testing.gateways.ws import (
     CloseWith,
     Delivery,
     Dropped,
     Peer,
     PeerGone,
+    WsServer,
 )
 from discord_voice.testing.records import MainSession, Recorder, record_close
-from discord_voice.testing.world import Config, Credentials, Script
+from discord_voice.testing.world import Config, Credentials, Script, voice_state
 
 __all__ = ["FakeMainGateway"]
 
@@ -52,8 +53,8 @@ def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-class FakeMainGateway(ServedGateway):
-    """A websocket server speaking the main gateway; one `_MainConnection` per client."""
+class FakeMainGateway:
+    """A websocket server speaking the main gateway (`server`); one `_MainConnection` per client."""
 
     def __init__(
         self,
@@ -69,11 +70,13 @@ class FakeMainGateway(ServedGateway):
         self.credentials = credentials
         self.voice_endpoint = voice_endpoint
         self.sessions = MainSessions()
-        super().__init__("main", lambda peer: _MainConnection(self, peer).run(), recorder.violation)
+        self.server = WsServer(
+            "main", lambda peer: _MainConnection(self, peer).run(), recorder.violation
+        )
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self._ws.port}"
+        return f"ws://127.0.0.1:{self.server.port}"
 
 
 class _MainConnection:
@@ -311,7 +314,8 @@ class _MainConnection:
         if channel_id is None:
             revoked = self.gw.credentials.revoke(guild_id)
             session_id = revoked.session_id if revoked else secrets.token_hex(16)
-            events = [("VOICE_STATE_UPDATE", self._voice_state(d, session_id))]
+            state = voice_state(guild_id, None, user_id, session_id, **_self_flags(d))
+            events = [("VOICE_STATE_UPDATE", state)]
         else:
             issued = self.gw.credentials.issue(guild_id, channel_id, user_id)
             server = {
@@ -319,10 +323,8 @@ class _MainConnection:
                 "guild_id": guild_id,
                 "endpoint": self.gw.voice_endpoint(),
             }
-            events = [
-                ("VOICE_STATE_UPDATE", self._voice_state(d, issued.session_id)),
-                ("VOICE_SERVER_UPDATE", server),
-            ]
+            state = voice_state(guild_id, channel_id, user_id, issued.session_id, **_self_flags(d))
+            events = [("VOICE_STATE_UPDATE", state), ("VOICE_SERVER_UPDATE", server)]
             if self.config.event_order == "server_first":
                 events.reverse()
         for event, data in events:
@@ -331,17 +333,7 @@ class _MainConnection:
             if not self.gw.script.withheld(event.lower()):
                 self._dispatch(event, data)
 
-    def _voice_state(self, d: dict[str, Any], session_id: str) -> dict[str, Any]:
-        return {
-            "guild_id": d["guild_id"],
-            "channel_id": d["channel_id"],
-            "user_id": str(self.config.user_id),
-            "session_id": session_id,
-            "deaf": False,
-            "mute": False,
-            "self_deaf": d["self_deaf"],
-            "self_mute": d["self_mute"],
-            "self_video": False,
-            "suppress": False,
-            "request_to_speak_timestamp": None,
-        }
+
+def _self_flags(d: dict[str, Any]) -> dict[str, bool]:
+    """The client's own mute and deafen from an op 4, echoed in its VOICE_STATE_UPDATE."""
+    return {"self_mute": d["self_mute"], "self_deaf": d["self_deaf"]}

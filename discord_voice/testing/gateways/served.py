@@ -1,45 +1,13 @@
-"""What both fake gateways share: the server lifecycle `FakeDiscord` drives, scripted actions."""
+"""What both fake gateways' connection handlers share: the receive loop and scripted actions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from discord_voice.testing.gateways.ws import CloseWith, Delivery, Dropped, Peer, WsServer
+from discord_voice.testing.gateways.ws import CloseWith, Delivery, Dropped, Peer
 
-__all__ = ["ServedGateway", "next_client_message", "run_posted"]
-
-
-class ServedGateway:
-    """Base of the fake gateways: one `WsServer` whose lifecycle `FakeDiscord` drives."""
-
-    def __init__(
-        self,
-        name: str,
-        handler: Callable[[Peer], None],
-        violation: Callable[[str], None],
-        numbers: Callable[[], int] | None = None,
-    ) -> None:
-        self._ws = WsServer(name, handler, violation, numbers)
-
-    @property
-    def port(self) -> int:
-        return self._ws.port
-
-    def start(self) -> None:
-        self._ws.start()
-
-    def begin_close(self) -> None:
-        self._ws.begin_close()
-
-    def finish_close(self, deadline: float) -> None:
-        self._ws.finish_close(deadline)
-
-    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
-        return self._ws.post(item, connection)
-
-    def open_peers(self) -> list[Peer]:
-        return self._ws.open_peers()
+__all__ = ["next_client_message", "run_posted"]
 
 
 def run_posted(

@@ -27,26 +27,26 @@ holds (moved, kicked), or a ``seq_ack`` the buffer cannot serve get 4006.
 DAVE (``FakeDiscord(dave=True)``; off by default): outside stage-like channels an Identify with
 ``max_dave_protocol_version`` < 1 is closed with 4017, Session Description carries
 ``dave_protocol_version: 1`` and the connection joins its channel's `DaveGroup` (the gateway
-as MLS external sender: ops 11/13, 21-31; see `dave_group`). Without DAVE, DAVE ops from a
-client are recorded as violations.
+as MLS external sender: ops 11/13, 21-31; see `discord_voice.testing.dave.group`). Without
+DAVE, DAVE ops from a client are recorded as violations.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing.gateways import checks
-from discord_voice.testing.gateways.served import ServedGateway, next_client_message, run_posted
-from discord_voice.testing.gateways.voice_handshake import VoiceHandshake
+from discord_voice.testing.gateways.served import next_client_message, run_posted
+from discord_voice.testing.gateways.voice_handshake import VoiceHandshake, VoiceServices
 from discord_voice.testing.gateways.voice_live import (
     RESUMABLE_SERVER_CLOSES,
     LiveVoice,
-    LiveVoices,
     resume_failed,
     take_over,
 )
@@ -56,13 +56,9 @@ from discord_voice.testing.gateways.ws import (
     Dropped,
     Peer,
     PeerGone,
+    WsServer,
 )
-from discord_voice.testing.records import Recorder, VoiceSession, record_close
-from discord_voice.testing.udp.server import FakeUdpServer
-from discord_voice.testing.world import Config, Credentials, Script
-
-if TYPE_CHECKING:
-    from discord_voice.testing.dave.hub import DaveHub
+from discord_voice.testing.records import VoiceSession, record_close
 
 __all__ = ["FakeVoiceGateway"]
 
@@ -78,52 +74,116 @@ _CLIENT_OPS = frozenset(
         VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME,
     }
 )
+#: Seconds a voice server started while the fake closes gets to close again.
+_LATE_CLOSE_BUDGET = 0.6
 _NO_DAVE_WHY = " (dave_protocol_version 0, or before Session Description)"
 _CLIENT_BINARY_OPS = frozenset({VoiceOp.DAVE_MLS_KEY_PACKAGE, VoiceOp.DAVE_MLS_COMMIT_WELCOME})
 
 
-class FakeVoiceGateway(ServedGateway):
-    """A websocket server speaking the voice gateway; one `_VoiceConnection` per client."""
+class FakeVoiceGateway:
+    """The fake's voice gateway: one websocket server from `start`, another per `add` (a move to
+    a new voice server), all sharing the fake's UDP server and voice sessions.
 
-    def __init__(
-        self,
-        config: Config,
-        recorder: Recorder,
-        script: Script,
-        credentials: Credentials,
-        udp: FakeUdpServer,
-        speaking_grace: Callable[[], float],
-        live: LiveVoices,
-        dave: DaveHub | None = None,
-        numbers: Callable[[], int] | None = None,
-    ) -> None:
-        self.config = config
-        self.dave = dave  # None: DAVE off (every session at dave_protocol_version 0)
-        self.recorder = recorder
-        self.script = script
-        self.credentials = credentials
-        self.udp = udp
-        self.speaking_grace = speaking_grace
-        self.live = live  # shared by every voice gateway of the fake (sessions move between them)
-        super().__init__(
-            "voice", lambda peer: _VoiceConnection(self, peer).run(), recorder.violation, numbers
+    Joins are sent to the newest server (`endpoint`); scripted actions go to the newest open
+    connection of any of them. `begin_close` / `finish_close` stop all of them; a server added
+    meanwhile is closed at once. One `_VoiceConnection` per client websocket.
+    """
+
+    def __init__(self, services: VoiceServices, endpoint_scheme: bool) -> None:
+        self._services = services
+        self._scheme = endpoint_scheme
+        self._numbers = itertools.count(1).__next__  # connection numbers, unique across servers
+        self._lock = threading.Lock()
+        self._servers: list[WsServer] = []
+        self._endpoint = ""
+        self._closing = False
+
+    @property
+    def endpoint(self) -> str:
+        """The ``endpoint`` a VOICE_SERVER_UPDATE carries now ("" before `start`)."""
+        with self._lock:
+            return self._endpoint
+
+    def start(self) -> str:
+        """Start the first voice server; returns its endpoint."""
+        return self.add()
+
+    def add(self) -> str:
+        """Start another voice server (same UDP server); later joins are sent there."""
+        services = self._services
+        server = WsServer(
+            "voice",
+            lambda peer: _VoiceConnection(services, peer).run(),
+            services.recorder.violation,
+            self._numbers,
         )
+        server.start()
+        port = server.port
+        endpoint = f"ws://127.0.0.1:{port}" if self._scheme else f"127.0.0.1:{port}"
+        with self._lock:
+            closing = self._closing
+            if not closing:
+                self._servers.append(server)
+                self._endpoint = endpoint
+        if closing:
+            server.begin_close()
+            server.finish_close(time.monotonic() + _LATE_CLOSE_BUDGET)
+            raise RuntimeError("FakeDiscord is not running")
+        return endpoint
+
+    def peers(self) -> list[Peer]:
+        """Open connections of every voice server, oldest first."""
+        with self._lock:
+            servers = list(self._servers)
+        peers = (p for server in servers for p in server.open_peers())
+        return sorted(peers, key=lambda p: p.number)
+
+    def post(self, item: tuple[Any, ...], connection: int | None) -> Delivery:
+        """Hand a scripted action to the newest open voice connection (or number `connection`)."""
+        peers = self.peers()
+        if connection is not None:
+            peers = [p for p in peers if p.number == connection]
+        if not peers:
+            number = "" if connection is None else f" number {connection}"
+            raise RuntimeError(f"no open voice gateway connection{number}")
+        return peers[-1].post(item)
+
+    def begin_close(self) -> None:
+        with self._lock:
+            self._closing = True
+            servers = list(self._servers)
+        for server in servers:
+            server.begin_close()
+
+    def finish_close(self, deadline: float) -> None:
+        with self._lock:
+            servers = list(self._servers)
+        for server in servers:
+            server.finish_close(deadline)
 
 
-class _VoiceConnection(VoiceHandshake):
+class _VoiceConnection:
     """The state of one voice websocket, driven by its handler thread only."""
 
-    def __init__(self, gateway: FakeVoiceGateway, peer: Peer) -> None:
-        self.gw = gateway
-        self.config = gateway.config
-        self.rec = gateway.recorder
-        self.script = gateway.script
+    def __init__(self, services: VoiceServices, peer: Peer) -> None:
+        self.services = services
+        self.config = services.config
+        self.rec = services.recorder
+        self.script = services.script
         self.peer = peer
         self.where = f"voice#{peer.number}"
+        self.handshake = VoiceHandshake(services, self.where, self._send, self._hello)
         self.live = LiveVoice(VoiceSession(peer.number, peer.path))
         self.live.attach(peer)
         with self.rec.changing():
             self.rec.voice_sessions.append(self.live.session)
+
+    @property
+    def session(self) -> VoiceSession:
+        return self.live.session
+
+    def _violation(self, text: str) -> None:
+        self.rec.violation(f"{self.where}: {text}")
 
     def run(self) -> None:
         final = True
@@ -165,12 +225,12 @@ class _VoiceConnection(VoiceHandshake):
     def _idle(self) -> None:
         """Between client messages: the Speaking-before-audio rule, expired sessions."""
         self._check_audio_rule(final=False)
-        self.gw.live.reap()
+        self.services.live.reap()
 
     def _check_audio_rule(self, *, final: bool) -> None:
         with self.rec.lock:
             text = self.session._check_audio_rule(
-                time.monotonic(), self.gw.speaking_grace(), final=final
+                time.monotonic(), self.services.speaking_grace(), final=final
             )
             if text:
                 self.rec.violations.append(f"{self.where}: {text}")
@@ -238,15 +298,15 @@ class _VoiceConnection(VoiceHandshake):
         elif op not in _CLIENT_OPS:
             raise CloseWith(VoiceCloseCode.UNKNOWN_OPCODE, f"unknown opcode {op}")
         elif op == VoiceOp.IDENTIFY:
-            self._on_identify(d)
+            self.handshake.identify(self.live, d)
         elif not self.live.identified:
             raise CloseWith(
                 VoiceCloseCode.NOT_AUTHENTICATED, f"not authenticated: op {op} sent before identify"
             )
         elif op == VoiceOp.SELECT_PROTOCOL:
-            self._on_select(d)
+            self.handshake.select(self.live, d)
         elif op == VoiceOp.SPEAKING:
-            self._on_speaking(d)
+            self.handshake.speaking(self.live, d)
         elif self.live.dave_link is not None:
             self.live.dave_link.on_json(op, d)
         else:
@@ -294,9 +354,9 @@ class _VoiceConnection(VoiceHandshake):
         seq_ack = d.get("seq_ack", -1)
         if type(seq_ack) is not int:
             raise resume_failed(f"seq_ack must be an integer, got {seq_ack!r}")
-        live = self.gw.live.find(d["server_id"], d["session_id"], d["token"])
+        live = self.services.live.find(d["server_id"], d["session_id"], d["token"])
         issued = live.issued if live is not None else None
-        current = issued and self.gw.credentials.match(
+        current = issued and self.services.credentials.match(
             issued.guild_id, issued.user_id, issued.session_id, d["token"]
         )
         if live is None or issued is None or not current:

@@ -1,7 +1,10 @@
-"""The voice gateway's handshake handlers: Identify (op 0), Select Protocol (op 1), Speaking (op 5).
+"""The voice gateway's connect-flow handlers: Identify (op 0), Select Protocol (op 1), Speaking
+(op 5).
 
-A base class of the voice connection (`voice_gateway`), kept apart so that each module stays
-small. State that must survive a resume lives in the connection's `LiveVoice`.
+`VoiceHandshake` belongs to one voice connection (`voice`), which hands it the session each op is
+for (a resume swaps the session under the connection) and the two ways it answers (send an op,
+send Hello). `VoiceServices` is what every voice connection of a fake shares. State that must
+survive a resume lives in the session's `LiveVoice`.
 """
 
 from __future__ import annotations
@@ -9,50 +12,66 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing.gateways import checks
-from discord_voice.testing.gateways.voice_live import LiveVoice
-from discord_voice.testing.gateways.ws import CloseWith, Peer
-from discord_voice.testing.records import Recorder, VoiceSession
-from discord_voice.testing.world import Config, Script, is_snowflake
+from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
+from discord_voice.testing.gateways.ws import CloseWith
+from discord_voice.testing.records import Recorder
+from discord_voice.testing.udp.server import FakeUdpServer
+from discord_voice.testing.world import Config, Credentials, Script, is_snowflake
 
 if TYPE_CHECKING:
-    from discord_voice.testing.gateways.voice import FakeVoiceGateway
+    from discord_voice.testing.dave.hub import DaveHub
 
-__all__ = ["VoiceHandshake"]
+__all__ = ["VoiceHandshake", "VoiceServices"]
+
+
+@dataclass(frozen=True)
+class VoiceServices:
+    """What every voice connection of one fake uses, whichever voice gateway it came to."""
+
+    config: Config
+    recorder: Recorder
+    script: Script
+    credentials: Credentials  # issued by the main gateway, checked by Identify and Resume
+    udp: FakeUdpServer
+    speaking_grace: Callable[[], float]
+    live: LiveVoices  # sessions by id (they move between voice gateways on a resume)
+    dave: DaveHub | None  # None: DAVE off (every session at dave_protocol_version 0)
 
 
 class VoiceHandshake:
-    """Handlers for the ops of the connect flow; `_send` and `_hello` come from the subclass."""
+    """The handlers of one voice connection for the ops of the connect flow.
 
-    gw: FakeVoiceGateway
-    config: Config
-    rec: Recorder
-    script: Script
-    peer: Peer
-    where: str
-    live: LiveVoice
+    `send(op, d)` sends an op with the next ``seq``; `hello()` sends Hello (op 8), which comes
+    after Identify when the fake is configured so.
+    """
 
-    @property
-    def session(self) -> VoiceSession:
-        return self.live.session
-
-    def _send(self, op: int, d: Any, *, seq: bool = True) -> None:
-        raise NotImplementedError
-
-    def _hello(self) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        services: VoiceServices,
+        where: str,
+        send: Callable[[int, Any], None],
+        hello: Callable[[], None],
+    ) -> None:
+        self._services = services
+        self._where = where
+        self._send = send
+        self._hello = hello
 
     def _violation(self, text: str) -> None:
-        self.rec.violation(f"{self.where}: {text}")
+        self._services.recorder.violation(f"{self._where}: {text}")
 
-    def _on_identify(self, d: Any) -> None:
-        live = self.live
+    def identify(self, live: LiveVoice, d: Any) -> None:
+        """Op 0: check the credentials, register the session, answer Ready (op 2)."""
+        services, session = self._services, live.session
         if live.identified:
             raise CloseWith(VoiceCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
-        issued = self.gw.credentials.match(*checks.voice_identify(d))
+        issued = services.credentials.match(*checks.voice_identify(d))
         if issued is None:
             raise CloseWith(
                 VoiceCloseCode.AUTHENTICATION_FAILED,
@@ -60,7 +79,7 @@ class VoiceHandshake:
                 "a voice session issued by the main gateway",
             )
         live.max_dave = d["max_dave_protocol_version"]
-        hub = self.gw.dave
+        hub = services.dave
         if hub is not None and hub.requires_dave(int(issued.channel_id)) and live.max_dave < 1:
             raise CloseWith(
                 VoiceCloseCode.E2EE_REQUIRED,
@@ -69,40 +88,41 @@ class VoiceHandshake:
             )
         live.identified = True
         live.issued = issued
-        self.gw.live.register(live, issued.session_id, issued.guild_id, issued.user_id)
-        ssrc = self.gw.udp.add_session(self.session)
-        with self.rec.changing():
-            self.session.identify = d
-            self.session.guild_id = int(issued.guild_id)
-            self.session.channel_id = int(issued.channel_id)
-            self.session.user_id = int(issued.user_id) if is_snowflake(issued.user_id) else None
-            self.session.session_id = issued.session_id
-            self.session.ssrc = ssrc
-        if not self.config.voice_hello_first:
+        services.live.register(live, issued.session_id, issued.guild_id, issued.user_id)
+        ssrc = services.udp.add_session(session)
+        with services.recorder.changing():
+            session.identify = d
+            session.guild_id = int(issued.guild_id)
+            session.channel_id = int(issued.channel_id)
+            session.user_id = int(issued.user_id) if is_snowflake(issued.user_id) else None
+            session.session_id = issued.session_id
+            session.ssrc = ssrc
+        if not services.config.voice_hello_first:
             self._hello()
-        if not self.script.withheld("ready"):
+        if not services.script.withheld("ready"):
             self._send(
                 VoiceOp.READY,
                 {
                     "ssrc": ssrc,
                     "ip": "127.0.0.1",
-                    "port": self.gw.udp.port,
-                    "modes": list(self.config.modes),
+                    "port": services.udp.port,
+                    "modes": list(services.config.modes),
                     "experiments": [],
                     "heartbeat_interval": 1,  # bogus on purpose, as on Discord: use Hello's
                 },
             )
 
-    def _on_select(self, d: Any) -> None:
-        address, port, mode = checks.voice_select(d, self.config.modes)
-        live = self.live
+    def select(self, live: LiveVoice, d: Any) -> None:
+        """Op 1: check the address and mode, set the UDP key, answer Session Description."""
+        services, session = self._services, live.session
+        address, port, mode = checks.voice_select(d, services.config.modes)
         if live.selected:
             self._violation("select protocol sent a second time (ignored)")
             return
         live.selected = True
-        ssrc = self.session.ssrc
+        ssrc = session.ssrc
         assert ssrc is not None
-        told = self.gw.udp.told_address(ssrc)
+        told = services.udp.told_address(ssrc)
         if told is None:
             self._violation("select protocol sent before ip discovery was answered")
         elif (address, port) != told:
@@ -111,18 +131,18 @@ class VoiceHandshake:
                 f"told the client ({told[0]}:{told[1]})"
             )
         key = os.urandom(32)
-        self.gw.udp.set_key(ssrc, mode, key)  # before the client can know the key
-        channel = self.session.channel_id
+        services.udp.set_key(ssrc, mode, key)  # before the client can know the key
+        channel = session.channel_id
         assert channel is not None
-        hub = self.gw.dave
+        hub = services.dave
         in_dave = hub is not None and hub.requires_dave(channel)
         version = hub.group(channel).version if hub is not None and in_dave else 0
-        with self.rec.changing():
-            self.session.client_address = (address, port)
-            self.session.mode = mode
-            self.session.secret_key = key
-            self.session.dave_protocol_version = version
-        if not self.script.withheld("session_description"):
+        with services.recorder.changing():
+            session.client_address = (address, port)
+            session.mode = mode
+            session.secret_key = key
+            session.dave_protocol_version = version
+        if not services.script.withheld("session_description"):
             self._send(
                 VoiceOp.SESSION_DESCRIPTION,
                 {
@@ -137,21 +157,23 @@ class VoiceHandshake:
         if hub is not None and in_dave:
             from discord_voice.testing.gateways.voice_dave import DaveLink  # needs dave-py
 
-            user = self.session.user_id if self.session.user_id is not None else 0
-            live.dave_link = DaveLink(hub, channel, user, self.where, live.post)
+            user = session.user_id if session.user_id is not None else 0
+            live.dave_link = DaveLink(hub, channel, user, self._where, live.post)
 
-    def _on_speaking(self, d: Any) -> None:
+    def speaking(self, live: LiveVoice, d: Any) -> None:
+        """Op 5: check the mask, delay and ssrc; record it (audio may follow)."""
+        services, session = self._services, live.session
         mask = checks.voice_speaking(d)
         if not 0 <= mask <= 7:
             self._violation(f"speaking mask {mask} has bits outside microphone/soundshare/priority")
         if d.get("delay") != 0 or type(d.get("delay")) is not int:
             self._violation(f"speaking delay must be 0 for bots, got {d.get('delay')!r}")
-        own = self.session.ssrc
+        own = session.ssrc
         if d.get("ssrc") != own or type(d.get("ssrc")) is not int:
             self._violation(f"speaking ssrc {d.get('ssrc')!r} is not the session's ssrc {own}")
             mask = 0  # does not bind this session's ssrc
-        with self.rec.changing():
-            self.session.speaking.append(d)
-            text = self.session._note_speaking(mask, time.monotonic(), self.gw.speaking_grace())
+        with services.recorder.changing():
+            session.speaking.append(d)
+            text = session._note_speaking(mask, time.monotonic(), services.speaking_grace())
             if text:
-                self.rec.violations.append(f"{self.where}: {text}")
+                services.recorder.violations.append(f"{self._where}: {text}")

@@ -113,6 +113,17 @@ class LiveVoice:
         if link is not None:
             link.leave()
 
+    def disconnect(self, code: int, reason: str, timeout: float) -> None:
+        """Close the attached websocket with `code` (waiting up to `timeout` for its thread to
+        act), or end the session at once when it is detached (no resume any more)."""
+        with self.lock:
+            peer = self.peer
+        if peer is None:
+            self.end()
+            return
+        # The client may close first (it follows the VOICE_SERVER_UPDATE at once): fine.
+        peer.post(("close", code, reason)).wait(timeout)
+
     def replay_after(self, seq_ack: int) -> list[str | bytes] | None:
         """Buffered messages with seq > `seq_ack`, or None if the buffer lost some of them."""
         if seq_ack > self.seq:
