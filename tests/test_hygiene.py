@@ -1,8 +1,15 @@
 """Architecture rules, checked on the source tree as ordinary tests so CI enforces them.
 
 - tests never call ``time.sleep`` (a line may opt out with ``# sleep-ok: <reason>``);
-- ``discord_voice/core`` is sans-I/O: it imports no socket/thread/time/event-loop module, nor the
-  threaded layers, directly or through the other library modules it imports;
+- ``discord_voice/core`` is sans-I/O: it imports no socket/thread/time/process/file/event-loop
+  module, nor the threaded layers, directly or through the other library modules it imports;
+- time goes through the injected clock: no module of ``discord_voice`` reads or sleeps on the
+  ``time`` module's clocks except ``clock.py``, ``_shell/threads.py`` (thread joins are a shutdown
+  bound, not protocol time) and the CLI modules; the fake Discord (``discord_voice/testing``)
+  may, because it plays Discord's servers, which keep real time whatever clock the library under
+  test is given (its `FakeClock` bounds its own waits for sleepers in real time too);
+- no two modules of ``discord_voice`` import each other, directly or round a loop (any import
+  counts, ``TYPE_CHECKING`` ones too: a loop is a design tie either way);
 - the library does not import ``discord_voice.testing`` (the CLI modules, which run the offline
   demo against the fake, may; nothing else may import them);
 - no daemon threads, no ``print`` outside the CLI modules, and every thread gets a name with the
@@ -33,10 +40,19 @@ CORE_FORBIDDEN = (
     "socket", "ssl", "select", "selectors", "socketserver", "http", "urllib.request",
     "threading", "_thread", "queue", "concurrent", "multiprocessing", "subprocess",
     "asyncio", "time", "websocket", "websockets",
+    "os", "io", "pathlib", "shutil", "tempfile", "fcntl", "mmap", "signal", "sched",
     "discord_voice._shell", "discord_voice.voice", "discord_voice.connection",
     "discord_voice.gateway", "discord_voice.testing",
 )  # fmt: skip
 LIBRARY_FORBIDDEN = ("discord_voice.testing", "discord_voice.demo", "discord_voice.__main__")
+#: the `time` module's clocks and sleeps; reading them bypasses the injected clock
+TIME_FUNCTIONS = frozenset({
+    "monotonic", "monotonic_ns", "time", "time_ns", "sleep", "perf_counter", "perf_counter_ns",
+})  # fmt: skip
+#: the only library modules that may use TIME_FUNCTIONS (see the module docstring)
+REAL_TIME_MODULES = frozenset(
+    {PACKAGE / "clock.py", PACKAGE / "_shell" / "threads.py", *CLI_MODULES}
+)
 
 
 # ---------------------------------------------------------------- helpers over files and ASTs
@@ -163,6 +179,97 @@ def sleep_calls(source: str) -> list[int]:
             hits.add(node.lineno)
     lines = source.splitlines()
     return sorted(n for n in hits if not lines[n - 1].partition(SLEEP_OK)[2].strip())
+
+
+def time_calls(source: str) -> list[tuple[int, str]]:
+    """Uses of the `time` module's clocks and sleep, with their lines: ``time.monotonic`` and the
+    like however `time` is imported (called or passed around), and ``from time import ...`` of
+    them (or ``*``)."""
+    tree = ast.parse(source)
+    modules = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name == "time"
+    }
+    hits: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "time" and not node.level:
+            hits.extend(
+                (node.lineno, f"from time import {alias.name}")
+                for alias in node.names
+                if alias.name in TIME_FUNCTIONS or alias.name == "*"
+            )
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in TIME_FUNCTIONS
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
+            hits.append((node.lineno, f"{node.value.id}.{node.attr}"))
+    return sorted(hits)
+
+
+def import_graph(modules: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """Module -> the modules among `modules` it imports; `modules` maps a dotted name to its
+    (source, is_package).
+
+    Every import counts, at any depth and under ``TYPE_CHECKING`` too. A package's face (its
+    ``__init__``) is a target only when the import takes a name defined there (``from pkg import
+    Name``, ``import pkg``): importing a submodule (``from pkg import mod``, ``import pkg.mod``)
+    runs the face too, but that is the package's own structure, not a tie between modules (the
+    rule of /work/shared/hooks/structure.py).
+    """
+    faces = {name for name, (_, is_package) in modules.items() if is_package}
+    graph: dict[str, set[str]] = {}
+    for name, (source, is_package) in modules.items():
+        targets: set[str] = set()
+        for imp in imports_of(source, name, is_package):
+            if imp.name == name or imp.name not in modules:
+                continue
+            takes_names = not imp.imported_names or any(
+                f"{imp.name}.{n}" not in modules for n in imp.imported_names
+            )
+            if imp.name not in faces or takes_names:
+                targets.add(imp.name)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
 
 
 def daemon_threads(source: str) -> list[int]:
@@ -328,6 +435,35 @@ def test_core_is_sans_io() -> None:
     assert not problems, "\n".join(sorted(set(problems)))
 
 
+def test_time_goes_through_the_clock() -> None:
+    problems = [
+        f"{relative(path)}:{line}: {what} (use the injected Clock; see discord_voice/clock.py)"
+        for path in library_files()
+        if path not in REAL_TIME_MODULES
+        for line, what in time_calls(path.read_text())
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_real_time_exceptions_exist() -> None:
+    """A renamed module must not leave a stale exception behind that hides nothing."""
+    missing = [relative(p) for p in REAL_TIME_MODULES if not p.is_file()]
+    assert not missing, f"REAL_TIME_MODULES names files that do not exist: {missing}"
+
+
+def test_no_import_cycles() -> None:
+    modules = {
+        module_name(path): (path.read_text(), path.name == "__init__.py")
+        for path in python_files(PACKAGE)
+    }
+    graph = import_graph(modules)
+    assert len(graph) == len(python_files(PACKAGE))
+    cycles = import_cycles(graph)
+    assert not cycles, "modules that import each other: " + "; ".join(
+        " <-> ".join(cycle) for cycle in cycles
+    )
+
+
 def library_files() -> list[Path]:
     return [
         p for p in python_files(PACKAGE)
@@ -411,6 +547,39 @@ def test_import_resolution_and_type_checking() -> None:
     assert matches("discord_voice.testing.fake", CORE_FORBIDDEN) == "discord_voice.testing"
     assert matches("timeit", CORE_FORBIDDEN) is None
     assert matches("urllib.parse", CORE_FORBIDDEN) is None
+
+
+def test_time_checker_detects_every_spelling() -> None:
+    clock = "time." + "monotonic"  # spelled apart: these fixtures are not this file's own calls
+    source = (
+        "import time\nimport time as t\nfrom time import perf_counter as pc, strftime\n"
+        f"a = {clock}()\nb = t.sleep(1)\nc = pc()\nsort(key=time.time)\n"
+        "d = time.strftime('%Y')\ne = record.time\nfrom time import *\n"
+        "f = time.monotonic_ns()\n"
+    )
+    assert time_calls(source) == [
+        (3, "from time import perf_counter"), (4, "time.monotonic"), (5, "t.sleep"),
+        (7, "time.time"), (10, "from time import *"), (11, "time.monotonic_ns"),
+    ]  # fmt: skip
+
+
+def test_cycle_checker_detects_loops_and_skips_package_faces() -> None:
+    modules = {
+        "pkg": ("from pkg.a import A\nfrom pkg.b import B\n", True),
+        "pkg.a": ("from pkg import b\nfrom typing import TYPE_CHECKING\n", False),
+        "pkg.b": ("if TYPE_CHECKING:\n    from pkg.c import C\n", False),
+        "pkg.c": ("def f():\n    from . import a\n", False),
+        "pkg.d": ("import pkg.e\n", False),
+        "pkg.e": ("from pkg import Name\n", False),  # a name from the face, which imports...
+        "pkg.f": ("import pkg.g\n", False),
+        "pkg.g": ("x = 1\n", False),
+    }
+    modules["pkg"] = (modules["pkg"][0] + "from pkg.d import D\n", True)
+    graph = import_graph(modules)
+    assert graph["pkg.a"] == {"pkg.b"}  # `from pkg import b` is the submodule, not the face
+    assert graph["pkg.e"] == {"pkg"}
+    assert import_cycles(graph) == [["pkg", "pkg.d", "pkg.e"], ["pkg.a", "pkg.b", "pkg.c"]]
+    assert import_cycles({"x": {"y"}, "y": set()}) == []
 
 
 def test_daemon_and_print_checkers_detect() -> None:
