@@ -9,6 +9,7 @@ import pytest
 from discord_voice import Gateway, Voice
 from discord_voice.core.opcodes import VoiceOp
 from discord_voice.testing import FakeClock, FakeDiscord
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD
 from tests.timeouts import LONG
 
@@ -66,7 +67,8 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     fake, voice, clock = rig
     fake.withhold("heartbeat_ack")
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    conn.opus_send.put(b"before")  # announces Speaking: it must be sent again after the resume
+    before, after = opus_frame(b"before"), opus_frame(b"after")
+    conn.opus_send.put(before)  # announces Speaking: it must be sent again after the resume
     fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)
     for beat in range(3):  # beats at +2, +4, +6 s: the first is 4 s old at +6, not yet dead
         clock.wait_for_sleepers(1, LONG)
@@ -79,9 +81,9 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     assert fake.wait_until(lambda f: session.resumes == 1 and len(session.speaking) == 2, LONG)
     resume = [m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == 7]
     assert len(resume) == 1 and resume[0]["session_id"] == session.session_id
-    conn.opus_send.put(b"after")  # same SSRC and key on the same UDP socket
+    conn.opus_send.put(after)  # same SSRC and key on the same UDP socket
     assert [f.opus for f in fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)] == [
-        b"before", b"after"]
+        before, after]
     assert conn.error is None
     conn.disconnect()
     assert conn.resumes == 1

@@ -22,6 +22,7 @@ from discord_voice import (
 )
 from discord_voice.core.opcodes import GatewayOp, VoiceOp
 from discord_voice.testing import FakeDiscord
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 
@@ -29,7 +30,7 @@ MakeWorld = Callable[..., World]
 
 
 def frames_of(count: int) -> list[bytes]:
-    return [os.urandom(1 + (i * 53) % 300) for i in range(count)]
+    return [opus_frame(os.urandom((i * 53) % 300)) for i in range(count)]
 
 
 def op4_channels(fake: FakeDiscord) -> list[object]:
@@ -147,7 +148,7 @@ def test_a_kick_ends_the_connection_at_once_with_a_typed_reason(world: World) ->
         conn.wait(timeout=LONG)
     assert info.value.why == "kicked"
     with pytest.raises(Disconnected):
-        conn.opus_send.put(b"after the kick")
+        conn.opus_send.put(opus_frame(b"after the kick"))
     assert world.voice.connection(GUILD) is None
     again = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # no "already connected"
     assert again is not conn
@@ -158,17 +159,17 @@ def test_a_null_endpoint_holds_the_frames_until_the_next_server(world: World) ->
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     old_ssrc = conn.ssrc
     assert old_ssrc is not None
-    conn.opus_send.put(b"before")
+    before, held = opus_frame(b"before"), [opus_frame(b"held-1"), opus_frame(b"held-2")]
+    conn.opus_send.put(before)
     world.fake.wait_for_frames(1, timeout=LONG)
     world.fake.null_endpoint()
     assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
-    for frame in (b"held-1", b"held-2"):
+    for frame in held:
         conn.opus_send.put(frame)  # held, neither sent to the old server nor dropped
     world.fake.move_user(new_server=True)
     conn.opus_send.join()
     assert conn.ssrc is not None
-    assert_sessions_carried(world.fake, [b"before", b"held-1", b"held-2"],
-                            [old_ssrc, conn.ssrc])
+    assert_sessions_carried(world.fake, [before, *held], [old_ssrc, conn.ssrc])
     conn.disconnect()
 
 
@@ -223,7 +224,7 @@ def test_disconnect_during_a_reconnect_is_prompt_and_leaves_no_thread(
     world.fake.withhold("voice_server_update")  # the fresh op 4 gets no server: we wait
     world.fake.close_voice(4006, "gone")
     assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
-    conn.opus_send.put(b"held")
+    conn.opus_send.put(opus_frame(b"held"))
     conn.disconnect(timeout=LONG)  # wakes the recovery thread at once; the frame is counted
     assert conn.stats.frames_discarded == 1
 
@@ -235,7 +236,7 @@ def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) ->
     def reconnect(n: int) -> tuple[int, int]:
         world.fake.close_voice(4006, "again")
         assert world.fake.wait_until(lambda f: conn.reconnects == n, LONG)
-        conn.opus_send.put(bytes([n]))
+        conn.opus_send.put(opus_frame(bytes([n])))
         conn.opus_send.join()
         live = [t for t in threading.enumerate() if t.name.startswith("dv-voice")]
         # the recovery thread of this round may still be on its way out
@@ -279,15 +280,16 @@ def test_a_4014_first_and_the_new_server_later_is_still_a_move(world: World) -> 
     _, attempts = watch(conn)
     old_ssrc = conn.ssrc
     assert old_ssrc is not None
-    conn.opus_send.put(b"before")
+    before, held = opus_frame(b"before"), opus_frame(b"held")
+    conn.opus_send.put(before)
     world.fake.wait_for_frames(1, timeout=LONG)
     world.fake.close_voice(4014, "disconnected")
     assert conn.wait_for_state(conn.state.RECONNECTING, LONG)
-    conn.opus_send.put(b"held")  # waits in the queue while no server is known
+    conn.opus_send.put(held)  # waits in the queue while no server is known
     endpoint = world.fake.move_user(new_server=True)
     conn.opus_send.join()
     assert conn.endpoint == endpoint and conn.ssrc is not None
-    assert_sessions_carried(world.fake, [b"before", b"held"], [old_ssrc, conn.ssrc])
+    assert_sessions_carried(world.fake, [before, held], [old_ssrc, conn.ssrc])
     assert [(a.kind, a.code) for a in attempts] == [(AttemptKind.WAIT_FOR_MOVE, 4014)]
     assert conn.error is None and not world.fake.violations
     conn.disconnect()

@@ -11,7 +11,7 @@ pytest.importorskip("davey")
 pytest.importorskip("dave")
 
 from discord_voice.testing import FakeDiscord
-from tests.testing.test_fake_dave_clients import (
+from tests.testing.dave_raw_client import (
     CHANNEL,
     bot_client,
     other_client,

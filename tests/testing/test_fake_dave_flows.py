@@ -12,7 +12,7 @@ davey = pytest.importorskip("davey")
 pytest.importorskip("dave")
 
 from discord_voice.testing import FakeDiscord  # noqa: E402
-from tests.testing.test_fake_dave_clients import (  # noqa: E402
+from tests.testing.dave_raw_client import (  # noqa: E402
     CHANNEL,
     DaveRawClient,
     bot_client,

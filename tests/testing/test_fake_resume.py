@@ -262,7 +262,7 @@ def test_dave_membership_survives_a_resume() -> None:
     pytest.importorskip("dave")
     import threading
 
-    from tests.testing.test_fake_dave_clients import CHANNEL, bot_client
+    from tests.testing.dave_raw_client import CHANNEL, bot_client
 
     with FakeDiscord(dave=True, dave_listener=False) as fake:
         member = fake.add_member(CHANNEL)

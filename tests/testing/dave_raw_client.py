@@ -3,7 +3,7 @@
 Nothing here uses discord_voice.core: the fake is checked against davey (openmls, the client-side
 engine) while its own DAVE peer is libdave. Each `DaveRawClient` runs one reader thread that
 answers the DAVE opcodes as a client must; the test waits on its state with bounded waits.
-(No tests in this module: it is the helper of the test_fake_dave*.py modules.)
+Used by test_fake_dave.py, test_fake_dave_flows.py and test_fake_resume.py.
 """
 
 from __future__ import annotations
