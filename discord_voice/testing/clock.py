@@ -1,9 +1,12 @@
 """A logical clock for tests: time moves only when the test says so.
 
-Pass it to `Voice(..., clock=clock)` / `Gateway(..., clock=clock)`; the library's pacing and
-heartbeat threads then park in ``wait_until`` until the test calls `FakeClock.advance`. Use
+Pass it to `Voice(..., clock=clock)` / `Gateway(..., clock=clock)`; the library's pacing,
+heartbeats, handshake deadlines and reconnect backoff then park in ``wait_until`` until the test
+calls `FakeClock.advance` (or the awaited event comes first). Use
 `FakeClock.wait_for_sleepers` to know a thread is parked before advancing, which removes the race
-between "thread about to wait" and "test moves time" without any sleep.
+between "thread about to wait" and "test moves time" without any sleep, and
+`FakeClock.wait_for_deadline` to know that a thread waits until one given instant (a backoff, a
+timeout) whatever else is parked.
 """
 
 from __future__ import annotations
@@ -77,6 +80,26 @@ class FakeClock:
                 if remaining <= 0:
                     raise TimeoutError(
                         f"{len(self._sleepers)} thread(s) parked on the fake clock, wanted {count}"
+                    )
+                self._cond.wait(remaining)
+            return sorted(self._sleepers.values())
+
+    def wait_for_deadline(self, deadline: float, timeout: float = 5.0) -> list[float]:
+        """Block (in real time, bounded) until a thread is parked until exactly `deadline`.
+
+        Returns every parked deadline. Unlike `wait_for_sleepers`, other threads parked on the
+        clock meanwhile (a handshake wait, a heartbeat) cannot satisfy it by their number.
+        Raises TimeoutError if that does not happen within `timeout`.
+        """
+        end = time.monotonic() + timeout
+        wanted = _to_ns(deadline)
+        with self._cond:
+            while all(_to_ns(d) != wanted for d in self._sleepers.values()):
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no thread parked on the fake clock until {deadline}; parked: "
+                        f"{sorted(self._sleepers.values())}"
                     )
                 self._cond.wait(remaining)
             return sorted(self._sleepers.values())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -32,6 +33,8 @@ from discord_voice.errors import (
     JoinTimeout,
     VoiceGatewayClosed,
 )
+from discord_voice.testing import FakeClock
+from tests.timeouts import LONG
 
 
 def plan(resumes: int = 2, sessions: int = 2, move_timeout: float = 0.5) -> ReconnectPlan[Action]:
@@ -181,3 +184,76 @@ def test_first_step_gives_up_on_fatal_codes_and_non_connection_errors(
 ) -> None:
     step = first_step(plan(), error)
     assert isinstance(step, GiveUp) and step.cause is StopCause.FATAL_CODE
+
+
+# -- the backoff on a fake clock: attempts at the plan's logical instants, no real waiting ------
+
+
+def capped_plan() -> ReconnectPlan[Action]:
+    """The default voice plan's new-session ladder with its cap reached within the budget and
+    a fixed jitter draw, so every delay is exact: 0, 0.45, 0.9, 1.35, 1.35 s."""
+    budget = RetryBudget(max_attempts=5, base_delay=0.5, max_delay=1.5, jitter=0.2,
+                         rng=lambda: 0.5, immediate_first=True)
+    return ReconnectPlan(ClosePolicy.voice_default(), new_session=budget)
+
+
+@dataclass
+class ClockedScript(Script):
+    """A Script whose attempts record the logical time at which they were made."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    attempted_at: list[float] = field(default_factory=list)
+
+    def steps(self) -> RecoverySteps:
+        return replace(super().steps(), clock=self.clock)
+
+    def act(self, what: str) -> None:
+        self.attempted_at.append(self.clock.monotonic())
+        super().act(what)
+
+
+def run_in_thread(script: Script, error: BaseException,
+                  p: ReconnectPlan[Action]) -> threading.Thread:
+    thread = threading.Thread(
+        target=run_recovery, args=(script.steps(), p, first_step(p, error), error),
+        name="test-recovery",
+    )
+    thread.start()
+    return thread
+
+
+def test_five_failed_reconnects_back_off_on_the_clock_and_give_up_with_the_last_error() -> None:
+    p = capped_plan()
+    failures: list[BaseException | None] = [VoiceGatewayClosed(4006, f"no {n}") for n in range(5)]
+    script = ClockedScript(list(failures), clock=FakeClock(start=100.0))
+    thread = run_in_thread(script, VoiceGatewayClosed(4006, "session gone"), p)
+    expected = [p.new_session.next_delay(n) for n in range(1, 6)]
+    assert expected == pytest.approx([0.0, 0.45, 0.9, 1.35, 1.35])  # capped at 1.5 * 0.9
+    for n, delay in enumerate(expected[1:], start=1):
+        # attempt n failed at the current logical time; the next one waits exactly `delay`
+        now = script.clock.monotonic()
+        script.clock.wait_for_deadline(now + delay, LONG)
+        assert len(script.attempted_at) == n  # not made before its time
+        script.clock.advance(delay)
+    thread.join(LONG)
+    assert not thread.is_alive()
+    assert script.attempted_at == pytest.approx([100.0, 100.45, 101.35, 102.7, 104.05])
+    assert script.calls == [
+        call for n in range(1, 6) for call in (f"begin reconnect {n} (VoiceGatewayClosed)",
+                                               "reconnect")
+    ]  # fmt: skip
+    assert script.gave_up == [failures[-1]]  # the budget is spent: the last reason is raised
+
+
+def test_closing_interrupts_the_backoff_at_once() -> None:
+    p = capped_plan()
+    script = ClockedScript([VoiceGatewayClosed(4006, "no")])
+    thread = run_in_thread(script, VoiceGatewayClosed(4006, "session gone"), p)
+    script.clock.wait_for_deadline(0.45, LONG)  # parked in the backoff before attempt 2
+    script.closed.set()
+    thread.join(LONG)
+    assert not thread.is_alive() and script.clock.monotonic() == 0.0
+    assert script.gave_up == [] and script.calls == [
+        "begin reconnect 1 (VoiceGatewayClosed)", "reconnect",
+        "begin reconnect 2 (VoiceGatewayClosed)",  # announced, then closed during its backoff
+    ]  # fmt: skip
