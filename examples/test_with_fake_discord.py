@@ -21,7 +21,8 @@ def play(gateway_url: str, token: str, frames: list[bytes]) -> None:
 
 
 def test_bot_plays_every_frame_in_order() -> None:
-    frames = [bytes([n]) * 20 for n in range(50)]
+    # 20 ms Opus packets (TOC byte 0xF8: CELT fullband, 20 ms, one frame); any payload will do
+    frames = [b"\xf8" + bytes([n]) * 20 for n in range(50)]
     with FakeDiscord() as fake:
         play(fake.gateway_url, fake.token, frames)
         received = fake.wait_for_frames(55, timeout=5)

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     gw = dv.Gateway(fake.token, url=fake.gateway_url)
     gw.connect(timeout=5)
     conn = dv.Voice(gw).join_channel(1, 2, timeout=5)
-    conn.opus_send.put(b"frame")
+    conn.opus_send.put(b"\\xf8frame")  # a 20 ms Opus packet (TOC 0xf8)
     print("joined", flush=True)
     # no disconnect(), no gw.close(), no fake.close(): the interpreter must still exit
 """)

@@ -14,6 +14,7 @@ import pytest
 from discord_voice import DaveRequired, Voice
 from discord_voice.core import dave as dave_core
 from discord_voice.core.opcodes import VoiceOp
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG, SHORT
 
@@ -23,7 +24,8 @@ SILENCE = b"\xf8\xff\xfe"
 
 
 def frames_of(count: int, start: int = 0) -> list[bytes]:
-    return [bytes([(start + i) % 250 + 1]) * (20 + (start + i) % 200) for i in range(count)]
+    return [opus_frame(bytes([(start + i) % 250 + 1]) * (19 + (start + i) % 200))
+            for i in range(count)]
 
 
 def stream(world: World, conn: object, frames: list[bytes]) -> None:
@@ -184,12 +186,13 @@ def test_downgrade_and_upgrade(make_world) -> None:
     w.fake.downgrade(CHANNEL)
     assert conn.wait_for_e2ee(LONG, encrypted=False)  # our side executed the downgrade
     assert not conn.e2ee_active and conn.dave_protocol_version == 0
-    stream(w, conn, [b"plain"])
-    assert w.fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)[-1].opus == b"plain"
+    plain, secret = opus_frame(b"plain"), opus_frame(b"secret")
+    stream(w, conn, [plain])
+    assert w.fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)[-1].opus == plain
     w.fake.upgrade(CHANNEL)
     assert conn.wait_for_e2ee(LONG)  # our side executed the upgrade transition
-    stream(w, conn, [b"secret"])
-    assert w.fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)[-1].opus == b"secret"
+    stream(w, conn, [secret])
+    assert w.fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)[-1].opus == secret
     assert conn.e2ee_active and not w.fake.violations
     conn.disconnect()
 

@@ -22,6 +22,7 @@ from discord_voice import ConnectionClosed, Gateway, MainGatewayClosed, Speaking
 from discord_voice.core.opcodes import GatewayOp
 from discord_voice.core.reconnect import ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.testing import FakeDiscord
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 
@@ -184,7 +185,7 @@ def test_voice_keeps_streaming_while_the_main_gateway_resumes(make_world: MakeWo
     w = make_world()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.speaking(SpeakingFlag.MICROPHONE)
-    sent = [os.urandom(1 + (i * 37) % 400) for i in range(40)]
+    sent = [opus_frame(os.urandom((i * 37) % 400)) for i in range(40)]
     for frame in sent[:10]:
         conn.opus_send.put(frame)
     w.fake.drop_main()

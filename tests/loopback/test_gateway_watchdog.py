@@ -24,6 +24,7 @@ from discord_voice import Gateway, GatewayTimeout, LocalProtocolError, SpeakingF
 from discord_voice.core.opcodes import GatewayOp
 from discord_voice.core.reconnect import ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.testing import FakeClock, FakeDiscord
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 
@@ -326,7 +327,7 @@ def test_garbage_from_the_main_gateway_is_survived_and_counted(
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.speaking(SpeakingFlag.MICROPHONE)
     rng = random.Random(seed)
-    frames = [os.urandom(1 + (i * 37) % 400) for i in range(40)]
+    frames = [opus_frame(os.urandom((i * 37) % 400)) for i in range(40)]
     expected = {"ignored": 0, "malformed": 0}
     for frame in frames:
         message, counted = garbage(rng)

@@ -31,6 +31,7 @@ from discord_voice import (
 from discord_voice.core import crypto
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp, VoiceOp
 from discord_voice.testing import FakeDiscord
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 
@@ -39,7 +40,7 @@ SILENCE = b"\xf8\xff\xfe"
 
 def frames_of(count: int) -> list[bytes]:
     """Distinct frames of varying sizes (1..400 bytes) so reordering or truncation shows."""
-    return [os.urandom(1 + (i * 37) % 400) for i in range(count)]
+    return [opus_frame(os.urandom((i * 37) % 400)) for i in range(count)]
 
 
 def client_ops(fake: FakeDiscord, op: int) -> list[dict[str, object]]:
@@ -141,7 +142,7 @@ def test_disconnect_sends_leave_closes_everything_and_is_idempotent(world: World
     assert not [t for t in threading.enumerate() if t.name.startswith("dv-voice")
                 or t.name.startswith("dv-udp")]
     with pytest.raises(ConnectionClosed):
-        conn.opus_send.put(b"\x01")
+        conn.opus_send.put(opus_frame(b"\x01"))
     with pytest.raises(ConnectionClosed):
         conn.speaking()
     conn.wait(timeout=LONG)  # a user-initiated close is not an error
@@ -175,21 +176,23 @@ def test_rejoining_the_same_channel_returns_the_live_connection(world: World) ->
     conn.disconnect()
     again = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # a closed one is not reused
     assert again is not conn and again.state.value == "ready"
-    again.opus_send.put(b"second life")
-    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=again.ssrc)[0].opus == b"second life"
+    frame = opus_frame(b"second life")
+    again.opus_send.put(frame)
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=again.ssrc)[0].opus == frame
     again.disconnect()
 
 
 def test_joining_another_channel_moves_the_connection(world: World) -> None:
     first = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    first.opus_send.put(b"old")
+    old, new = opus_frame(b"old"), opus_frame(b"new")
+    first.opus_send.put(old)
     old_ssrc = first.ssrc
-    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=old_ssrc)[0].opus == b"old"
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=old_ssrc)[0].opus == old
     second = world.voice.join_channel(GUILD, CHANNEL + 1, timeout=LONG)
     assert second is first and second.channel_id == str(CHANNEL + 1)
     assert second.reconnects == 1 and second.ssrc != old_ssrc
-    second.opus_send.put(b"new")  # the same queue goes on, into the new session
-    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=second.ssrc)[0].opus == b"new"
+    second.opus_send.put(new)  # the same queue goes on, into the new session
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=second.ssrc)[0].opus == new
     assert world.voice.connection(GUILD) is second
     joins = [m.data["d"]["channel_id"] for m in world.fake.main_messages
              if m.direction == "client" and m.op == 4]
@@ -202,8 +205,8 @@ def test_joining_another_channel_moves_the_connection(world: World) -> None:
 def test_event_orders(make_world, order: str, hello_first: bool) -> None:
     w: World = make_world(event_order=order, voice_hello_first=hello_first)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    conn.opus_send.put(b"\x01\x02")  # no explicit speaking(): the sender announces it
-    assert w.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"\x01\x02"
+    conn.opus_send.put(opus_frame(b"\x01\x02"))  # no explicit speaking(): the sender announces it
+    assert w.fake.wait_for_frames(1, timeout=LONG)[0].opus == opus_frame(b"\x01\x02")
     assert w.fake.wait_until(lambda f: client_ops(f, VoiceOp.SPEAKING), LONG)
     assert client_ops(w.fake, VoiceOp.SPEAKING)[0]["speaking"] == 1
     conn.disconnect()
@@ -213,7 +216,7 @@ def test_aes_gcm_unavailable_falls_back_to_xchacha(world: World, monkeypatch) ->
     monkeypatch.setattr(crypto, "available_modes", lambda: (MODE_XCHACHA20,))
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert conn.mode == MODE_XCHACHA20
-    conn.opus_send.put(b"abc")
+    conn.opus_send.put(opus_frame(b"abc"))
     assert world.fake.wait_for_frames(1, timeout=LONG)[0].mode == MODE_XCHACHA20
     conn.disconnect()
 
@@ -260,14 +263,14 @@ def test_voice_server_closing_mid_stream_reaches_the_producer(make_world) -> Non
     plan = replace(default_voice_plan(), move_timeout=0.2)
     world = make_world(voice_options={"reconnect_plan": plan})
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    conn.opus_send.put(b"one")
+    conn.opus_send.put(opus_frame(b"one"))
     world.fake.wait_for_frames(1, timeout=LONG)
     world.fake.close_voice(4014, "kicked")  # no new server follows: the connection ends
     with pytest.raises(Disconnected) as info:
         conn.wait(timeout=LONG)
     assert (info.value.why, info.value.code) == ("not_moved", 4014)
     with pytest.raises(Disconnected):
-        conn.opus_send.put(b"two")
+        conn.opus_send.put(opus_frame(b"two"))
     assert conn.error is info.value
 
 
@@ -291,8 +294,9 @@ def test_the_voice_websocket_is_resumed_without_losing_a_frame(world: World, fau
     assert world.fake.wait_until(lambda f: session.resumes == 1, LONG)
     for a, b in itertools.pairwise(got):
         assert b.sequence == (a.sequence + 1) % 2**16
-    conn.opus_send.put(b"after")
-    assert world.fake.wait_for_frames(41, timeout=LONG, ssrc=conn.ssrc)[-1].opus == b"after"
+    after = opus_frame(b"after")
+    conn.opus_send.put(after)
+    assert world.fake.wait_for_frames(41, timeout=LONG, ssrc=conn.ssrc)[-1].opus == after
     assert conn.error is None and not world.fake.violations
     conn.disconnect()
     assert conn.resumes == 1
@@ -316,11 +320,12 @@ def test_a_state_listener_that_raises_ends_the_connection_loudly(world: World) -
 
 def test_bad_items_are_rejected_and_the_stream_goes_on(world: World) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    for bad in ("text", None, b"", b"\x00" * 5000, 42):
+    # not bytes, empty, too long for Opus, a 2.5 ms packet, a code-3 packet of 0 frames
+    for bad in ("text", None, b"", b"\x00" * 5000, 42, b"\xe0abc", b"\xfb\x00"):
         with pytest.raises(InvalidFrame):
             conn.opus_send.put(bad)
-    conn.opus_send.put(b"good")
-    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"good"
+    conn.opus_send.put(opus_frame(b"good"))
+    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == opus_frame(b"good")
     assert conn.error is None
     conn.disconnect()
 
@@ -330,8 +335,8 @@ def test_malformed_and_unknown_server_messages_are_survived(world: World) -> Non
     world.fake.send_voice({"op": 18, "d": {"flags": 3}})
     world.fake.send_voice({"op": 2, "d": {"ssrc": "x"}})  # malformed and out of order
     world.fake.send_voice({"op": 99})
-    conn.opus_send.put(b"still-alive")
-    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == b"still-alive"
+    conn.opus_send.put(opus_frame(b"still-alive"))
+    assert world.fake.wait_for_frames(1, timeout=LONG)[0].opus == opus_frame(b"still-alive")
     assert conn.error is None
     conn.disconnect()
     stats = conn.stats
@@ -342,7 +347,7 @@ def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     w: World = make_world(token="Bot.SECRET-BOT-TOKEN.xyz")
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    conn.opus_send.put(b"x")
+    conn.opus_send.put(opus_frame(b"x"))
     w.fake.wait_for_frames(1, timeout=LONG)
     session = w.fake.voice_sessions[-1]
     voice_token = client_ops(w.fake, VoiceOp.IDENTIFY)[0]["token"]
@@ -385,8 +390,9 @@ def test_garbage_from_the_voice_server_is_survived_and_counted(world: World) -> 
         else:  # JSON that is not an object
             world.fake.send_voice_raw(json.dumps(rng.choice(values)))
     world.fake.send_voice_raw("{" + " " * 300_000 + "}")  # big, still under the size limit
-    conn.opus_send.put(b"still here")
-    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)[0].opus == b"still here"
+    frame = opus_frame(b"still here")
+    conn.opus_send.put(frame)
+    assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)[0].opus == frame
     conn.disconnect()  # the reader has handled every message before the close
     assert conn.error is None
     assert conn.stats.malformed_messages + conn.stats.ignored_messages >= 20

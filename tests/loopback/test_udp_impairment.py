@@ -10,6 +10,7 @@ import os
 import pytest
 
 from discord_voice.testing.udp.impairment import UdpImpairment
+from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.timeouts import LONG
 
@@ -22,7 +23,7 @@ def test_streaming_through_a_lossy_path_sends_every_frame_once(
 ) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     seed = 20261121
-    sent = [os.urandom(3 + i % 200) for i in range(60)]
+    sent = [opus_frame(os.urandom(2 + i % 200)) for i in range(60)]
     model: UdpImpairment[bytes] = UdpImpairment(DROP, DUPLICATE, REORDER, 0.0, seed)
     model.feed(sent, 0.0)
     want = model.due(0.0) + model.due(1.0)
