@@ -7,6 +7,8 @@
 - `members`: the group's participants: our clients (through their websocket) and libdave
   members hosted in the fake (dave-py, Discord's C++ libdave).
 - `group`: one channel's group: proposals, commits, transitions, downgrade and upgrade.
+- `media`: what the UDP server learns from DAVE about a frame (libdave decryptors per sender,
+  the plaintext rule).
 - `hub`: every channel's group in one fake, stage channels, hosted members.
 
 Needs ``dave-py`` (except `mls` and `wire`). Implementation of

@@ -11,7 +11,8 @@ import itertools
 import threading
 from collections.abc import Callable
 
-from discord_voice.testing.dave.group import DaveGroup, DaveState, OpenedFrame
+from discord_voice.testing.dave.group import DaveGroup, DaveState
+from discord_voice.testing.dave.media import OpenedFrame
 from discord_voice.testing.dave.members import LibdaveMember, Member
 from discord_voice.testing.records import Recorder, VoiceSession
 
