@@ -14,7 +14,18 @@ there were none::
         assert fake.violations == [] and fake.udp_errors == []
 
 `FakeClock` (logical time for pacing and heartbeat logic) lives here too. Needs the ``testing``
-extra: ``pip install discord-voice[testing]`` (websockets, cryptography, pycryptodome).
+extra: ``pip install discord-voice[testing]`` (websockets, cryptography, pycryptodome, dave-py).
+
+The names below are the public API. How the fake is built, for those who read or extend it:
+
+- `fake_discord`: `FakeDiscord`, the one public class; it owns and wires everything else.
+- `gateways`: the main gateway (v10) and the voice gateway (v8) on websockets' sync server, their
+  sessions that outlive a websocket (resume), the shape checks answered with close codes.
+- `udp`: the voice UDP server (IP discovery, RTP, transport decryption), seeded impairment.
+- `dave`: Discord's side of DAVE: the MLS external sender, each channel's group, libdave members.
+- `records` (what the fake saw), `world` (configuration, issued credentials, scripted faults)
+  and `clock` (`FakeClock`): shared by the parts. The parts depend one way: ``gateways`` uses
+  ``udp`` and ``dave``, ``udp`` uses ``dave``, and none uses `fake_discord`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the voice gateway's Ready). What it received is in ``fake.frames()``; what it co
 Arrival times come from the kernel (SO_TIMESTAMPNS on Linux, CLOCK_REALTIME, i.e. the
 `time.time()` clock), so pacing can be measured without the fake's own scheduling jitter.
 `set_impairment` drops, duplicates, reorders or delays decrypted packets before they are
-recorded (see `faults`).
+recorded (see `impairment`).
 """
 
 from __future__ import annotations
