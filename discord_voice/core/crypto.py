@@ -9,6 +9,17 @@ for ``aead_aes256_gcm_rtpsize``, 24 for ``aead_xchacha20_poly1305_rtpsize``. The
 32-byte ``secret_key`` from Session Description. Everything runs through libsodium (PyNaCl);
 PyNaCl exceptions are wrapped into `EncryptionError` (sealing) or `InvalidPacket` (opening).
 The legacy ``xsalsa20_poly1305*`` modes were switched off by Discord and are not implemented.
+
+Sealing runs once per packet on the sender's path, so a cipher is made once per key and
+reused, and it calls libsodium's C function directly through PyNaCl's cffi module
+(``nacl._sodium``) when that module exposes it: the header is copied into a preallocated
+packet buffer, the ciphertext and tag are written after it in place, the counter is written
+into a preallocated nonce, and the packet is copied out once. PyNaCl's public binding (which
+checks its arguments, allocates a C buffer and copies it out on every call) costs several
+times the encryption itself; it stays the fallback, used when the cffi module does not expose
+the function, and for `open`, which is not on the send path. PyNaCl 1.6 does not expose
+libsodium's precomputed AES-GCM key state (``crypto_aead_aes256gcm_beforenm``), so the AES key
+schedule still runs in every call. Both paths produce the same bytes (tested).
 """
 
 from __future__ import annotations
@@ -20,6 +31,12 @@ from typing import ClassVar, Final, Protocol
 
 import nacl.bindings
 from nacl.exceptions import CryptoError
+
+try:  # PyNaCl's cffi module: libsodium's C functions without the Python wrapper's overhead
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - every PyNaCl wheel so far has it
+    _ffi = _lib = None
 
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, SUPPORTED_MODES
 from discord_voice.errors import (
@@ -53,10 +70,24 @@ NONCE_SIZE: Final = 4
 OVERHEAD: Final = TAG_SIZE + NONCE_SIZE
 
 _U32: Final = 0xFFFFFFFF
+#: The nonce counter as it is sent, and as the first 4 bytes of the AEAD nonce.
+_COUNTER: Final = struct.Struct(">I")
+#: Initial size of a cipher's packet buffer; it grows when a packet needs more.
+_INITIAL_BUFFER: Final = 2048
 
 # (message, aad, nonce, key) -> bytes, as in nacl.bindings.
 _AeadFunction = Callable[[bytes, bytes | None, bytes, bytes], bytes]
+# libsodium's crypto_aead_*_encrypt through cffi: (c, clen_p, m, mlen, ad, adlen, nsec, npub, k).
+_RawEncrypt = Callable[..., int]
 _BytesLike = bytes | bytearray | memoryview
+
+
+def _raw_function(name: str) -> _RawEncrypt | None:
+    """libsodium's C function ``name`` from PyNaCl's cffi module, or None if it is not exposed."""
+    if _lib is None:  # pragma: no cover - see the import
+        return None
+    function: _RawEncrypt | None = getattr(_lib, name, None)
+    return function
 
 
 class TransportCipher(Protocol):
@@ -68,7 +99,10 @@ class TransportCipher(Protocol):
         ...
 
     def seal(self, header: bytes, payload: bytes, nonce: int) -> bytes:
-        """Return the UDP packet: header + ciphertext + tag + nonce counter (4 bytes, BE)."""
+        """Return the UDP packet: header + ciphertext + tag + nonce counter (4 bytes, BE).
+
+        ``header`` and ``payload`` are read during the call only.
+        """
         ...
 
     def open(self, packet: bytes, header_size: int) -> bytes:
@@ -77,13 +111,19 @@ class TransportCipher(Protocol):
 
 
 class _RtpSizeAead:
-    """Shared seal/open of the rtpsize modes; subclasses set the mode, nonce size and functions."""
+    """Shared seal/open of the rtpsize modes; subclasses set the mode, nonce size and functions.
 
-    __slots__ = ("_decrypt", "_encrypt", "_key")
+    `seal` reuses one packet buffer and one nonce buffer, so one thread at a time may seal
+    with a cipher (the packetizer's owner); `open` keeps no state.
+    """
+
+    __slots__ = ("_buffer", "_decrypt", "_encrypt", "_key", "_nonce", "_nonce_view", "_raw",
+                 "_view")
 
     mode: ClassVar[str]
     _full_nonce: ClassVar[struct.Struct]
     _padding: ClassVar[bytes]
+    _raw_name: ClassVar[str]
 
     def __init__(self, key: _BytesLike, encrypt: _AeadFunction, decrypt: _AeadFunction) -> None:
         if not isinstance(key, (bytes, bytearray, memoryview)):
@@ -94,9 +134,20 @@ class _RtpSizeAead:
         self._key = key
         self._encrypt = encrypt
         self._decrypt = decrypt
+        self._raw = _raw_function(self._raw_name)
+        if self._raw is not None:
+            # The nonce: the counter is written into its first 4 bytes; the rest stays zero.
+            self._nonce = _ffi.new("unsigned char[]", self._full_nonce.size)
+            self._nonce_view = _ffi.buffer(self._nonce)
+            self._grow(_INITIAL_BUFFER)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.mode!r})"
+
+    def _grow(self, size: int) -> None:
+        """Make the packet buffer hold ``size`` bytes (a new buffer; the old one is freed)."""
+        self._buffer = _ffi.new("unsigned char[]", size)
+        self._view = _ffi.buffer(self._buffer)
 
     def seal(self, header: _BytesLike, payload: _BytesLike, nonce: int) -> bytes:
         """Encrypt ``payload`` with ``header`` as AAD under nonce counter ``nonce``.
@@ -104,17 +155,51 @@ class _RtpSizeAead:
         Returns the complete UDP packet. Raises `EncryptionError` for a counter outside
         0..2**32-1 or when libsodium fails.
         """
+        raw = self._raw
+        if raw is None:
+            return self._seal_public(header, payload, nonce)
+        try:
+            _COUNTER.pack_into(self._nonce_view, 0, nonce)
+        except struct.error:
+            raise EncryptionError(
+                f"transport nonce counter must be an integer in 0..{_U32}, got {nonce!r}"
+            ) from None
+        try:
+            if type(payload) is not bytes:
+                payload = bytes(payload)
+            header_size = len(header)
+            end = header_size + len(payload) + TAG_SIZE
+            if end + NONCE_SIZE > len(self._view):
+                self._grow(end + NONCE_SIZE)
+            view = self._view
+            buffer = self._buffer
+            view[0:header_size] = header
+            # Ciphertext and tag go right after the header, which is also the AAD.
+            failed = raw(
+                buffer + header_size, _ffi.NULL, payload, len(payload),
+                buffer, header_size, _ffi.NULL, self._nonce, self._key,
+            )
+        except TypeError as err:
+            raise EncryptionError(f"{self.mode} encryption failed: {err}") from err
+        if failed:
+            raise EncryptionError(f"{self.mode} encryption failed (libsodium returned {failed})")
+        _COUNTER.pack_into(view, end, nonce)
+        packet: bytes = view[0 : end + NONCE_SIZE]  # the one copy: a new bytes object
+        return packet
+
+    def _seal_public(self, header: _BytesLike, payload: _BytesLike, nonce: int) -> bytes:
+        """`seal` through PyNaCl's public binding: the fallback, and the reference in tests."""
         try:
             full_nonce = self._full_nonce.pack(nonce)
         except struct.error:
             raise EncryptionError(
                 f"transport nonce counter must be an integer in 0..{_U32}, got {nonce!r}"
             ) from None
-        if type(payload) is not bytes:
-            payload = bytes(payload)
-        if type(header) is not bytes:
-            header = bytes(header)
         try:
+            if type(payload) is not bytes:
+                payload = bytes(payload)
+            if type(header) is not bytes:
+                header = bytes(header)
             sealed = self._encrypt(payload, header, full_nonce, self._key)
         except (CryptoError, TypeError) as err:
             raise EncryptionError(f"{self.mode} encryption failed: {err}") from err
@@ -157,6 +242,7 @@ class Aes256GcmRtpSize(_RtpSizeAead):
     mode: ClassVar[str] = MODE_AES256_GCM
     _full_nonce: ClassVar[struct.Struct] = struct.Struct(">I8x")
     _padding: ClassVar[bytes] = bytes(8)
+    _raw_name: ClassVar[str] = "crypto_aead_aes256gcm_encrypt"
 
     def __init__(self, key: _BytesLike) -> None:
         if not aes256_gcm_available():
@@ -181,6 +267,7 @@ class XChaCha20Poly1305RtpSize(_RtpSizeAead):
     mode: ClassVar[str] = MODE_XCHACHA20
     _full_nonce: ClassVar[struct.Struct] = struct.Struct(">I20x")
     _padding: ClassVar[bytes] = bytes(20)
+    _raw_name: ClassVar[str] = "crypto_aead_xchacha20poly1305_ietf_encrypt"
 
     def __init__(self, key: _BytesLike) -> None:
         super().__init__(

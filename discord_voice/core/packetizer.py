@@ -4,6 +4,10 @@ The packetizer is the pure half of the UDP sender: it owns the per-connection co
 sequence and timestamp, transport nonce) and nothing else. No I/O, no clock; pacing is the
 sender thread's job. Order per frame: ``transform`` (DAVE end-to-end encryption, or nothing) ->
 ``cipher.seal`` with the RTP header as AAD -> advance the counters.
+
+It runs once per packet, so it does the least it can: the counters are valid by construction
+(checked once in ``__init__``, then kept in range by masking), the header is one
+``struct.Struct.pack`` call, and the cipher is the connection's, made once per key.
 """
 
 from __future__ import annotations
@@ -11,13 +15,19 @@ from __future__ import annotations
 from typing import Final, Protocol
 
 from discord_voice.core.crypto import TransportCipher
-from discord_voice.core.rtp import SAMPLES_PER_FRAME, encode_header
+from discord_voice.core.rtp import (
+    FIXED_HEADER,
+    OPUS_PAYLOAD_TYPE,
+    RTP_VERSION_BYTE,
+    SAMPLES_PER_FRAME,
+)
 from discord_voice.errors import EncryptionError, LocalProtocolError
 
 __all__ = ["FrameTransform", "Packetizer", "PassthroughTransform"]
 
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFFFFFF
+_pack_header: Final = FIXED_HEADER.pack
 
 
 class FrameTransform(Protocol):
@@ -127,14 +137,16 @@ class Packetizer:
                 "transport nonce counter exhausted after 2**32 packets; "
                 "a new session key is needed"
             )
-        if not isinstance(samples, int) or not 0 < samples <= _U32:
+        if samples.__class__ is not int or not 0 < samples <= _U32:
             raise LocalProtocolError(f"samples per frame must be in 1..{_U32}, got {samples!r}")
-        header = encode_header(self._sequence, self._timestamp, self._ssrc)
+        sequence = self._sequence
+        timestamp = self._timestamp
+        header = _pack_header(RTP_VERSION_BYTE, OPUS_PAYLOAD_TYPE, sequence, timestamp, self._ssrc)
         if self._transform is not None:
             frame = self._transform.transform(frame)
         packet = self._cipher.seal(header, frame, nonce)
-        self._sequence = (self._sequence + 1) & _U16
-        self._timestamp = (self._timestamp + samples) & _U32
+        self._sequence = (sequence + 1) & _U16
+        self._timestamp = (timestamp + samples) & _U32
         self._nonce = nonce + 1
         self._packets += 1
         return packet

@@ -17,6 +17,7 @@ from typing import Final
 from discord_voice.errors import InvalidPacket, LocalProtocolError
 
 __all__ = [
+    "FIXED_HEADER",
     "OPUS_PAYLOAD_TYPE",
     "RTP_HEADER_SIZE",
     "RTP_VERSION_BYTE",
@@ -36,10 +37,14 @@ OPUS_PAYLOAD_TYPE: Final = 0x78
 #: Samples per 20 ms Opus frame at 48 kHz: the RTP timestamp step per packet.
 SAMPLES_PER_FRAME: Final = 960
 
+#: The fixed header as one struct: version/flags byte, payload-type byte, sequence, timestamp,
+#: ssrc. ``FIXED_HEADER.pack(RTP_VERSION_BYTE, OPUS_PAYLOAD_TYPE, ...)`` is `encode_header`
+#: without its argument checks, for callers whose counters are valid by construction.
+FIXED_HEADER: Final = struct.Struct(">BBHII")
+
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFFFFFF
-#: version/flags byte, payload-type byte, sequence, timestamp, ssrc.
-_FIXED = struct.Struct(">BBHII")
+_FIXED: Final = FIXED_HEADER
 _EXTENSION_PREAMBLE = struct.Struct(">HH")
 
 

@@ -15,6 +15,8 @@ import pytest
 from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from discord_voice.core import crypto
 from discord_voice.core.crypto import (
@@ -164,7 +166,9 @@ def test_seal_rejects_nonce_outside_32_bits(mode: str, counter: int) -> None:
         nacl.exceptions.TypeError("Input message type must be bytes"),
     ],
 )
-def test_seal_wraps_pynacl_errors(mode: str, error: Exception) -> None:
+def test_seal_wraps_pynacl_errors(
+    mode: str, error: Exception, public_binding_only: None
+) -> None:
     cipher = make_cipher(mode, KEY)
 
     def failing(*args: object) -> bytes:
@@ -174,6 +178,89 @@ def test_seal_wraps_pynacl_errors(mode: str, error: Exception) -> None:
     with pytest.raises(EncryptionError, match=f"{mode} encryption failed") as info:
         cipher.seal(HEADER, b"x", 0)
     assert info.value.__cause__ is error
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_seal_reports_a_libsodium_failure(mode: str) -> None:
+    cipher = make_cipher(mode, KEY)
+    assert cipher._raw is not None  # type: ignore[attr-defined]
+    cipher._raw = lambda *args: -1  # type: ignore[attr-defined]
+    with pytest.raises(EncryptionError, match=f"{mode} encryption failed .libsodium returned -1"):
+        cipher.seal(HEADER, b"x", 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fallback", [False, True])
+@pytest.mark.parametrize(("header", "payload"), [("text", b"x"), (None, b"x"), (HEADER, "text")])
+def test_seal_rejects_what_is_not_bytes(
+    mode: str, fallback: bool, header: object, payload: object
+) -> None:
+    cipher = make_cipher(mode, KEY)
+    if fallback:
+        cipher._raw = None  # type: ignore[attr-defined]
+    with pytest.raises(EncryptionError, match=f"{mode} encryption failed"):
+        cipher.seal(header, payload, 0)  # type: ignore[arg-type]
+
+
+# -- the two seal paths: libsodium through cffi, PyNaCl's public binding --------------------
+
+
+@pytest.fixture
+def public_binding_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ciphers made during the test seal through PyNaCl's public binding (the fallback)."""
+    monkeypatch.setattr(crypto, "_raw_function", lambda name: None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_direct_path_is_used_when_pynacl_exposes_libsodium(mode: str) -> None:
+    from nacl._sodium import lib
+
+    cipher = make_cipher(mode, KEY)
+    name = "crypto_aead_aes256gcm_encrypt" if mode == AES else (
+        "crypto_aead_xchacha20poly1305_ietf_encrypt")
+    assert cipher._raw is getattr(lib, name)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_fallback_seals_the_pinned_vector(mode: str, public_binding_only: None) -> None:
+    cipher = make_cipher(mode, KEY)
+    assert cipher._raw is None  # type: ignore[attr-defined]
+    assert cipher.seal(HEADER, PINNED_PLAINTEXT, 0x01020304) == PINNED[mode]
+    assert cipher.open(PINNED[mode], 12) == PINNED_PLAINTEXT
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(max_examples=50)
+@given(
+    header=st.binary(min_size=0, max_size=64),
+    payload=st.binary(min_size=0, max_size=3000),
+    counter=st.integers(0, 2**32 - 1),
+)
+def test_both_paths_give_the_bytes_of_the_independent_implementation(
+    mode: str, header: bytes, payload: bytes, counter: int
+) -> None:
+    direct = make_cipher(mode, KEY)
+    fallback = make_cipher(mode, KEY)
+    fallback._raw = None  # type: ignore[attr-defined]
+    expected = ref_seal(mode, KEY, header, payload, counter)
+    assert direct.seal(header, payload, counter) == expected
+    assert fallback.seal(header, payload, counter) == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sealed_packets_do_not_share_the_reused_buffer(mode: str) -> None:
+    """Each packet is its own bytes: sealing the next one (even a bigger one, which replaces
+    the buffer) leaves the ones already returned untouched."""
+    cipher = make_cipher(mode, KEY)
+    first = cipher.seal(HEADER, b"first frame", 1)
+    second = cipher.seal(bytearray(HEADER), memoryview(b"second, longer frame"), 2)  # type: ignore[arg-type]
+    big = cipher.seal(HEADER, bytes(range(256)) * 20, 3)  # 5120 bytes: more than the buffer
+    after = cipher.seal(HEADER, b"", 4)
+    assert type(first) is bytes and type(big) is bytes
+    assert first == ref_seal(mode, KEY, HEADER, b"first frame", 1)
+    assert second == ref_seal(mode, KEY, HEADER, b"second, longer frame", 2)
+    assert big == ref_seal(mode, KEY, HEADER, bytes(range(256)) * 20, 3)
+    assert after == ref_seal(mode, KEY, HEADER, b"", 4)
 
 
 # -- opening ------------------------------------------------------------------------------

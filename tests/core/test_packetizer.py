@@ -160,7 +160,7 @@ def test_constructor_validates(kwargs: dict[str, int], message: str) -> None:
         Packetizer(ssrc, RecordingCipher(), **args)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("samples", [0, -960, 2**32, 960.0])
+@pytest.mark.parametrize("samples", [0, -960, 2**32, 960.0, True])
 def test_samples_validated(samples: int) -> None:
     packetizer = Packetizer(SSRC, RecordingCipher())
     with pytest.raises(LocalProtocolError, match="samples per frame"):
