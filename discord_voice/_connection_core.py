@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, joined_within
 from discord_voice._shell.udp_sender import Transport, UdpSender
@@ -112,6 +113,7 @@ class ConnectionCore:
         info: VoiceServerInfo,
         *,
         clock: Clock,
+        heartbeats: HeartbeatLoop,
         queue_size: int,
         close_timeout: float,
         max_dave_protocol_version: int,
@@ -122,6 +124,7 @@ class ConnectionCore:
     ) -> None:
         self._owner = owner
         self._clock = clock
+        self._heartbeats = heartbeats  # the Voice's heartbeat thread, shared by every link
         self._close_timeout = close_timeout
         self._max_dave = max_dave_protocol_version
         self._plan = plan if plan is not None else default_voice_plan()
@@ -193,8 +196,8 @@ class ConnectionCore:
     # -- losing the voice websocket, and recovering --------------------------------------
 
     def _new_link(self, info: VoiceServerInfo) -> VoiceLink:
-        return VoiceLink(info, clock=self._clock, max_dave_protocol_version=self._max_dave,
-                         on_failure=self._on_link_lost)
+        return VoiceLink(info, clock=self._clock, heartbeats=self._heartbeats,
+                         max_dave_protocol_version=self._max_dave, on_failure=self._on_link_lost)
 
     def _announce(self) -> bool:
         """The sender's first frame of a run: send Speaking, or (while recovering) hold the

@@ -1,6 +1,7 @@
 """Voice: the per-bot entry point (arikawa's ``NewVoice()``), one `Connection` per guild.
 
-`Voice` owns no threads. The main gateway's reader thread delivers VOICE_STATE_UPDATE and
+`Voice` owns the heartbeat thread its connections share (``dv-heartbeat``, running while a
+voice websocket is registered). The main gateway's reader thread delivers VOICE_STATE_UPDATE and
 VOICE_SERVER_UPDATE to it; those handlers only resolve futures and never block, so a slow voice
 handshake can never stall the main gateway.
 """
@@ -19,6 +20,7 @@ from discord_voice._connection_core import (
     ConnectionCore,
     ConnectionState,
 )
+from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice.clock import Clock, SystemClock, future_signal
 from discord_voice.connection import Connection
 from discord_voice.core.dave import supported_protocol_version
@@ -100,6 +102,8 @@ class Voice:
         self._clock: Clock = clock or SystemClock()
         self._queue_size = queue_size
         self._close_timeout = close_timeout
+        # one dv-heartbeat thread beats every voice websocket; it runs while one is registered
+        self._heartbeats = HeartbeatLoop(self._clock, join_timeout=close_timeout)
         self._lock = threading.Lock()
         self._pending: dict[str, _PendingJoin] = {}
         # guild -> resolved when Discord confirms a leave (our VOICE_STATE_UPDATE, no channel)
@@ -181,7 +185,8 @@ class Voice:
             endpoint=str(server["endpoint"]),
         )
         connection = Connection(
-            self, info, clock=self._clock, queue_size=self._queue_size,
+            self, info, clock=self._clock, heartbeats=self._heartbeats,
+            queue_size=self._queue_size,
             close_timeout=self._close_timeout,
             max_dave_protocol_version=supported_protocol_version(),
             plan=self._plan, self_mute=self_mute, self_deaf=self_deaf,
@@ -211,6 +216,7 @@ class Voice:
         for connection in connections:
             connection.disconnect()
         self._remove_handler()
+        self._heartbeats.close()  # joined even if a failed connection was never disconnected
 
     def __enter__(self) -> Voice:
         return self

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from discord_voice._shell.dave_channel import DaveChannel
+from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.threads import ServiceThread, joined_within
 from discord_voice._shell.udp import discover_ip, open_udp
 from discord_voice._shell.udp_sender import Transport
@@ -43,11 +44,13 @@ class VoiceLink:
         info: VoiceServerInfo,
         *,
         clock: Clock,
+        heartbeats: HeartbeatLoop,
         max_dave_protocol_version: int,
         on_failure: LinkFailure,
     ) -> None:
         self.info = info
         self._clock = clock
+        self._heartbeats = heartbeats  # the Voice's: every session of the link beats on it
         self._max_dave = max_dave_protocol_version
         self._on_failure = on_failure
         self._lock = threading.Lock()  # guards session and the lists below
@@ -139,16 +142,19 @@ class VoiceLink:
         """Close the sockets (after the threads were joined)."""
         with self._lock:
             sessions = [*self._retired, self.session]
-        for session in sessions:
-            session.release()
-        if self.udp is not None:
-            self.udp.close()
+        try:
+            for session in sessions:
+                session.release()  # may raise ShutdownTimeout (the shared heartbeat thread)
+        finally:
+            if self.udp is not None:
+                self.udp.close()
 
     def _new_session(self, resume_from: VoiceSocketSession | None) -> VoiceSocketSession:
         holder: list[VoiceSocketSession] = []
         threads: list[ServiceThread] = []
         session = VoiceSocketSession(
-            self.info, clock=self._clock, max_dave_protocol_version=self._max_dave,
+            self.info, clock=self._clock, heartbeats=self._heartbeats,
+            max_dave_protocol_version=self._max_dave,
             on_failure=lambda exc: self._on_failure(self, holder[0], exc),
             threads=threads, dave=self.dave, resume_from=resume_from,
         )

@@ -1,8 +1,9 @@
-"""VoiceSocketSession: one voice websocket with its protocol state and its two threads.
+"""VoiceSocketSession: one voice websocket with its protocol state, its reader and its beats.
 
 * ``dv-voice-reader:<guild>`` — the only reader of the socket; feeds the protocol core,
   resolves the handshake futures, matches heartbeat ACKs.
-* ``dv-voice-heartbeat:<guild>`` — started on Hello; beats on the pacemaker's schedule.
+* its heartbeat — registered on Hello with the `Voice`'s `HeartbeatLoop` (one ``dv-heartbeat``
+  thread for every websocket), cancelled by `stop`, handed back by `release`.
 
 The session knows nothing about UDP or audio: a `Connection` owns one session (and, after a
 resume, a new one over the same UDP socket and key). One lock guards the protocol and the
@@ -19,9 +20,9 @@ from typing import TypeVar
 
 from discord_voice._shell import websocket as ws
 from discord_voice._shell.dave_channel import DaveChannel
-from discord_voice._shell.heartbeat import run_heartbeat
+from discord_voice._shell.heartbeat import Heartbeat, HeartbeatLoop
 from discord_voice._shell.threads import ServiceThread
-from discord_voice.clock import Clock, Signal, future_signal
+from discord_voice.clock import Clock, future_signal
 from discord_voice.core import voice_payloads as vp
 from discord_voice.core.dave import DaveProtocol
 from discord_voice.core.opcodes import SpeakingFlag, VoiceCloseCode, describe_voice_close
@@ -54,6 +55,7 @@ class VoiceSocketSession:
         info: VoiceServerInfo,
         *,
         clock: Clock,
+        heartbeats: HeartbeatLoop,
         max_dave_protocol_version: int,
         on_failure: Callable[[BaseException], None],
         threads: list[ServiceThread],
@@ -71,8 +73,9 @@ class VoiceSocketSession:
             else VoiceGatewayProtocol.continue_from(resume_from._protocol)
         )
         self._socket: ws.WebSocketChannel | None = None
+        self._heartbeats = heartbeats
         self._pacemaker: Pacemaker | None = None
-        self._stop_heartbeat = Signal()
+        self._heartbeat: Heartbeat | None = None  # registered on Hello
         self._closing = False
         self._hello: concurrent.futures.Future[vp.Hello] = concurrent.futures.Future()
         self._ready: concurrent.futures.Future[vp.Ready] = concurrent.futures.Future()
@@ -173,16 +176,19 @@ class VoiceSocketSession:
     # -- shutdown ---------------------------------------------------------------------------
 
     def stop(self, error: BaseException | None) -> None:
-        """Stop the threads (never blocks): fail pending futures, close or abort the socket."""
+        """Stop the reader and the beats (never blocks): cancel the heartbeat, fail pending
+        futures, close or abort the socket."""
         with self._lock:
             self._closing = True
+            heartbeat = self._heartbeat
+        if heartbeat is not None:
+            heartbeat.cancel()
         reason: BaseException = (
             error if isinstance(error, VoiceError)
             else ConnectionClosed(f"the voice connection ended: {error}") if error is not None
             else ConnectionClosed("the voice connection was closed")
         )
         self._fail_futures(reason)
-        self._stop_heartbeat.set()
         if self._socket is not None:
             if error is None:
                 self._socket.close(1000)
@@ -199,8 +205,14 @@ class VoiceSocketSession:
             self._socket.abort()
 
     def release(self) -> None:
+        """After `stop` and the reader's join: close the socket, hand the heartbeat thread back
+        (the `Voice`'s last websocket joins it; `ShutdownTimeout` if it does not end)."""
         if self._socket is not None:
             self._socket.release()
+        with self._lock:
+            heartbeat = self._heartbeat
+        if heartbeat is not None:
+            heartbeat.release()
 
     # -- threads ----------------------------------------------------------------------------
 
@@ -234,9 +246,7 @@ class VoiceSocketSession:
     def _on_message(self, message: vp.ServerMessage) -> None:
         if isinstance(message, vp.Hello):
             if self._pacemaker is None:
-                with self._lock:
-                    self._pacemaker = Pacemaker(message.heartbeat_interval, self._clock.monotonic())
-                self._start_thread("dv-voice-heartbeat", self._heartbeat_loop)
+                self._start_heartbeat(message.heartbeat_interval)
             _resolve(self._hello, message)
         elif isinstance(message, vp.Ready):
             _resolve(self._ready, message)
@@ -269,12 +279,21 @@ class VoiceSocketSession:
             return
         self._send_frames(frames)
 
-    def _heartbeat_loop(self) -> None:
-        assert self._pacemaker is not None
-        run_heartbeat(
-            clock=self._clock, stop=self._stop_heartbeat, lock=self._lock,
-            pacemaker=self._pacemaker, make_frame=self._protocol.heartbeat, send=self.send_text,
+    def _start_heartbeat(self, interval: float) -> None:
+        """Register with the heartbeat loop (on the reader thread, once, on Hello)."""
+        with self._lock:
+            if self._closing:
+                return
+            pacemaker = self._pacemaker = Pacemaker(interval, self._clock.monotonic())
+        heartbeat = self._heartbeats.add(
+            pacemaker=pacemaker, lock=self._lock, make_frame=self._protocol.heartbeat,
+            send=self.send_text, on_failure=self._on_failure,
         )
+        with self._lock:
+            self._heartbeat = heartbeat
+            closing = self._closing
+        if closing:  # `stop` ran meanwhile and could not cancel it
+            heartbeat.cancel()
 
     def _on_close(self, frame: ws.Close) -> None:
         with self._lock:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from discord_voice import Gateway, Voice
 from discord_voice.core.opcodes import VoiceOp
-from discord_voice.testing import FakeClock, FakeDiscord
+from discord_voice.testing import FakeClock, FakeDiscord, RecordedMessage
 from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD
 from tests.timeouts import LONG
@@ -38,6 +39,13 @@ def acks(fake: FakeDiscord) -> list[dict[str, int]]:
             if m.direction == "server" and m.op == VoiceOp.HEARTBEAT_ACK and m.data]
 
 
+def server_seq(message: RecordedMessage) -> int | None:
+    """The sequence number of a server message: JSON ``seq``, or a binary frame's uint16."""
+    if isinstance(message.raw, bytes):
+        return int.from_bytes(message.raw[:2], "big")
+    return message.data.get("seq") if message.data else None
+
+
 def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     fake, voice, clock = rig
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -46,8 +54,8 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     clock.advance(2.0)
     assert fake.wait_until(lambda f: len(heartbeats(f)) == 1, LONG)
     beat = next(m for m in fake.voice_messages if m.direction == "client" and m.op == 3)
-    sent_before = [m.data["seq"] for m in fake.voice_messages if m.direction == "server"
-                   and m.data and "seq" in m.data and m.index < beat.index]
+    sent_before = [seq for m in fake.voice_messages if m.direction == "server"
+                   and m.index < beat.index and (seq := server_seq(m)) is not None]
     session_seq = next(m.data["seq"] for m in fake.voice_messages
                        if m.direction == "server" and m.op == VoiceOp.SESSION_DESCRIPTION)
     assert heartbeats(fake)[0]["t"] == 502000
@@ -87,3 +95,32 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     assert conn.error is None
     conn.disconnect()
     assert conn.resumes == 1
+
+
+def library_threads() -> list[str]:
+    """Names of the library's voice threads alive now (the main gateway's are not counted)."""
+    return sorted(t.name for t in threading.enumerate()
+                  if t.name.startswith("dv-") and not t.name.startswith("dv-gateway"))
+
+
+def test_connections_of_one_voice_share_one_heartbeat_thread(rig) -> None:
+    fake, voice, clock = rig
+    first = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    second = voice.join_channel(GUILD + 1, CHANNEL + 1, timeout=LONG)
+    names = library_threads()
+    assert names.count("dv-heartbeat") == 1
+    assert not [name for name in names if "heartbeat:" in name]  # none per websocket
+    assert names.count(f"dv-voice-reader:{GUILD}") == 1
+    assert names.count(f"dv-voice-reader:{GUILD + 1}") == 1
+    clock.advance(2.0)  # both websockets are due: one thread beats both
+    assert fake.wait_until(lambda f: [s.heartbeats for s in f.voice_sessions] == [1, 1], LONG)
+    assert [m.data["d"]["t"] for m in fake.voice_messages
+            if m.direction == "client" and m.op == VoiceOp.HEARTBEAT] == [502000, 502000]
+    first.disconnect()
+    assert "dv-heartbeat" in library_threads()  # the second connection still beats
+    assert not [name for name in library_threads() if name.endswith(f":{GUILD}")]
+    clock.advance(2.0)
+    assert fake.wait_until(lambda f: [s.heartbeats for s in f.voice_sessions] == [1, 2], LONG)
+    second.disconnect()
+    assert library_threads() == []  # the last websocket's release joined the heartbeat thread
+    assert first.stats.heartbeats_sent == 1 and second.stats.heartbeats_sent == 2
