@@ -8,8 +8,8 @@
   modules, declares attributes it leaves to a host class, or stubs methods with
   ``NotImplementedError`` for a host to fill in.
 - What users are promised imports and exists: every name in ``discord_voice.testing.__all__``,
-  and every name the README's section on the fake Discord uses (imports, `FakeDiscord` methods,
-  their keywords and constructor options, attributes, `ReceivedFrame` fields).
+  and every name the README's section on the fake Discord uses (imports, methods of `FakeDiscord`
+  and `FakeClock` and their keywords, constructor options, attributes, `ReceivedFrame` fields).
 
 That the library itself never imports ``discord_voice.testing`` is checked with the other
 layering rules in ``tests/test_hygiene.py`` (`test_library_does_not_import_testing_or_cli`), whose
@@ -242,33 +242,45 @@ def parameters(function: Callable[..., object]) -> set[str]:
 
 
 def readme_problems(section: str) -> list[str]:
-    """Every name of `section` the fake does not have (see the module docstring)."""
+    """Every name of `section` the fake does not have (see the module docstring).
+
+    A call is looked up on `FakeDiscord`, then on the other public names of the face (`FakeClock`
+    and the records), then in `discord_voice` (``Voice(gw, clock=clock)``); a bare name must be
+    an attribute of one of those classes unless it stands for an argument in one of the calls
+    (``t`` in ``wait_for_deadline(t)``).
+    """
     problems: list[str] = []
     fields = {f.name for f in dataclasses.fields(ReceivedFrame)}
+    public = [getattr(discord_voice.testing, n) for n in discord_voice.testing.__all__]
+    owners: list[object] = [FakeDiscord, *(c for c in public if c is not FakeDiscord)]
+
+    def find(name: str) -> object:
+        return next((getattr(o, name) for o in owners if hasattr(o, name)), None)
 
     def fake_has(name: str, what: str) -> None:
         if not hasattr(FakeDiscord, name):
             problems.append(f"{what}: FakeDiscord has no {name!r}")
 
-    for literal in re.findall(r"``([^`]+)``", section):
-        literal = " ".join(literal.split())
-        call = re.fullmatch(r"(\w+)\((.*)\)", literal)
-        if call:
-            name, args = call.groups()
-            target = getattr(discord_voice, name, None) or getattr(FakeDiscord, name, None)
-            if target is None:
-                problems.append(f"``{literal}``: no {name!r} in FakeDiscord or discord_voice")
-                continue
-            problems.extend(
-                f"``{literal}``: {name} has no parameter {keyword!r}"
-                for keyword in re.findall(r"(\w+)=", args)
-                if keyword not in parameters(target)
-            )
-        elif re.fullmatch(r"\w+=\S+", literal):
+    literals = [" ".join(x.split()) for x in re.findall(r"``([^`]+)``", section)]
+    calls = [c.groups() for x in literals if (c := re.fullmatch(r"(\w+)\((.*)\)", x))]
+    placeholders = {word for _, args in calls for word in re.findall(r"\w+", args)}
+    for name, args in calls:
+        target = find(name) or getattr(discord_voice, name, None)
+        if not callable(target):
+            problems.append(f"``{name}({args})``: no {name!r} in {FACE} or discord_voice")
+            continue
+        problems.extend(
+            f"``{name}({args})``: {name} has no parameter {keyword!r}"
+            for keyword in re.findall(r"(\w+)=", args)
+            if keyword not in parameters(target)
+        )
+    for literal in literals:
+        if re.fullmatch(r"\w+=\S+", literal):
             if literal.split("=")[0] not in parameters(FakeDiscord.__init__):
                 problems.append(f"``{literal}``: FakeDiscord() has no such option")
-        elif re.fullmatch(r"[a-z_]+", literal) and literal not in README_PACKAGES:
-            fake_has(literal, f"``{literal}``")
+        elif re.fullmatch(r"[a-z_]+", literal):
+            if literal not in README_PACKAGES | placeholders and find(literal) is None:
+                problems.append(f"``{literal}``: no {literal!r} in {FACE}")
         elif re.fullmatch(r"[A-Z]\w+", literal) and not hasattr(discord_voice.testing, literal):
             problems.append(f"``{literal}``: not in {FACE}")
         elif re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", literal):
@@ -302,17 +314,20 @@ def test_the_readme_checker_detects() -> None:
     section = (
         "``drop_everything()``, ``impair_udp(drop=, jitter=)``, ``dave=False``, ``colour=red``,\n"
         "``main_messages``, ``telepathy``, ``websockets``, ``FakeClock``, ``FakeGuild``,\n"
-        "``Voice(gw, clock=clock)``, ``127.0.0.1``::\n\n"
+        "``Voice(gw, clock=clock)``, ``127.0.0.1``, ``wait_for_deadline(t)`` when ``t``,\n"
+        "``advance(by=2)``, ``advance_to_next``, ``discord_voice.testing.nowhere``::\n\n"
         "    from discord_voice.testing import FakeDiscord, FakeMoon\n"
         "    fake.wait_for_frames(1); fake.teleport()\n"
         "    assert [f.opus for f in frames]  # also .sequence, .colour\n"
     )
     assert readme_problems(section) == [
-        "``drop_everything()``: no 'drop_everything' in FakeDiscord or discord_voice",
+        "``drop_everything()``: no 'drop_everything' in discord_voice.testing or discord_voice",
         "``impair_udp(drop=, jitter=)``: impair_udp has no parameter 'jitter'",
+        "``advance(by=2)``: advance has no parameter 'by'",
         "``colour=red``: FakeDiscord() has no such option",
-        "``telepathy``: FakeDiscord has no 'telepathy'",
+        "``telepathy``: no 'telepathy' in discord_voice.testing",
         "``FakeGuild``: not in discord_voice.testing",
+        "``discord_voice.testing.nowhere``: no such module",
         "from discord_voice.testing import FakeMoon: no such name",
         "fake.teleport: FakeDiscord has no 'teleport'",
         "f.colour: not a ReceivedFrame field",
