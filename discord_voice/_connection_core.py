@@ -20,7 +20,7 @@ from typing import Protocol
 from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.threads import ServiceThread, joined_within
-from discord_voice._shell.udp_sender import Transport, UdpSender
+from discord_voice._shell.udp_sender import OutboundStream, Transport, UdpSender
 from discord_voice._shell.voice_link import VoiceLink
 from discord_voice._shell.voice_recovery import (
     RecoverySteps,
@@ -114,6 +114,7 @@ class ConnectionCore:
         *,
         clock: Clock,
         heartbeats: HeartbeatLoop,
+        sender: UdpSender,
         queue_size: int,
         close_timeout: float,
         max_dave_protocol_version: int,
@@ -125,6 +126,7 @@ class ConnectionCore:
         self._owner = owner
         self._clock = clock
         self._heartbeats = heartbeats  # the Voice's heartbeat thread, shared by every link
+        self._udp_sender = sender  # the Voice's sender thread, shared by every connection
         self._close_timeout = close_timeout
         self._max_dave = max_dave_protocol_version
         self._plan = plan if plan is not None else default_voice_plan()
@@ -132,15 +134,14 @@ class ConnectionCore:
         self._reconnect_timeout = reconnect_timeout
         #: Queue Opus frames here (bytes, one 20 ms packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
-        self.opus_send = OpusQueue(queue_size)
+        self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
         self._lock = threading.Lock()  # guards the fields below; never held for I/O
         self._state_changed = threading.Condition(self._lock)
         self._state = ConnectionState.CONNECTING
         self._error: BaseException | None = None
         self._closing = False
         self._closed = Signal()
-        self._stop_sender = Signal()
-        self._threads: list[ServiceThread] = []  # sender and recovery threads
+        self._threads: list[ServiceThread] = []  # recovery and failure threads
         self._updates = VoiceUpdates(StateUpdate(info.channel_id, info.session_id),
                                      ServerUpdate(info.endpoint, info.token), clock=clock)
         self._link = self._new_link(info)
@@ -155,7 +156,8 @@ class ConnectionCore:
         self.resumes = 0
         #: How many times a new voice session replaced the old one (reconnects and moves).
         self.reconnects = 0
-        self._sender: UdpSender | None = None
+        self._stream: OutboundStream | None = None  # our audio in the sender, once READY
+        self._attached = False  # whether `_stream` still holds a place in the sender
         self._discarded = 0
 
     @property
@@ -199,21 +201,54 @@ class ConnectionCore:
         return VoiceLink(info, clock=self._clock, heartbeats=self._heartbeats,
                          max_dave_protocol_version=self._max_dave, on_failure=self._on_link_lost)
 
-    def _announce(self) -> bool:
-        """The sender's first frame of a run: send Speaking, or (while recovering) hold the
-        sender until the recovery is done and return False."""
+    def _ensure_speaking(self) -> None:
+        """Before a frame is queued (on the producer's thread): Speaking must precede audio.
+
+        The first frame of a run sends Speaking (op 5) unless flags are set already; while the
+        connection recovers, the stream is held instead and `_recovered` sends the flags first.
+        """
+        if self._flags:
+            return
         with self._lock:
+            if self._flags:
+                return
             self._flags = SpeakingFlag.MICROPHONE
             ready = self._state is ConnectionState.READY
-            if not ready and self._sender is not None:
-                self._sender.suspend()  # `_recovered` resumes it
-        if not ready:
-            return False
-        try:
-            self._link.session.send_speaking(SpeakingFlag.MICROPHONE)
-        except ConnectionClosed:
-            pass  # the websocket is going: the recovery sends the flags again
-        return True
+            if not ready and self._stream is not None:
+                self._stream.hold()  # `_recovered` releases it after Speaking
+        if ready:
+            try:
+                self._link.session.send_speaking(SpeakingFlag.MICROPHONE)
+            except ConnectionClosed:
+                pass  # the websocket is going: the recovery sends the flags again
+
+    def _attach_stream(self, transport: Transport) -> None:
+        """Hand ``opus_send`` to the Voice's sender (after the join; once)."""
+        stream = self._udp_sender.attach(self.guild_id, self.opus_send, transport,
+                                         self._on_send_failure)
+        with self._lock:
+            self._stream, self._attached = stream, True
+            closing = self._closing
+        if closing:  # closed during the attach: `_begin_close` did not see the stream
+            stream.close()
+
+    def _detach_stream(self, timeout: float) -> None:
+        """Take ``opus_send`` back from the sender (once); the last stream stops its thread."""
+        with self._lock:
+            stream = self._stream if self._attached else None
+            self._attached = False
+        if stream is not None:
+            self._udp_sender.detach(stream, timeout)
+
+    def _on_send_failure(self, exc: BaseException) -> None:
+        """Sending failed (on the shared sender thread, which must not block): fail on a
+        thread of our own, since failing sends the leave and runs state listeners."""
+        thread = ServiceThread(f"dv-voice-fail:{self.guild_id}", lambda: self._fail(exc),
+                               self._fail)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive() or t.ident is None]
+            self._threads.append(thread)
+        thread.start()
 
     def _on_link_lost(self, link: VoiceLink, session: VoiceSocketSession,
                       exc: BaseException) -> None:
@@ -263,8 +298,8 @@ class ConnectionCore:
 
     def _hold_frames_for(self, attempt: Attempt) -> None:
         """A new session is needed: the sender holds every frame until `_recovered`."""
-        if attempt.kind is not AttemptKind.RESUME and self._sender is not None:
-            self._sender.suspend()
+        if attempt.kind is not AttemptKind.RESUME and self._stream is not None:
+            self._stream.hold()
 
     def _resume(self) -> None:
         deadline = self._clock.monotonic() + self._close_timeout
@@ -318,8 +353,8 @@ class ConnectionCore:
             self._link, self._link_generation = new, server.generation
         self._retire(old)
         transport: Transport = new.establish(deadline, timeout)
-        assert self._sender is not None
-        self._sender.set_transport(transport)  # still held: `_recovered` sends Speaking first
+        assert self._stream is not None
+        self._stream.set_transport(transport)  # still held: `_recovered` sends Speaking first
         with self._lock:
             self.reconnects += 1
         log.info("voice connection (guild %s): new voice session on %s (channel %s)",
@@ -356,8 +391,8 @@ class ConnectionCore:
                 link.session.send_speaking(flags)
             except ConnectionClosed:
                 pass  # lost again at once: that loss starts the next recovery
-        if self._sender is not None:
-            self._sender.resume(announced=bool(flags))  # held for a new session or `_announce`
+        if self._stream is not None:
+            self._stream.release()  # held for a new session or by `_ensure_speaking`
         log.info("voice connection (guild %s) recovered (%s)", self.guild_id,
                  attempt.kind.value)
         if self._updates.server.generation > self._link_generation:
@@ -420,7 +455,8 @@ class ConnectionCore:
             self._discarded += len(discarded)
             log.warning("voice connection (guild %s): %d queued frames discarded at close",
                         self.guild_id, len(discarded))
-        self._stop_sender.set()
+        if self._stream is not None:
+            self._stream.close()
         self._updates.close()
         link.stop(error)
         self._closed.set()

@@ -29,11 +29,12 @@ from discord_voice._connection_core import (
     default_voice_plan,
 )
 from discord_voice._shell.exit_hook import close_at_exit
-from discord_voice._shell.threads import ServiceThread, join_all
-from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
+from discord_voice._shell.threads import join_all
+from discord_voice._shell.udp_sender import StopSpeakingMarker
 from discord_voice.clock import Signal, SystemClock
 from discord_voice.core.ids import snowflake
 from discord_voice.core.opcodes import SpeakingFlag
+from discord_voice.core.pacing import PacingStats
 from discord_voice.errors import (
     JoinTimeout,
     ShutdownTimeout,
@@ -117,18 +118,19 @@ class Connection(ConnectionCore):
     @property
     def stats(self) -> ConnectionStats:
         """Counters for sending and the websocket (a consistent-enough snapshot, not atomic)."""
-        sender = self._sender
+        stream = self._stream
         session = self._link.session
-        pacing = sender.pacer.stats() if sender else None
+        sent = stream.stats() if stream else None
+        pacing = sent.pacing if sent else PacingStats()
         beats, acks = session.heartbeat_counts()
         return ConnectionStats(
-            frames_sent=pacing.frames_sent if pacing else 0,
-            late_frames=pacing.late_frames if pacing else 0,
-            max_lateness=pacing.max_lateness if pacing else 0.0,
-            underruns=pacing.underruns if pacing else 0,
-            stalls=pacing.stalls if pacing else 0,
-            frames_discarded=self._discarded + (sender.held if sender else 0),
-            bytes_sent=sender.bytes_sent if sender else 0,
+            frames_sent=pacing.frames_sent,
+            late_frames=pacing.late_frames,
+            max_lateness=pacing.max_lateness,
+            underruns=pacing.underruns,
+            stalls=pacing.stalls,
+            frames_discarded=self._discarded + (sent.held + sent.discarded if sent else 0),
+            bytes_sent=sent.bytes_sent if sent else 0,
             heartbeats_sent=beats,
             heartbeat_acks=acks,
             latency=session.latency,
@@ -236,11 +238,11 @@ class Connection(ConnectionCore):
         """
         self._raise_if_failed()
         flags = SpeakingFlag(flags)
-        self._flags = flags
-        if self._state is ConnectionState.READY:
+        with self._lock:
+            self._flags = flags  # with no flags, the next frame queued announces MICROPHONE
+            ready = self._state is ConnectionState.READY
+        if ready:
             self._link.session.send_speaking(flags)
-        if self._sender is not None:
-            self._sender.announced = bool(flags)
 
     def stop_speaking(self, timeout: float = 5.0) -> None:
         """Send every frame already queued, then 5 silence frames, then Speaking with flags 0.
@@ -257,8 +259,10 @@ class Connection(ConnectionCore):
         finally:
             self._closed.remove_listener(done.set)
         self._raise_if_failed()
-        self._flags = SpeakingFlag.NONE
-        if self._state is ConnectionState.READY:
+        with self._lock:
+            self._flags = SpeakingFlag.NONE  # the next frame queued announces Speaking again
+            ready = self._state is ConnectionState.READY
+        if ready:
             self._link.session.send_speaking(SpeakingFlag.NONE)
 
     # -- moving and ending ------------------------------------------------------------------
@@ -328,6 +332,7 @@ class Connection(ConnectionCore):
             for link in links:
                 link.abort()
             join_all(threads, timeout / 2)
+        self._detach_stream(timeout)
         for link in links:
             link.release()
 
@@ -351,14 +356,10 @@ class Connection(ConnectionCore):
         """Run the voice handshake; raise the real reason or `JoinTimeout` naming the stage."""
         close_at_exit(self, Connection._close_at_exit)
         transport = self._link.establish(deadline, timeout)
-        self._sender = UdpSender(
-            transport=transport, frames=self.opus_send, clock=self._clock,
-            stop=self._stop_sender, announce=self._announce,
-        )
-        thread = ServiceThread(f"dv-udp-sender:{self.guild_id}", self._sender.run, self._fail)
-        self._threads.append(thread)
-        thread.start()
         self._set_state(ConnectionState.READY, None)
+        if self._flags:  # set by a producer or `speaking()` during the join
+            self._link.session.send_speaking(self._flags)
+        self._attach_stream(transport)
         self._raise_if_failed()
         if self._updates.server.generation > self._link_generation:
             self._on_server_changed("the voice server changed during the join")

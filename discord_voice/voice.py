@@ -21,6 +21,7 @@ from discord_voice._connection_core import (
     ConnectionState,
 )
 from discord_voice._shell.heartbeat import HeartbeatLoop
+from discord_voice._shell.udp_sender import UdpSender
 from discord_voice.clock import Clock, SystemClock, future_signal
 from discord_voice.connection import Connection
 from discord_voice.core.dave import supported_protocol_version
@@ -104,6 +105,8 @@ class Voice:
         self._close_timeout = close_timeout
         # one dv-heartbeat thread beats every voice websocket; it runs while one is registered
         self._heartbeats = HeartbeatLoop(self._clock, join_timeout=close_timeout)
+        #: The dv-udp-sender thread, pacing every connection's opus_send.
+        self._udp_sender = UdpSender(self._clock)
         self._lock = threading.Lock()
         self._pending: dict[str, _PendingJoin] = {}
         # guild -> resolved when Discord confirms a leave (our VOICE_STATE_UPDATE, no channel)
@@ -186,6 +189,7 @@ class Voice:
         )
         connection = Connection(
             self, info, clock=self._clock, heartbeats=self._heartbeats,
+            sender=self._udp_sender,
             queue_size=self._queue_size,
             close_timeout=self._close_timeout,
             max_dave_protocol_version=supported_protocol_version(),
@@ -217,6 +221,7 @@ class Voice:
             connection.disconnect()
         self._remove_handler()
         self._heartbeats.close()  # joined even if a failed connection was never disconnected
+        self._udp_sender.close(self._close_timeout)
 
     def __enter__(self) -> Voice:
         return self

@@ -12,8 +12,10 @@ import concurrent.futures
 import threading
 from collections.abc import Callable, Iterable
 
+from discord_voice._shell.udp_sender import EncryptBlocked
 from discord_voice.clock import Signal
 from discord_voice.core.dave import DaveProtocol
+from discord_voice.core.frames import OPUS_SILENCE_FRAME
 
 __all__ = ["DaveChannel"]
 
@@ -64,27 +66,26 @@ class DaveChannel:
         with self.lock:
             self.protocol.client_disconnect(user_id)
 
-    def transform(self, frame: bytes) -> bytes:
-        """`FrameTransform` for the packetizer; raises `DaveNotReady` when there is no key."""
-        with self.lock:
-            return self.protocol.transform(frame)
+    def try_encrypt(self, frame: bytes) -> bytes | EncryptBlocked:
+        """`E2ee` for the sender: the frame to packetize, never blocking.
 
-    def wait_e2ee(self, stop: Signal) -> bool:
-        """Block until media can be sent again or `stop` is set; return whether stopped."""
-        while True:
-            with self.lock:
-                ready = self._media
-            wake = Signal()
-            if not ready.add_listener(wake.set):
-                return stop.is_set()
-            if not stop.add_listener(wake.set):
-                ready.remove_listener(wake.set)
-                return True
-            wake.wait()
-            ready.remove_listener(wake.set)
-            stop.remove_listener(wake.set)
-            if stop.is_set():
-                return True
+        `EncryptBlocked.BUSY` when another thread holds the lock (a commit being processed: the
+        shared sender must not wait for it), `EncryptBlocked.NO_KEY` when DAVE is in effect and
+        there is no group key (the frame is held, never sent in the clear).
+        """
+        if not self.lock.acquire(blocking=False):
+            return EncryptBlocked.BUSY
+        try:
+            dave = self.protocol
+            if dave.active and not dave.ready and frame != OPUS_SILENCE_FRAME:
+                return EncryptBlocked.NO_KEY
+            return dave.transform(frame)
+        finally:
+            self.lock.release()
+
+    def on_media_ready(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` once media can be sent; False (not registered) if it can now."""
+        return self._media.add_listener(callback)
 
     def wait(self, predicate: Callable[[DaveProtocol], bool], timeout: float) -> bool:
         """Block until `predicate(protocol)` holds (re-checked on every input) or timeout."""

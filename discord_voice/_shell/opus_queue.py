@@ -6,12 +6,15 @@
   producers blocked on a full queue wake up and raise it too. This is 3.13's
   ``Queue.shutdown(immediate=True)``, available on 3.11.
 * ``join()`` returns when every frame put so far has been sent (or discarded at close).
+* The consumer (the `Voice`'s sender thread) never blocks in ``get``: `set_consumer` gives the
+  queue a callback run after each ``put``, and ``before_put`` runs on the producer's thread
+  before a frame is queued (the connection sends Speaking there when a run of audio starts).
 """
 
 from __future__ import annotations
 
 import queue
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from discord_voice.core.frames import check_opus_frame
@@ -25,7 +28,7 @@ class _Stop:
         return "<STOP>"
 
 
-#: Put by `close` so that a sender blocked in ``get`` wakes and exits.
+#: Put by `close`: the sender that takes it lets go of the stream.
 STOP: Any = _Stop()
 
 
@@ -35,28 +38,16 @@ class OpusQueue(queue.Queue[Any]):
     Thread safety: as `queue.Queue`; any number of producers, one consumer (the sender).
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, before_put: Callable[[], None] | None = None) -> None:
         super().__init__(maxsize)
         self._error: BaseException | None = None
-        self._blocked_getters = 0
-        self._getter_blocked = threading.Condition(self.mutex)
+        self._before_put = before_put
+        self._consumer: Callable[[], None] | None = None
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if not block:
-            return super().get(False)
-        with self.mutex:
-            self._blocked_getters += 1
-            self._getter_blocked.notify_all()
-        try:
-            return super().get(True, timeout)
-        finally:
-            with self.mutex:
-                self._blocked_getters -= 1
-
-    def wait_for_blocked_consumer(self, timeout: float) -> bool:
-        """Block until the consumer waits in a blocking ``get`` (an empty queue); for tests."""
-        with self._getter_blocked:
-            return self._getter_blocked.wait_for(lambda: self._blocked_getters > 0, timeout)
+    def set_consumer(self, notify: Callable[[], None]) -> None:
+        """Call `notify` after every item queued (the sender, which never blocks in ``get``,
+        learns that an idle stream has something to send)."""
+        self._consumer = notify
 
     def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue one Opus frame; blocks while the queue is full (backpressure).
@@ -66,7 +57,11 @@ class OpusQueue(queue.Queue[Any]):
             ConnectionClosed: the connection has ended (also raised to blocked producers).
             queue.Full: no space within `timeout` (or at once with ``block=False``).
         """
-        self.put_control(check_opus_frame(item), block, timeout)
+        frame = check_opus_frame(item)
+        if self._before_put is not None:
+            self._raise_if_closed()
+            self._before_put()  # Speaking before the first frame of a run (may send op 5)
+        self.put_control(frame, block, timeout)
 
     def put_control(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue an item without checking it (the library's own markers)."""
@@ -85,6 +80,9 @@ class OpusQueue(queue.Queue[Any]):
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify()
+        consumer = self._consumer
+        if consumer is not None:
+            consumer()
 
     def close(self, error: BaseException | None) -> list[Any]:
         """End the queue: wake everyone, make producers raise `error`; return discarded items."""
@@ -98,7 +96,10 @@ class OpusQueue(queue.Queue[Any]):
             self.queue.append(STOP)
             self.not_empty.notify_all()
             self.not_full.notify_all()
-            return [item for item in discarded if item is not STOP]
+            consumer = self._consumer
+        if consumer is not None:
+            consumer()
+        return [item for item in discarded if item is not STOP]
 
     def _task_done_locked(self) -> None:
         if self.unfinished_tasks > 0:

@@ -1,19 +1,33 @@
-r"""The UDP sender thread body: ``opus_send`` -> packetizer -> socket, on the pacer's schedule.
+r"""The UDP sender: one ``dv-udp-sender`` thread per `Voice` paces every connection's audio.
 
-One sender lives as long as its connection. A full reconnect gives the connection a new voice
-session (new socket, SSRC, key, RTP counters and DAVE group): the connection `suspend`\ s the
-sender, which then holds its frames (the one in hand included) and takes nothing more from the
-queue, gives it the new `Transport` and `resume`\ s it; a frame already packetized for the
-old session is packetized again for the new one. Producers block on the bounded queue meanwhile.
+Each connection attaches an `OutboundStream`: its own bounded ``opus_send`` queue, its own
+schedule (`core.send_state.SendState` over a `Pacer`), its own counters. The thread keeps one
+heap of due times over all streams and, at each wake-up:
 
-Each frame is packetized (RTP header + transport encryption) right after the previous send,
-while the thread is still running, and only the ``send`` syscall happens at the due time. On a
-virtual machine the first instructions after a timed sleep run up to ten times slower than warm
-ones, so this keeps both the CPU per packet and the wake-to-send delay (jitter) low.
+1. sends every packet that is due, back to back, in a stable order (due time, then the order in
+   which the streams were attached), so one connection's work never becomes another's jitter;
+2. then, while the thread is still warm, prepares each of those streams' next packet (takes the
+   frame, DAVE-encrypts it, builds the RTP packet and seals it), so only the ``send`` syscall
+   happens at the due time;
+3. parks on the clock until the earliest due time or until woken.
+
+Runs start on a shared 10 ms grid (`GRID`), so the streams of a busy bot share a few instants
+and the thread wakes at most 100 times a second whatever the number of connections.
+
+The thread never blocks on anything it does not own: it takes frames with ``get_nowait`` (an
+idle stream is woken by the producer's ``put``), and it never waits for the DAVE lock (a busy
+lock retries the packet 1 ms later; a missing key parks the stream until the key is there).
+
+Everything the owner asks (`OutboundStream.hold`, `release`, `set_transport`, `close`) is a
+request: it is written under the stream's lock by the owner and read by the sender thread,
+which alone changes the stream's sending state.
 """
 
 from __future__ import annotations
 
+import enum
+import heapq
+import itertools
 import logging
 import queue
 import socket
@@ -21,19 +35,65 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Final, Protocol
 
+from discord_voice._shell.opus_queue import STOP, OpusQueue
+from discord_voice._shell.threads import SharedWorker
 from discord_voice.clock import Clock, Signal
-from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
-from discord_voice.core.pacing import Pacer
+from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP, frame_samples
+from discord_voice.core.pacing import Pacer, PacingStats
 from discord_voice.core.packetizer import Packetizer
-from discord_voice.errors import ConnectionClosed, DaveNotReady
+from discord_voice.core.send_state import Phase, SendState
+from discord_voice.errors import ConnectionClosed
 
-from .opus_queue import STOP, OpusQueue
-
-__all__ = ["StopSpeakingMarker", "Transport", "UdpSender"]
+__all__ = [
+    "GRID",
+    "E2ee",
+    "EncryptBlocked",
+    "OutboundStream",
+    "StopSpeakingMarker",
+    "StreamStats",
+    "Transport",
+    "UdpSender",
+]
 
 log = logging.getLogger(__name__)
+
+#: Runs start on multiples of this (seconds): every Opus frame duration (10-60 ms) keeps a
+#: stream on it, so all streams' due times fall on a few shared instants.
+GRID: Final = 0.010
+#: How soon a packet is retried when the DAVE lock was busy (a commit being processed).
+BUSY_RETRY: Final = 0.001
+#: How long the thread parks when no stream has anything due (it is woken before that).
+_IDLE_WAIT: Final = 3600.0
+
+
+class EncryptBlocked(enum.Enum):
+    """Why a frame cannot be end-to-end encrypted right now."""
+
+    NO_KEY = "no_key"  # DAVE is in effect but there is no group key yet
+    BUSY = "busy"  # another thread is updating the DAVE state: try again very soon
+
+
+class E2ee(Protocol):
+    """The end-to-end encryption step of a session (`DaveChannel` implements it)."""
+
+    def try_encrypt(self, frame: bytes) -> bytes | EncryptBlocked:
+        """The frame to packetize, without ever blocking."""
+        ...
+
+    def on_media_ready(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` once frames can be encrypted; False (not registered) if they can now."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class Transport:
+    """Where and how one voice session's packets go."""
+
+    sock: socket.socket
+    packetizer: Packetizer
+    e2ee: E2ee | None = None
 
 
 @dataclass(eq=False)
@@ -43,14 +103,15 @@ class StopSpeakingMarker:
     done: Signal
 
 
-@dataclass(frozen=True, eq=False)
-class Transport:
-    """Where and how one voice session's packets go."""
+@dataclass(frozen=True)
+class StreamStats:
+    """A snapshot of one stream's counters (see `OutboundStream.stats`)."""
 
-    sock: socket.socket
-    packetizer: Packetizer
-    #: Blocks until the DAVE key is back (or the signal is set; returns whether it is).
-    wait_e2ee: Callable[[Signal], bool] | None = None
+    pacing: PacingStats
+    bytes_sent: int
+    held: int  # 1 while a frame taken from the queue is in hand, not yet sent
+    discarded: int  # frames in hand when the stream closed
+    transports: int  # how many transports (voice sessions) it has sent on
 
 
 @dataclass(eq=False)
@@ -59,204 +120,360 @@ class _Done:
 
 
 @dataclass(eq=False)
-class _Packet:
-    data: bytes
-    frame: bytes  # the Opus frame, to packetize again for a new transport
+class _InHand:
+    """The next frame of a stream, and its packet once prepared for `transport`."""
+
+    frame: bytes
+    samples: int
     from_queue: bool  # counts towards opus_send.join() once sent
-    transport: Transport
+    data: bytes | None = None
+    transport: Transport | None = None
 
 
-class _Stopped(Exception):
-    """STOP was taken from the queue."""
+#: What a stream can take next: a frame (and whether it came from the queue), or a marker.
+_Item = tuple[bytes, bool] | _Done | StopSpeakingMarker | object
 
 
-class UdpSender:
-    """Owns the pacing state of one connection; `run` is the ``dv-udp-sender`` thread body.
+class OutboundStream:
+    """One connection's audio, paced by its `Voice`'s `UdpSender`.
 
-    Thread safety: `run` on the sender thread only; `suspend`, `set_transport`, `resume`,
-    `announced`, `held` and the counters from any thread.
+    The owner (a `Connection`) calls `hold`, `release`, `set_transport`, `close`, `notify` and
+    `stats`; the sender thread alone runs the rest. `on_failure(exc)` is called on the sender
+    thread when sending fails; it must not block (hand the work to another thread).
 
-    `announce()` sends Speaking before the first frame of a run; it returns False, having
-    called `suspend`, when Speaking cannot be sent now (the websocket is being recovered): the
-    frame is held until `resume`, so audio never precedes Speaking.
+    Thread safety: the owner's methods from any thread.
     """
 
     def __init__(
         self,
-        *,
-        transport: Transport,
+        name: str,
         frames: OpusQueue,
-        clock: Clock,
-        stop: Signal,
-        announce: Callable[[], bool],
-        pacer: Pacer | None = None,
+        transport: Transport,
+        on_failure: Callable[[BaseException], None],
+        order: int,
+        post: Callable[[OutboundStream], None],
     ) -> None:
+        self.name = name
+        self.order = order
         self._frames = frames
-        self._clock = clock
-        self._stop = stop
-        self._announce = announce
-        self._lock = threading.Lock()  # guards the transport, suspension and wake signal
+        self._on_failure = on_failure
+        self._post = post
+        # Requests, written by the owner under `_lock`, read by the sender thread.
+        self._lock = threading.Lock()
         self._transport = transport
-        self._suspended = False
-        # Set by stop() or suspend(): every wait of the sender thread ends on it.
-        self._wake = Signal()
-        # Set by resume() or stop(): what a suspended sender waits for.
-        self._resumed = Signal()
-        stop.add_listener(self._on_stop)
-        # A frame the transform refused for want of a DAVE key: retried, never dropped.
-        self._waiting: tuple[bytes, bool] | None = None
-        self.pacer = pacer or Pacer()
-        #: Whether Speaking (op 5) with a non-zero mask has been sent for the current run of
-        #: audio; the sender announces it itself before the first frame if the user did not.
-        self.announced = False
-        self.bytes_sent = 0
-        #: 1 while a frame taken from the queue is packetized but not yet sent.
-        self.held = 0
-        #: How many times the sender was switched to a new transport.
-        self.transports = 1
-        self._pending: deque[Any] = deque()  # silence frames and _Done after stop_speaking
+        self._hold = False
+        self._closing = False
+        # Sending state: the sender thread only.
+        self._state = SendState(Pacer(grid=GRID))
+        self._in_hand: _InHand | None = None
+        self._pending: deque[bytes | _Done] = deque()
+        self._retry_at: float | None = None
+        self._token = 0  # the live heap entry's token; bumping it cancels that entry
+        self._finished = False
+        self._bytes_sent = 0
+        self._discarded = 0
+        self._transports = 1
+        #: True while the stream waits for a frame: the producer's ``put`` wakes the sender.
+        self.idle = False
 
-    # -- control (any thread) ---------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<OutboundStream {self.name} {self._state.phase.value}>"
 
-    def suspend(self) -> None:
-        """Hold every frame from now on (none is sent or dropped) until `resume`."""
+    # -- the owner's side (any thread) ----------------------------------------------------------
+
+    def hold(self) -> None:
+        """Send nothing from now on (none is dropped) until `release`."""
         with self._lock:
-            if not self._suspended:
-                self._suspended = True
-                self._resumed = Signal()
-                if self._stop.is_set():
-                    self._resumed.set()
-            wake = self._wake
-        wake.set()
+            self._hold = True
+        self._post(self)
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold = False
+        self._post(self)
 
     def set_transport(self, transport: Transport) -> None:
-        """Send on `transport` (a new session) from now on; call while suspended."""
+        """Send on `transport` (a new voice session) from now on; a frame in hand is prepared
+        again for it. Call while held."""
         with self._lock:
-            if transport is not self._transport:
-                self._transport = transport
-                self.transports += 1
+            self._transport = transport
+        self._post(self)
 
-    def resume(self, *, announced: bool) -> None:
-        """Send again after `suspend`; `announced`: Speaking was sent for this run already."""
+    def close(self) -> None:
+        """Stop sending; the sender lets go of the stream (a frame in hand is discarded)."""
         with self._lock:
-            self._suspended = False
-            self.announced = announced
-            if self._wake.is_set() and not self._stop.is_set():
-                self._wake = Signal()  # the suspension's wake-up is spent
-            resumed = self._resumed
-        resumed.set()  # a sender parked in suspension goes on
+            self._closing = True
+        self._post(self)
 
-    def _on_stop(self) -> None:
-        with self._lock:
-            wake, resumed = self._wake, self._resumed
-        wake.set()
-        resumed.set()
+    def notify(self) -> None:
+        """A frame was queued: wake the sender if the stream was waiting for one."""
+        if self.idle:
+            self._post(self)
 
-    # -- the thread -------------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return self._state.phase
 
-    def run(self) -> None:
+    def stats(self) -> StreamStats:
+        """Counters (written by the sender thread; a consistent-enough snapshot)."""
+        return StreamStats(
+            pacing=self._state.stats(),
+            bytes_sent=self._bytes_sent,
+            held=int(self._in_hand is not None and self._in_hand.from_queue),
+            discarded=self._discarded,
+            transports=self._transports,
+        )
+
+    # -- the sender thread's side ---------------------------------------------------------------
+
+    def _take(self) -> _Item | None:
+        """The next item: silence and markers first, then the queue; None when empty."""
+        if self._pending:
+            pending = self._pending.popleft()
+            return pending if isinstance(pending, _Done) else (pending, False)
         try:
-            self._run()
-        except _Stopped:
-            return
-
-    def _run(self) -> None:
-        pacer, clock, stop, pending = self.pacer, self._clock, self._stop, self._pending
-        packet: _Packet | None = None
-        while not stop.is_set():
-            with self._lock:
-                suspended, transport, wake = self._suspended, self._transport, self._wake
-                resumed = self._resumed
-            if suspended:  # a reconnect is under way: hold everything, do not burst after
-                pacer.pause()
-                resumed.wait()  # bounded by the connection: its end sets it
-                continue
-            if packet is not None and packet.transport is not transport:
-                packet = self._packetize(packet.frame, from_queue=packet.from_queue)
-                continue
-            if self._waiting is not None:  # E2EE key missing: hold the stream, do not burst
-                pacer.pause()
-                if transport.wait_e2ee is not None and transport.wait_e2ee(wake):
-                    continue  # stopped or suspended
-                frame, from_queue = self._waiting
-                self._waiting = None
-                packet = self._packetize(frame, from_queue=from_queue)
-                continue
-            # stop_speaking completes only once its last silence frame is sent, not just built
-            while packet is None and pending and isinstance(pending[0], _Done):
-                pacer.pause()
-                self.announced = False
-                pending.popleft().done.set()
-            if pacer.running:
-                if clock.wait_until(pacer.next_due(clock.monotonic()), wake):
-                    continue
-                if packet is None:
-                    packet = self._next_packet(block=False)
-                    if packet is None:
-                        if self._waiting is None and not pending:  # nothing queued when due
-                            pacer.underrun()
-                        continue
-            else:
-                if packet is None:
-                    packet = self._next_packet(block=True)
-                    if packet is None:
-                        continue
-                if clock.wait_until(pacer.start(clock.monotonic()), wake):
-                    continue
-            if not self._transmit(packet):
-                continue  # suspended at the last moment: the packet stays in hand
-            packet = self._next_packet(block=False)  # prepare the next one while warm
-
-    def _next_packet(self, *, block: bool) -> _Packet | None:
-        """Packetize the next frame, or None (nothing ready, or a marker was expanded)."""
-        pending = self._pending
-        if pending:
-            if isinstance(pending[0], _Done):
-                return None
-            return self._packetize(pending.popleft(), from_queue=False)
-        try:
-            item = self._frames.get() if block else self._frames.get_nowait()
+            item: object = self._frames.get_nowait()
         except queue.Empty:
             return None
-        if item is STOP:
-            raise _Stopped
-        if isinstance(item, StopSpeakingMarker):
-            pending.extend([OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP)
-            pending.append(_Done(item.done))
-            self._frames.task_done()
-            return None
-        return self._packetize(item, from_queue=True)
+        if isinstance(item, bytes):
+            return (item, True)
+        return item
 
-    def _packetize(self, frame: bytes, *, from_queue: bool) -> _Packet | None:
-        transport = self._transport  # one attribute read: `_transmit` re-checks it under the lock
-        self.held = int(from_queue)
-        try:
-            data = transport.packetizer.packetize(frame)
-        except DaveNotReady:
-            self._waiting = (frame, from_queue)
-            return None
-        return _Packet(data, frame, from_queue, transport)
 
-    def _transmit(self, packet: _Packet) -> bool:
-        """Send `packet` unless the sender was suspended meanwhile; return whether sent."""
-        with self._lock:
-            if self._suspended or packet.transport is not self._transport:
-                return False
-        if not self.announced:
-            if not self._announce():  # Speaking cannot be sent now: the owner suspended us
-                return False
-            self.announced = True
+class UdpSender:
+    """The ``dv-udp-sender`` thread of one `Voice` and the streams it paces.
+
+    The thread starts with the first attached stream and is stopped and joined when the last
+    one is detached (`SharedWorker`).
+
+    Thread safety: `attach`, `detach`, `close` from any thread but the sender's own.
+    """
+
+    def __init__(self, clock: Clock, *, name: str = "dv-udp-sender") -> None:
+        self._clock = clock
+        self._worker = SharedWorker(name, self._run, self._on_thread_failure)
+        self._inbox: deque[OutboundStream] = deque()
+        self._wake = Signal()
+        self._order = itertools.count()
+        self._live: dict[OutboundStream, None] = {}  # the sender thread's streams
+
+    def __repr__(self) -> str:
+        return f"<UdpSender streams={self._worker.clients}>"
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._worker.thread
+
+    def attach(
+        self,
+        name: str,
+        frames: OpusQueue,
+        transport: Transport,
+        on_failure: Callable[[BaseException], None],
+    ) -> OutboundStream:
+        """Start pacing `frames` onto `transport`; the first stream starts the thread."""
+        stream = OutboundStream(name, frames, transport, on_failure, next(self._order),
+                                self._post)
+        frames.set_consumer(stream.notify)
+        self._worker.acquire()
+        self._post(stream)
+        return stream
+
+    def detach(self, stream: OutboundStream, timeout: float = 5.0) -> None:
+        """Stop pacing `stream`; the last one stops and joins the thread (`ShutdownTimeout`)."""
+        stream.close()
+        self._worker.release(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread whatever is attached (the `Voice` is closing)."""
+        self._worker.close(timeout)
+
+    def _post(self, stream: OutboundStream) -> None:
+        # Append first, then read the wake signal: the thread replaces the signal before it
+        # drains the inbox, so a stream posted after the drain always sets the new signal.
+        self._inbox.append(stream)
+        self._wake.set()
+
+    # -- the thread -------------------------------------------------------------------------------
+
+    def _run(self, stop: Signal) -> None:
+        clock, inbox = self._clock, self._inbox
+        heap: list[tuple[float, int, int, OutboundStream]] = []
+        stop.add_listener(lambda: self._wake.set())
+        while not stop.is_set():
+            wake = Signal()
+            self._wake = wake
+            if stop.is_set():
+                break
+            now = clock.monotonic()
+            while inbox:
+                self._attend(inbox.popleft(), now, heap)
+            due: list[OutboundStream] = []
+            while heap and heap[0][0] <= now:
+                _, _, token, stream = heapq.heappop(heap)
+                if token == stream._token and not stream._finished:
+                    stream._token += 1
+                    self._send_due(stream, now)
+                    due.append(stream)
+            if due:
+                now = clock.monotonic()
+                for stream in due:  # prepare each one's next packet while warm
+                    self._attend(stream, now, heap)
+            clock.wait_until(heap[0][0] if heap else now + _IDLE_WAIT, wake)
+        while inbox:  # attached and closed before the thread looked at them
+            self._live[inbox.popleft()] = None
+        for stream in list(self._live):
+            self._finish(stream)
+
+    def _attend(
+        self, stream: OutboundStream, now: float,
+        heap: list[tuple[float, int, int, OutboundStream]],
+    ) -> None:
+        """Apply the owner's requests, take and prepare the next frame, schedule the stream."""
+        if stream._finished:
+            return
+        self._live[stream] = None
+        with stream._lock:
+            closing, hold, transport = stream._closing, stream._hold, stream._transport
+        state = stream._state
+        if closing:
+            self._finish(stream)
+            return
+        if hold:
+            state.hold()
+        else:
+            state.release(now)
+            if state.phase is Phase.NO_KEY:
+                state.key_ready(now)  # posted by the key listener (or looked at again)
+        self._fill(stream, transport, now)
+        wake_at = state.wake_at(now)
+        if wake_at is not None and stream._retry_at is not None:
+            wake_at = max(wake_at, stream._retry_at)
+        stream._token += 1
+        if wake_at is not None:
+            heapq.heappush(heap, (wake_at, stream.order, stream._token, stream))
+
+    def _fill(self, stream: OutboundStream, transport: Transport, now: float) -> None:
+        """Take the next frame if the stream wants one, and prepare its packet."""
+        state = stream._state
+        while True:
+            in_hand = stream._in_hand
+            if in_hand is None:
+                if not state.wants_frame:
+                    return
+                item = stream._take()
+                if item is None:
+                    state.frame_missing(now)
+                    if state.phase is not Phase.IDLE:
+                        return  # not due yet: looked at again when it is
+                    stream.idle = True  # before looking again: a put from now on wakes us
+                    item = stream._take()
+                    if item is None:
+                        return
+                stream.idle = False
+                if item is STOP:
+                    self._finish(stream)
+                    return
+                if isinstance(item, StopSpeakingMarker):
+                    stream._pending.extend([OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP)
+                    stream._pending.append(_Done(item.done))
+                    stream._frames.task_done()
+                    continue
+                if isinstance(item, _Done):  # the last silence frame has been sent
+                    state.paused()
+                    item.done.set()
+                    continue
+                assert isinstance(item, tuple)
+                frame, from_queue = item
+                in_hand = stream._in_hand = _InHand(frame, frame_samples(frame), from_queue)
+                state.frame_ready(now, in_hand.samples)
+            if state.phase not in (Phase.PLAYING, Phase.IDLE):
+                return  # held (prepared on release, for the transport of then) or closed
+            if in_hand.data is not None and in_hand.transport is transport:
+                return
+            self._prepare(stream, in_hand, transport, now)
+            return
+
+    def _prepare(
+        self, stream: OutboundStream, in_hand: _InHand, transport: Transport, now: float
+    ) -> None:
+        """Encrypt and packetize the frame in hand for `transport` (never blocks)."""
+        stream._retry_at = None
         try:
-            packet.transport.sock.send(packet.data)
+            payload: bytes | EncryptBlocked = in_hand.frame
+            if transport.e2ee is not None:
+                payload = transport.e2ee.try_encrypt(in_hand.frame)
+            if payload is EncryptBlocked.NO_KEY:
+                stream._state.no_key()
+                if transport.e2ee is not None and transport.e2ee.on_media_ready(
+                        lambda: self._post(stream)):
+                    return
+                payload = EncryptBlocked.BUSY  # the key came meanwhile: look again very soon
+                stream._state.key_ready(now)
+            if payload is EncryptBlocked.BUSY:
+                stream._retry_at = now + BUSY_RETRY
+                return
+            assert isinstance(payload, bytes)
+            in_hand.data = transport.packetizer.packetize(payload, in_hand.samples)
+        except Exception as exc:  # noqa: BLE001 - DAVE/cipher failure, nonces used up: reported
+            self._fail(stream, exc)
+            return
+        if in_hand.transport is not None and in_hand.transport is not transport:
+            stream._transports += 1
+        in_hand.transport = transport
+
+    def _send_due(self, stream: OutboundStream, now: float) -> None:
+        """The stream's due time has come: send the packet in hand, or end the run."""
+        with stream._lock:
+            closing, hold, transport = stream._closing, stream._hold, stream._transport
+        if closing or hold:
+            return  # `_attend` applies it right after
+        state = stream._state
+        in_hand = stream._in_hand
+        if in_hand is None or in_hand.data is None or in_hand.transport is not transport:
+            self._fill(stream, transport, now)  # late producer, or a busy retry: cold path
+            in_hand = stream._in_hand
+            if in_hand is None or in_hand.data is None:
+                return
+        if not state.send_now(now):
+            return
+        try:
+            transport.sock.send(in_hand.data)
         except OSError as exc:
-            with self._lock:
-                replaced = self._suspended or packet.transport is not self._transport
-            if replaced:  # the old session's socket was closed under us: send it anew
-                return False
-            raise ConnectionClosed(f"udp send failed: {exc}") from exc
-        self.held = 0
-        self.pacer.sent(self._clock.monotonic())
-        self.bytes_sent += len(packet.data)
-        if packet.from_queue:
-            self._frames.task_done()
-        return True
+            with stream._lock:
+                replaced = stream._hold or stream._closing or stream._transport is not transport
+            if not replaced:
+                self._fail(stream, ConnectionClosed(f"udp send failed: {exc}"))
+            return  # an old session's socket closed under us: sent anew on the new one
+        state.sent(now)
+        stream._in_hand = None
+        stream._bytes_sent += len(in_hand.data)
+        if in_hand.from_queue:
+            stream._frames.task_done()
+
+    def _finish(self, stream: OutboundStream) -> None:
+        """Let go of a stream: discard the frame in hand, wake stop_speaking waiters."""
+        if stream._finished:
+            return
+        stream._finished = True
+        stream._token += 1
+        self._live.pop(stream, None)
+        stream._state.close()
+        in_hand, stream._in_hand = stream._in_hand, None
+        if in_hand is not None and in_hand.from_queue:
+            stream._discarded += 1
+            stream._frames.task_done()
+        for item in stream._pending:
+            if isinstance(item, _Done):
+                item.done.set()
+        stream._pending.clear()
+
+    def _fail(self, stream: OutboundStream, exc: BaseException) -> None:
+        self._finish(stream)
+        stream._on_failure(exc)
+
+    def _on_thread_failure(self, exc: BaseException) -> None:
+        """The thread itself failed (a bug): every stream's owner learns it."""
+        log.error("%s failed: %r", self._worker.name, exc)
+        for stream in list(self._live):
+            self._fail(stream, exc)

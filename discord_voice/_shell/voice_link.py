@@ -89,9 +89,8 @@ class VoiceLink:
             crypto.make_cipher(description.mode, description.secret_key),
             sequence=random.getrandbits(16),
             timestamp=random.getrandbits(32),
-            transform=self.dave,
         )
-        return Transport(self.udp, packetizer, self.dave.wait_e2ee)
+        return Transport(self.udp, packetizer, self.dave)
 
     def resume_session(self, deadline: float, timeout: float) -> VoiceSocketSession:
         """Replace the websocket with a new one that resumes the session (op 7); the UDP

@@ -1,19 +1,33 @@
-"""The send schedule: frame n of a run is due at ``origin + n * frame_duration``.
+"""The send schedule: each frame of a run is due when the frames before it have played out.
 
 Pure arithmetic on ``now`` values, so it is exact under a fake clock:
 
-* Absolute schedule: a late send does not push later frames back (no drift).
+* Absolute schedule: frame k of a run is due at ``origin + (samples of frames 0..k-1) / 48 kHz``;
+  a late send does not push later frames back (no drift). Frames may last 10, 20, 40 or 60 ms.
+* Grid: with ``grid`` > 0 a run starts on the next multiple of ``grid`` (seconds on the clock's
+  scale), so the runs of many connections share a few instants and one thread can send their
+  frames in one wake-up (a 10 ms grid keeps every frame duration on it). Without a grid a run
+  starts at ``now``.
 * Underrun (nothing to send when a frame was due): the run ends; the next frame starts a new run
   at its arrival, so the sender never bursts to make up for the producer's gap.
 * Stall (the sender itself fell behind, e.g. a GIL or scheduler hiccup): it catches up by
-  sending back to back, but at most ``max_catch_up`` frames late; beyond that the origin resets.
+  sending back to back, but at most ``max_catch_up`` frames (of ``frame_duration``) late; beyond
+  that the run restarts at the grid point at or before ``now`` (the frame in hand goes at once).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["PacingStats", "Pacer"]
+__all__ = ["SAMPLE_RATE", "PacingStats", "Pacer"]
+
+#: RTP clock rate of Opus: samples per second of audio.
+SAMPLE_RATE: Final = 48_000
+_DEFAULT_SAMPLES: Final = 960
+#: Tolerance for float grid arithmetic (a time within a nanosecond of a grid point is on it).
+_EPSILON: Final = 1e-9
 
 
 @dataclass(frozen=True)
@@ -36,12 +50,16 @@ class Pacer:
         *,
         max_catch_up: int = 3,
         late_threshold: float = 0.002,
+        grid: float = 0.0,
     ) -> None:
+        if grid < 0:
+            raise ValueError("grid must not be negative")
         self.frame_duration = frame_duration
         self.max_catch_up = max_catch_up
         self.late_threshold = late_threshold
+        self.grid = grid
         self._origin: float | None = None
-        self._index = 0
+        self._elapsed = 0  # samples of the run sent so far
         self._due = 0.0
         self._sent = 0
         self._late = 0
@@ -55,35 +73,33 @@ class Pacer:
         return self._origin is not None
 
     def start(self, now: float) -> float:
-        """Begin a new run at `now`; the first frame is due immediately."""
-        self._origin = now
-        self._index = 0
-        self._due = now
-        return now
+        """Begin a new run; its first frame is due at the first grid point at or after `now`."""
+        return self._restart(self._grid_ceil(now))
 
     def next_due(self, now: float) -> float:
         """The due time of the next frame of the current run (starting one if needed).
 
-        If the sender is more than ``max_catch_up`` frames behind, the run restarts at `now`.
+        If the sender is more than ``max_catch_up`` frames behind, the run restarts at the grid
+        point at or before `now` (the frame is due at once) and a stall is counted.
         """
         if self._origin is None:
             return self.start(now)
-        due = self._origin + self._index * self.frame_duration
+        due = self._origin + self._elapsed / SAMPLE_RATE
         if now - due > self.max_catch_up * self.frame_duration:
             self._stalls += 1
-            return self.start(now)
+            return self._restart(self._grid_floor(now))
         self._due = due
         return due
 
-    def sent(self, now: float) -> None:
-        """Record that the frame due at the last `next_due` went out at `now`."""
+    def sent(self, now: float, samples: int = _DEFAULT_SAMPLES) -> None:
+        """Record that the frame due at the last `next_due` (`samples` long) went out at `now`."""
         lateness = max(0.0, now - self._due)
         self._sent += 1
         if lateness > self.late_threshold:
             self._late += 1
         if lateness > self._max_lateness:
             self._max_lateness = lateness
-        self._index += 1
+        self._elapsed += samples
 
     def underrun(self) -> None:
         """Nothing was queued when a frame was due: end the run."""
@@ -91,7 +107,7 @@ class Pacer:
         self._origin = None
 
     def pause(self) -> None:
-        """End the run without counting an underrun (speaking stopped on purpose)."""
+        """End the run without counting an underrun (speaking stopped on purpose, or held)."""
         self._origin = None
 
     def stats(self) -> PacingStats:
@@ -102,3 +118,19 @@ class Pacer:
             underruns=self._underruns,
             stalls=self._stalls,
         )
+
+    def _restart(self, origin: float) -> float:
+        self._origin = origin
+        self._elapsed = 0
+        self._due = origin
+        return origin
+
+    def _grid_ceil(self, now: float) -> float:
+        if not self.grid:
+            return now
+        return math.ceil(now / self.grid - _EPSILON) * self.grid
+
+    def _grid_floor(self, now: float) -> float:
+        if not self.grid:
+            return now
+        return math.floor(now / self.grid + _EPSILON) * self.grid

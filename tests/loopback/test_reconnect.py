@@ -55,6 +55,7 @@ def stream_across(world: World, conn: Connection, fault: Callable[[], None],
         conn.opus_send.put(frame, timeout=LONG)
     session = world.fake.voice_sessions[-1]  # let its Speaking arrive before the fault
     assert world.fake.wait_until(lambda f: bool(session.speaking), LONG)
+    world.fake.wait_for_frames(1, timeout=LONG)  # and audio: the fault comes mid-stream
     fault()
     for frame in sent[count // 4:]:
         conn.opus_send.put(frame, timeout=LONG)
