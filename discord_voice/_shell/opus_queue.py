@@ -49,6 +49,17 @@ class OpusQueue(queue.Queue[Any]):
         learns that an idle stream has something to send)."""
         self._consumer = notify
 
+    def take_nowait(self) -> object | None:
+        """The next item, or None when the queue is empty: the sender's lean ``get_nowait``
+        (one lock, no exception when empty; the sender calls it for every packet)."""
+        with self.mutex:
+            queue = self.queue
+            if not queue:
+                return None
+            item: object = queue.popleft()
+            self.not_full.notify()
+            return item
+
     def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue one Opus frame; blocks while the queue is full (backpressure).
 

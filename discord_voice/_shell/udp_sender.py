@@ -29,7 +29,6 @@ import enum
 import heapq
 import itertools
 import logging
-import queue
 import socket
 import threading
 from collections import deque
@@ -158,11 +157,10 @@ class OutboundStream:
         self._frames = frames
         self._on_failure = on_failure
         self._post = post
-        # Requests, written by the owner under `_lock`, read by the sender thread.
+        # The owner's requests (closing, hold, transport): replaced as a whole under `_lock`
+        # by the owner, read without a lock by the sender thread (one attribute read).
         self._lock = threading.Lock()
-        self._transport = transport
-        self._hold = False
-        self._closing = False
+        self._requests: tuple[bool, bool, Transport] = (False, False, transport)
         # Sending state: the sender thread only.
         self._state = SendState(Pacer(grid=GRID))
         self._in_hand: _InHand | None = None
@@ -184,25 +182,29 @@ class OutboundStream:
     def hold(self) -> None:
         """Send nothing from now on (none is dropped) until `release`."""
         with self._lock:
-            self._hold = True
+            closing, _, transport = self._requests
+            self._requests = (closing, True, transport)
         self._post(self)
 
     def release(self) -> None:
         with self._lock:
-            self._hold = False
+            closing, _, transport = self._requests
+            self._requests = (closing, False, transport)
         self._post(self)
 
     def set_transport(self, transport: Transport) -> None:
         """Send on `transport` (a new voice session) from now on; a frame in hand is prepared
         again for it. Call while held."""
         with self._lock:
-            self._transport = transport
+            closing, hold, _ = self._requests
+            self._requests = (closing, hold, transport)
         self._post(self)
 
     def close(self) -> None:
         """Stop sending; the sender lets go of the stream (a frame in hand is discarded)."""
         with self._lock:
-            self._closing = True
+            _, hold, transport = self._requests
+            self._requests = (True, hold, transport)
         self._post(self)
 
     def notify(self) -> None:
@@ -231,9 +233,8 @@ class OutboundStream:
         if self._pending:
             pending = self._pending.popleft()
             return pending if isinstance(pending, _Done) else (pending, False)
-        try:
-            item: object = self._frames.get_nowait()
-        except queue.Empty:
+        item = self._frames.take_nowait()
+        if item is None:
             return None
         if isinstance(item, bytes):
             return (item, True)
@@ -307,7 +308,9 @@ class UdpSender:
                 break
             now = clock.monotonic()
             while inbox:
-                self._attend(inbox.popleft(), now, heap)
+                stream = inbox.popleft()
+                self._live[stream] = None
+                self._attend(stream, now, heap)
             due: list[OutboundStream] = []
             while heap and heap[0][0] <= now:
                 _, _, token, stream = heapq.heappop(heap)
@@ -332,19 +335,17 @@ class UdpSender:
         """Apply the owner's requests, take and prepare the next frame, schedule the stream."""
         if stream._finished:
             return
-        self._live[stream] = None
-        with stream._lock:
-            closing, hold, transport = stream._closing, stream._hold, stream._transport
+        closing, hold, transport = stream._requests
         state = stream._state
         if closing:
             self._finish(stream)
             return
         if hold:
             state.hold()
-        else:
+        elif state.phase is Phase.HELD:
             state.release(now)
-            if state.phase is Phase.NO_KEY:
-                state.key_ready(now)  # posted by the key listener (or looked at again)
+        elif state.phase is Phase.NO_KEY:
+            state.key_ready(now)  # posted by the key listener (or looked at again)
         self._fill(stream, transport, now)
         wake_at = state.wake_at(now)
         if wake_at is not None and stream._retry_at is not None:
@@ -424,8 +425,7 @@ class UdpSender:
 
     def _send_due(self, stream: OutboundStream, now: float) -> None:
         """The stream's due time has come: send the packet in hand, or end the run."""
-        with stream._lock:
-            closing, hold, transport = stream._closing, stream._hold, stream._transport
+        closing, hold, transport = stream._requests
         if closing or hold:
             return  # `_attend` applies it right after
         state = stream._state
@@ -440,9 +440,7 @@ class UdpSender:
         try:
             transport.sock.send(in_hand.data)
         except OSError as exc:
-            with stream._lock:
-                replaced = stream._hold or stream._closing or stream._transport is not transport
-            if not replaced:
+            if stream._requests[:2] == (False, False) and stream._requests[2] is transport:
                 self._fail(stream, ConnectionClosed(f"udp send failed: {exc}"))
             return  # an old session's socket closed under us: sent anew on the new one
         state.sent(now)
