@@ -34,15 +34,16 @@ from typing import Any
 from discord_voice import Gateway, Voice
 from discord_voice.core.crypto import choose_mode, make_cipher
 from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
+from discord_voice.core.main_gateway_timing import SendRateLimiter
 from discord_voice.core.packetizer import Packetizer
 from discord_voice.ogg import iter_opus_packets
 
 
-def _serve(pipe: Pipe) -> None:
+def _serve(pipe: Pipe, dave: bool = True) -> None:
     """Child process: run a FakeDiscord and answer the parent's requests."""
     from discord_voice.testing import FakeDiscord
 
-    with FakeDiscord() as fake:
+    with FakeDiscord(dave=dave) as fake:
         pipe.send((fake.gateway_url, fake.token))
         while True:
             request = pipe.recv()
@@ -60,18 +61,21 @@ def _serve(pipe: Pipe) -> None:
 
 
 @contextlib.contextmanager
-def remote_fake() -> Iterator[tuple[Gateway, Pipe]]:
+def remote_fake(dave: bool = True) -> Iterator[tuple[Gateway, Pipe]]:
     """A FakeDiscord in a child process and a connected `Gateway` to it.
 
     After the block the gateway is closed; ask the child for ``"frames"`` inside the block.
     """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(child,), name="fake-discord-bench")
+    server = ctx.Process(target=_serve, args=(child, dave), name="fake-discord-bench")
     server.start()
     try:
         url, token = parent.recv()
         gateway = Gateway(token, url=url)
+        # A measurement, not an API: lift the 120/60 s send budget so that hundreds of joins
+        # (one op 4 each) do not wait minutes; the fake does not enforce it.
+        gateway._limiter = SendRateLimiter(limit=100_000, period=60.0)
         gateway.connect(timeout=30)
         try:
             yield gateway, parent
@@ -128,17 +132,33 @@ def receiver_figures(
     return deviations, lost, altered
 
 
-def run(count: int, frames: list[bytes]) -> dict[str, Any]:
-    with remote_fake() as (gateway, pipe):
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _library_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("dv-"))
+
+
+def run(count: int, frames: list[bytes], dave: bool = True) -> dict[str, Any]:
+    with remote_fake(dave) as (gateway, pipe):
         voice = Voice(gateway, queue_size=len(frames) + 8)
         joins = []
         conns = []
+        rss_before = _rss_kib()
         for i in range(count):
             started = time.perf_counter()
             conns.append(voice.join_channel(200000000000000000 + i, 300000000000000000 + i,
                                             timeout=120))
             joins.append(time.perf_counter() - started)
+        rss_after = _rss_kib()
+        threads = _library_threads()
         cpu_before = _sender_cpu_ns()
+        process_before = time.process_time()
         for conn in conns:
             conn.speaking()
         for frame_index in range(len(frames)):  # interleave, as live producers would
@@ -146,6 +166,7 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
                 conn.opus_send.put(frames[frame_index])
         for conn in conns:
             conn.stop_speaking(timeout=len(frames) * 0.02 + 30)
+        process_cpu = time.process_time() - process_before
         cpu_after = _sender_cpu_ns()
         stats = [conn.stats for conn in conns]
         ssrcs = [conn.ssrc for conn in conns if conn.ssrc is not None]
@@ -170,6 +191,9 @@ def run(count: int, frames: list[bytes]) -> dict[str, Any]:
         "late_frames": sum(s.late_frames for s in stats),
         "stalls": sum(s.stalls for s in stats),
         "cpu_us_per_packet": cpu_ns / max(packets, 1) / 1000,
+        "process_cpu_us_per_packet": process_cpu / max(packets, 1) * 1e6,
+        "rss_kib_per_connection": (rss_after - rss_before) / max(count, 1),
+        "threads": threads,
     }
 
 
@@ -205,24 +229,33 @@ def asset_frames(seconds: float) -> list[bytes]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 20, 100])
+    parser.add_argument("--counts", "--conns", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=1, help="runs per connection count")
+    parser.add_argument("--no-dave", dest="dave", action="store_false",
+                        help="channels without DAVE (transport encryption only)")
     args = parser.parse_args()
     frames = asset_frames(args.seconds)
     aes, xchacha = tight_loop_cost(frames)
     print(f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
           f"XChaCha20-Poly1305 {xchacha:.2f} us/packet")
+    print(f"DAVE {'on' if args.dave else 'off'}; {args.seconds:g} s of audio per connection")
     header = (f"{'conns':>5} {'join p50':>9} {'join max':>9} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'max ms':>7} {'lost':>5} {'altered':>7} {'late':>5} {'stalls':>6} "
-              f"{'cpu us/pkt':>10}")
+              f"{'sender us/pkt':>13} {'process us/pkt':>14} {'KiB/conn':>8}  threads")
     print(header)
     for count in args.counts:
-        r = run(count, frames)
-        print(f"{r['connections']:>5} {r['join_p50_ms']:>8.1f}ms {r['join_max_ms']:>8.1f}ms "
-              f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['max_ms']:>7.3f} {r['lost']:>5} "
-              f"{r['altered']:>7} {r['late_frames']:>5} {r['stalls']:>6} "
-              f"{r['cpu_us_per_packet']:>10.1f}")
-        sys.stdout.flush()
+        for _ in range(args.runs):
+            r = run(count, frames, args.dave)
+            kinds = sorted({name.split(":")[0] for name in r["threads"]})
+            summary = ", ".join(
+                f"{sum(n.split(':')[0] == k for n in r['threads'])} {k}" for k in kinds)
+            print(f"{r['connections']:>5} {r['join_p50_ms']:>8.1f}ms {r['join_max_ms']:>8.1f}ms "
+                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['max_ms']:>7.3f} {r['lost']:>5} "
+                  f"{r['altered']:>7} {r['late_frames']:>5} {r['stalls']:>6} "
+                  f"{r['cpu_us_per_packet']:>13.1f} {r['process_cpu_us_per_packet']:>14.1f} "
+                  f"{r['rss_kib_per_connection']:>8.0f}  {summary}")
+            sys.stdout.flush()
     return 0
 
 
