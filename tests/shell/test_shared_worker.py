@@ -11,6 +11,10 @@ from discord_voice.clock import Signal
 from tests.timeouts import LONG
 
 
+def no_failure(exc: BaseException) -> None:
+    pytest.fail(f"the worker reported a failure: {exc!r}")
+
+
 class Body:
     """A worker body that records its runs and waits for its stop signal."""
 
@@ -26,7 +30,7 @@ class Body:
 
 def test_first_acquire_starts_the_thread_and_last_release_joins_it() -> None:
     body = Body()
-    worker = SharedWorker("dv-test-worker", body, pytest.fail)
+    worker = SharedWorker("dv-test-worker", body, no_failure)
     worker.acquire()
     worker.acquire()
     assert body.started.wait(LONG)
@@ -41,7 +45,7 @@ def test_first_acquire_starts_the_thread_and_last_release_joins_it() -> None:
 
 def test_a_new_client_after_the_last_starts_a_new_thread() -> None:
     body = Body()
-    worker = SharedWorker("dv-test-worker", body, pytest.fail)
+    worker = SharedWorker("dv-test-worker", body, no_failure)
     worker.acquire()
     worker.release()
     worker.acquire()
@@ -51,7 +55,7 @@ def test_a_new_client_after_the_last_starts_a_new_thread() -> None:
 
 
 def test_release_without_acquire_is_an_error() -> None:
-    worker = SharedWorker("dv-test-worker", Body(), pytest.fail)
+    worker = SharedWorker("dv-test-worker", Body(), no_failure)
     with pytest.raises(RuntimeError, match="release without acquire"):
         worker.release()
 
@@ -83,7 +87,7 @@ def test_the_last_release_from_the_thread_itself_does_not_join_it() -> None:
         released.set()
         stop.wait(LONG)
 
-    worker = SharedWorker("dv-test-worker", body, pytest.fail)
+    worker = SharedWorker("dv-test-worker", body, no_failure)
     holder.append(worker)
     worker.acquire()
     assert released.wait(LONG)
