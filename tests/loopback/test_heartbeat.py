@@ -50,7 +50,7 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     fake, voice, clock = rig
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert conn.latency is None
-    assert clock.wait_for_sleepers(1, LONG) == [502.0]  # first beat one interval after Hello
+    clock.wait_for_deadline(502.0, LONG)  # first beat one interval after Hello
     clock.advance(2.0)
     assert fake.wait_until(lambda f: len(heartbeats(f)) == 1, LONG)
     beat = next(m for m in fake.voice_messages if m.direction == "client" and m.op == 3)
@@ -61,7 +61,7 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     assert heartbeats(fake)[0]["t"] == 502000
     # seq_ack: at least what join_channel waited for, at most what the server had sent
     assert session_seq <= heartbeats(fake)[0]["seq_ack"] <= max(sent_before)
-    assert clock.wait_for_sleepers(1, LONG) == [504.0]
+    clock.wait_for_deadline(504.0, LONG)
     clock.advance(2.0)
     assert fake.wait_until(lambda f: len(heartbeats(f)) == 2 and len(acks(f)) == 2, LONG)
     assert heartbeats(fake)[1]["t"] == 504000
@@ -79,11 +79,11 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     conn.opus_send.put(before)  # announces Speaking: it must be sent again after the resume
     fake.wait_for_frames(1, timeout=LONG, ssrc=conn.ssrc)
     for beat in range(3):  # beats at +2, +4, +6 s: the first is 4 s old at +6, not yet dead
-        clock.wait_for_sleepers(1, LONG)
+        clock.wait_for_deadline(502.0 + 2 * beat, LONG)
         clock.advance(2.0)
         assert fake.wait_until(lambda f, n=beat + 1: len(heartbeats(f)) == n, LONG)
     fake.release("heartbeat_ack")
-    clock.wait_for_sleepers(1, LONG)
+    clock.wait_for_deadline(508.0, LONG)
     clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old: dead -> resume
     session = fake.voice_sessions[-1]
     assert fake.wait_until(lambda f: session.resumes == 1 and len(session.speaking) == 2, LONG)
