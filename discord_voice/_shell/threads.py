@@ -91,6 +91,7 @@ class SharedWorker:
         self._clients = 0
         self._thread: ServiceThread | None = None
         self._stop = Signal()
+        self._closed = False  # `close` ran: a client's late `release` has nothing to do
 
     def __repr__(self) -> str:
         return f"<SharedWorker {self.name} clients={self._clients}>"
@@ -107,6 +108,7 @@ class SharedWorker:
     def acquire(self, timeout: float = 5.0) -> None:
         """Add a client; start the thread if it is not running."""
         with self._lock:
+            self._closed = False
             self._clients += 1
             if self._clients > 1:
                 return
@@ -122,6 +124,8 @@ class SharedWorker:
     def release(self, timeout: float = 5.0) -> None:
         """Remove a client; the last one stops the thread and joins it (`ShutdownTimeout`)."""
         with self._lock:
+            if self._closed:
+                return
             if self._clients <= 0:
                 raise RuntimeError(f"{self.name}: release without acquire")
             self._clients -= 1
@@ -133,9 +137,11 @@ class SharedWorker:
             join_all([thread], timeout)  # skips the current thread
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop and join the thread whatever the clients (the owner is closing)."""
+        """Stop and join the thread whatever the clients (the owner is closing); the clients'
+        later `release` calls do nothing."""
         with self._lock:
             self._clients = 0
+            self._closed = True
             thread, stop = self._thread, self._stop
         stop.set()
         if thread is not None:

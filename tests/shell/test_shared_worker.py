@@ -97,3 +97,15 @@ def test_the_last_release_from_the_thread_itself_does_not_join_it() -> None:
     assert not thread.is_alive()  # its stop signal was set: it ended on its own
     worker.acquire()  # a later client gets a new thread
     worker.close()
+
+
+def test_close_stops_the_thread_and_later_releases_do_nothing() -> None:
+    body = Body()
+    worker = SharedWorker("dv-test-worker", body, no_failure)
+    worker.acquire()
+    worker.acquire()
+    thread = worker.thread
+    worker.close()
+    assert thread is not None and not thread.is_alive()
+    worker.release()  # a client that ends after its owner closed: nothing left to do
+    worker.release()
