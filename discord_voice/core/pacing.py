@@ -10,6 +10,14 @@ Pure arithmetic on ``now`` values, so it is exact under a fake clock:
   starts at ``now``.
 * Underrun (nothing to send when a frame was due): the run ends; the next frame starts a new run
   at its arrival, so the sender never bursts to make up for the producer's gap.
+* A new run never starts before the last frame of the previous one has played out: a frame
+  queued right after stop_speaking's last silence frame, or released right after a hold, goes
+  one frame duration after it, not with it.
+* Instants within `TOLERANCE` (a nanosecond) are one instant: a frame is due when the clock reads
+  its due time, even if float rounding puts that reading an ulp before it (a grid point computed
+  as ``100004 * 0.01`` is ``1000.0400000000001``; a fake clock counting nanoseconds reads
+  ``1000.04``). Without this a sender woken at its deadline could find nothing due and wait for
+  that same deadline again, forever.
 * Stall (the sender itself fell behind, e.g. a GIL or scheduler hiccup): it catches up by
   sending back to back, but at most ``max_catch_up`` frames (of ``frame_duration``) late; beyond
   that the run restarts at the grid point at or before ``now`` (the frame in hand goes at once).
@@ -21,13 +29,13 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SAMPLE_RATE", "PacingStats", "Pacer"]
+__all__ = ["SAMPLE_RATE", "TOLERANCE", "PacingStats", "Pacer"]
 
 #: RTP clock rate of Opus: samples per second of audio.
 SAMPLE_RATE: Final = 48_000
 _DEFAULT_SAMPLES: Final = 960
-#: Tolerance for float grid arithmetic (a time within a nanosecond of a grid point is on it).
-_EPSILON: Final = 1e-9
+#: Seconds within which two instants are the same (float rounding of due times and grid points).
+TOLERANCE: Final = 1e-9
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class Pacer:
         self._origin: float | None = None
         self._elapsed = 0  # samples of the run sent so far
         self._due = 0.0
+        self._not_before = -math.inf  # when the last frame of the previous run ends
         self._sent = 0
         self._late = 0
         self._max_lateness = 0.0
@@ -73,8 +82,9 @@ class Pacer:
         return self._origin is not None
 
     def start(self, now: float) -> float:
-        """Begin a new run; its first frame is due at the first grid point at or after `now`."""
-        return self._restart(self._grid_ceil(now))
+        """Begin a new run; its first frame is due at the first grid point at or after `now`
+        (or after the end of the previous run's last frame, if that is later)."""
+        return self._restart(self._grid_ceil(max(now, self._not_before)))
 
     def next_due(self, now: float) -> float:
         """The due time of the next frame of the current run (starting one if needed).
@@ -85,11 +95,15 @@ class Pacer:
         if self._origin is None:
             return self.start(now)
         due = self._origin + self._elapsed / SAMPLE_RATE
-        if now - due > self.max_catch_up * self.frame_duration:
+        if now - due > self.max_catch_up * self.frame_duration + TOLERANCE:
             self._stalls += 1
             return self._restart(self._grid_floor(now))
         self._due = due
         return due
+
+    def due_by(self, now: float) -> bool:
+        """Whether the next frame of the run is due at `now` (within `TOLERANCE`)."""
+        return self.next_due(now) <= now + TOLERANCE
 
     def sent(self, now: float, samples: int = _DEFAULT_SAMPLES) -> None:
         """Record that the frame due at the last `next_due` (`samples` long) went out at `now`."""
@@ -104,11 +118,11 @@ class Pacer:
     def underrun(self) -> None:
         """Nothing was queued when a frame was due: end the run."""
         self._underruns += 1
-        self._origin = None
+        self._end_run()
 
     def pause(self) -> None:
         """End the run without counting an underrun (speaking stopped on purpose, or held)."""
-        self._origin = None
+        self._end_run()
 
     def stats(self) -> PacingStats:
         return PacingStats(
@@ -119,6 +133,11 @@ class Pacer:
             stalls=self._stalls,
         )
 
+    def _end_run(self) -> None:
+        if self._origin is not None:
+            self._not_before = max(self._not_before, self._origin + self._elapsed / SAMPLE_RATE)
+        self._origin = None
+
     def _restart(self, origin: float) -> float:
         self._origin = origin
         self._elapsed = 0
@@ -128,9 +147,9 @@ class Pacer:
     def _grid_ceil(self, now: float) -> float:
         if not self.grid:
             return now
-        return math.ceil(now / self.grid - _EPSILON) * self.grid
+        return math.ceil((now - TOLERANCE) / self.grid) * self.grid
 
     def _grid_floor(self, now: float) -> float:
         if not self.grid:
             return now
-        return math.floor(now / self.grid + _EPSILON) * self.grid
+        return math.floor((now + TOLERANCE) / self.grid) * self.grid

@@ -28,7 +28,9 @@ Rules (everything that decides whether a connection's audio goes out lives here)
 
 3. A frame in hand is sent only in PLAYING, once it is due (`send_now`). It is never dropped:
    only `sent` or `close` lets go of it. Held and key-less time does not count as an underrun,
-   and a run never bursts to make up for it: the next run starts afresh.
+   and a run never bursts to make up for it: the next run starts afresh. Two misuses raise
+   `RuntimeError` and change nothing: `sent` without a frame in hand in PLAYING, and
+   `frame_ready` with a frame already in hand (the first would be lost).
 
 4. The stream is written by one thread (the sender); other threads ask for `hold`/`release`
    through the sender, never by touching the stream. Pure: every input takes ``now``.
@@ -97,7 +99,7 @@ class SendState:
         """Whether the frame in hand is due and may go out at `now`."""
         if self._phase is not Phase.PLAYING or self._in_hand is None:
             return False
-        return self._pacer.next_due(now) <= now
+        return self._pacer.due_by(now)
 
     def stats(self) -> PacingStats:
         return self._pacer.stats()
@@ -108,6 +110,8 @@ class SendState:
         """A frame lasting `samples` is in hand (taken from the queue and prepared)."""
         if self._phase is Phase.CLOSED:
             return
+        if self._in_hand is not None:
+            raise RuntimeError(f"frame_ready() with a frame already in hand ({self!r})")
         self._in_hand = samples
         if self._phase is Phase.IDLE:
             self._start(now)
@@ -115,7 +119,7 @@ class SendState:
     def frame_missing(self, now: float) -> None:
         """The queue was empty when looked at: an underrun if a frame was due by `now`."""
         playing = self._phase is Phase.PLAYING and self._in_hand is None
-        if playing and self._pacer.next_due(now) <= now:
+        if playing and self._pacer.due_by(now):
             self._pacer.underrun()
             self._phase = Phase.IDLE
 

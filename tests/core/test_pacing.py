@@ -65,6 +65,85 @@ def test_pause_is_not_an_underrun() -> None:
     assert not pacer.running and pacer.stats().underruns == 0
 
 
+def test_a_run_starts_on_the_grid_point_at_or_after_now() -> None:
+    pacer = Pacer(grid=0.010)
+    assert pacer.start(100.0) == pytest.approx(100.0)  # on the grid: at once
+    pacer.pause()
+    assert pacer.start(100.0031) == pytest.approx(100.01)
+    pacer.pause()
+    assert pacer.start(100.010001) == pytest.approx(100.02)  # just past a point: the next
+    assert pacer.next_due(100.0) == pytest.approx(100.02)
+
+
+def test_no_grid_starts_at_now_and_a_negative_grid_is_refused() -> None:
+    assert Pacer().start(100.0031) == 100.0031
+    with pytest.raises(ValueError, match="grid"):
+        Pacer(grid=-0.01)
+
+
+@pytest.mark.parametrize("samples", [480, 960, 1920, 2880])
+def test_each_frame_is_paced_by_its_samples(samples: int) -> None:
+    pacer = Pacer(grid=0.010)
+    origin = pacer.start(7.0)
+    for n in range(1, 3001):
+        pacer.sent(pacer.next_due(origin), samples)
+        assert pacer.next_due(origin) == pytest.approx(7.0 + n * samples / 48_000, abs=1e-9)
+
+
+def test_mixed_samples_accumulate_exactly() -> None:
+    pacer = Pacer(grid=0.010)
+    pacer.start(0.0)
+    total = 0
+    for samples in [480, 2880, 960, 1920] * 2500:  # 10 000 frames, 325 s of audio
+        due = pacer.next_due(total / 48_000)
+        assert due == pytest.approx(total / 48_000, abs=1e-9)
+        pacer.sent(due, samples)
+        total += samples
+    assert pacer.stats().frames_sent == 10_000 and pacer.stats().stalls == 0
+
+
+def test_a_stall_restarts_on_the_grid_point_at_or_before_now() -> None:
+    pacer = Pacer(grid=0.010)
+    pacer.start(0.0)
+    pacer.sent(0.0)
+    assert pacer.next_due(0.0857) == pytest.approx(0.080)  # 65.7 ms behind: restart
+    assert pacer.due_by(0.0857)
+    pacer.sent(0.0857)
+    assert pacer.next_due(0.0857) == pytest.approx(0.100)
+    assert pacer.stats().stalls == 1
+
+
+def test_exactly_three_frames_behind_is_not_a_stall() -> None:
+    pacer = Pacer(grid=0.010)
+    pacer.start(1000.0)
+    pacer.sent(1000.0)
+    assert pacer.next_due(1000.08) == pytest.approx(1000.02)  # 60 ms late, float-rounded
+    assert pacer.stats().stalls == 0
+
+
+def test_a_due_time_read_back_from_nanoseconds_is_due() -> None:
+    """A grid point computed as 100004 * 0.01 is 1000.0400000000001; a clock counting
+    nanoseconds reads 1000.04 at that instant: the frame is due then, not one ulp later."""
+    pacer = Pacer(grid=0.010)
+    due = pacer.start(1000.04)
+    assert pacer.due_by(1000.04)
+    assert not pacer.due_by(due - 2e-9)
+
+
+@pytest.mark.parametrize("end", ["pause", "underrun"])
+def test_a_new_run_waits_for_the_previous_runs_last_frame(end: str) -> None:
+    pacer = Pacer(grid=0.010)
+    pacer.start(0.0)
+    pacer.sent(0.0, 2880)  # a 60 ms frame
+    if end == "pause":
+        pacer.pause()
+    else:
+        pacer.underrun()
+    assert pacer.start(0.001) == pytest.approx(0.060)  # not with the frame still playing
+    pacer.pause()
+    assert pacer.start(0.2) == pytest.approx(0.2)  # long after it: at once
+
+
 def test_pacemaker_schedule_nonces_and_latency() -> None:
     pm = Pacemaker(13.75, now=10.0)
     assert pm.next_due == pytest.approx(23.75)
