@@ -1,8 +1,9 @@
 """Connection: one guild's voice connection (arikawa's ``*Connection``).
 
-It owns three threads, started in this order and stopped in reverse: the voice websocket's
-reader and heartbeat (in the `VoiceSocketSession` of its current `VoiceLink`) and
-``dv-udp-sender:<guild>``, started on Session Description, which sends ``opus_send`` paced. A lost
+It owns one thread, the voice websocket's reader ``dv-voice-reader:<guild>`` (in the
+`VoiceSocketSession` of its current `VoiceLink`); its heartbeat and its audio run on the threads
+its `Voice` shares between connections (``dv-heartbeat`` from Hello, ``dv-udp-sender``, which
+paces ``opus_send``, from the end of the join), handed back when it is joined. A lost
 websocket, a move or a voice server change starts ``dv-voice-recover:<guild>``, which resumes or
 reconnects (see `discord_voice._connection_core`, the engine beneath the public API here).
 
