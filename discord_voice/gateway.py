@@ -32,7 +32,7 @@ from discord_voice._shell.gateway_connection import (
     open_gateway_channel,
 )
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
-from discord_voice._shell.gateway_events import FAILURE_CLOSE_CODE, GatewayEvents
+from discord_voice._shell.gateway_events import GatewayEvents
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, default_plan
 from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT
@@ -44,7 +44,7 @@ from discord_voice.core.main_gateway import (
     voice_state_update_payload,
 )
 from discord_voice.core.main_gateway_timing import SendRateLimiter
-from discord_voice.core.opcodes import Intents
+from discord_voice.core.opcodes import ClientCloseCode, Intents
 from discord_voice.core.reconnect import Attempt, GatewayAction, ReconnectPlan
 from discord_voice.errors import (
     ConnectionClosed,
@@ -60,8 +60,6 @@ _log = logging.getLogger(__name__)
 
 #: Longest `update_voice_state` waits for a rate-limit slot before giving up.
 _MAX_SEND_DELAY: Final = 30.0
-#: Close code of `close()`: an intentional logout (ends the Discord session).
-_LOGOUT_CLOSE_CODE: Final = 1000
 
 
 class Gateway(GatewayEvents):
@@ -231,9 +229,13 @@ class Gateway(GatewayEvents):
             connection.start(
                 lambda message: self._handle(connection, message, resume=resume),
                 redact=self._session.redact, on_exit=lambda: self._connection_ended(connection),
-                close_code=lambda: _LOGOUT_CLOSE_CODE if self._closing else FAILURE_CLOSE_CODE,
+                close_code=self._exit_close_code,
             )
         return True
+
+    def _exit_close_code(self) -> int:
+        """The code a connection's reader closes with: a logout after `close()`, else 4000."""
+        return ClientCloseCode.NORMAL if self._closing else ClientCloseCode.RECOVERING
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the gateway has stopped; re-raise its failure (None after `close()`).
@@ -265,7 +267,7 @@ class Gateway(GatewayEvents):
             connection, started = self._connection, self._started
         self._stop_all()
         if first and not stopped_before and connection is not None:
-            connection.channel.close(_LOGOUT_CLOSE_CODE)
+            connection.channel.close(ClientCloseCode.NORMAL)
         if not started:
             self._ended.set()
         self._shut_down(min(timeout, CLOSE_HANDSHAKE_TIMEOUT), timeout)
@@ -340,7 +342,7 @@ class Gateway(GatewayEvents):
             _log.warning("main gateway failed: %s", error)
         self._stop_all()
         if connection is not None:
-            connection.channel.close(FAILURE_CLOSE_CODE)
+            connection.channel.close(ClientCloseCode.RECOVERING)
             connection.release()
 
     def _stop_all(self) -> None:

@@ -40,16 +40,14 @@ from discord_voice.core.main_gateway import (
     decode_payload,
 )
 from discord_voice.core.main_gateway_resume import resume_url
-from discord_voice.core.opcodes import GatewayOp
+from discord_voice.core.opcodes import ClientCloseCode, GatewayOp
 from discord_voice.core.reconnect import Attempt, AttemptKind
 from discord_voice.errors import MainGatewayClosed, RemoteProtocolError, VoiceError
 
-__all__ = ["GatewayEvents", "FAILURE_CLOSE_CODE"]
+__all__ = ["GatewayEvents"]
 
 _log = logging.getLogger("discord_voice.gateway")
 
-#: Close code after a failure: not 1000/1001, so Discord keeps the session resumable.
-FAILURE_CLOSE_CODE: Final = 4000
 #: Bound on opening the websocket of a resume or re-identify attempt.
 _REOPEN_TIMEOUT: Final = 5.0
 
@@ -125,7 +123,7 @@ class GatewayEvents:
             return
         _log.info("main gateway connection lost (%s); next: %s", error, step.summary("main"))
         connection.stop.set()
-        connection.channel.close(FAILURE_CLOSE_CODE)  # not 1000: the session stays resumable
+        connection.channel.close(ClientCloseCode.RECOVERING)  # the session stays resumable
         connection.release()
 
     def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:

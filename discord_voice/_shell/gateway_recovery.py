@@ -10,9 +10,7 @@ are not recovered from.
 
 from __future__ import annotations
 
-from typing import Final
-
-from discord_voice.core.opcodes import GatewayCloseCode
+from discord_voice.core.opcodes import ClientCloseCode, GatewayCloseCode
 from discord_voice.core.reconnect import (
     Attempt,
     ClosePolicy,
@@ -28,10 +26,6 @@ from discord_voice.errors import (
 )
 
 __all__ = ["ServerAskedToReconnect", "Recovery", "default_plan"]
-
-#: The code we close a zombie or abandoned connection with: not 1000/1001 (keeps the session).
-RECOVERY_CLOSE_CODE: Final = 4000
-
 
 class ServerAskedToReconnect(ConnectionClosed):
     """op 7 Reconnect or op 9 Invalid Session: end this websocket and come back.
@@ -78,9 +72,9 @@ class Recovery:
         if isinstance(error, ServerAskedToReconnect):
             code, reason, ours = error.code, str(error), False
         elif isinstance(error, HeartbeatTimeout):
-            code, reason, ours = RECOVERY_CLOSE_CODE, "heartbeat ACK overdue (zombie)", True
+            code, reason, ours = ClientCloseCode.RECOVERING, "heartbeat ACK overdue (zombie)", True
         elif isinstance(error, GatewayTimeout):  # the reconnect watchdog
-            code, reason, ours = RECOVERY_CLOSE_CODE, f"no {error.stage} in time", True
+            code, reason, ours = ClientCloseCode.RECOVERING, f"no {error.stage} in time", True
         elif isinstance(error, MainGatewayClosed):
             code, reason, ours = error.code, error.reason, False
         else:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from discord_voice.clock import Clock, Signal
+from discord_voice.core.opcodes import ClientCloseCode
 from discord_voice.core.reconnect import (
     Action,
     Attempt,
@@ -34,7 +35,7 @@ from discord_voice.errors import (
 __all__ = ["RecoverySteps", "first_step", "move_attempt", "run_recovery"]
 
 #: The code a client-side close stands for in the plan (we closed a zombie: not 1000/1001).
-_OUR_RECOVERY_CLOSE = 4000
+_OUR_RECOVERY_CLOSE = ClientCloseCode.RECOVERING
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,12 @@ from discord_voice._shell.threads import ServiceThread
 from discord_voice.clock import Clock, future_signal
 from discord_voice.core import voice_payloads as vp
 from discord_voice.core.dave import DaveProtocol
-from discord_voice.core.opcodes import SpeakingFlag, VoiceCloseCode, describe_voice_close
+from discord_voice.core.opcodes import (
+    ClientCloseCode,
+    SpeakingFlag,
+    VoiceCloseCode,
+    describe_voice_close,
+)
 from discord_voice.core.pacemaker import Pacemaker
 from discord_voice.core.voice_gateway import VoiceGatewayProtocol, VoiceServerInfo
 from discord_voice.errors import (
@@ -191,7 +196,7 @@ class VoiceSocketSession:
         self._fail_futures(reason)
         if self._socket is not None:
             if error is None:
-                self._socket.close(1000)
+                self._socket.close(ClientCloseCode.NORMAL)
             else:
                 self._socket.abort()
 

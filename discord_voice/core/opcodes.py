@@ -15,6 +15,7 @@ __all__ = [
     "Intents",
     "VoiceCloseCode",
     "GatewayCloseCode",
+    "ClientCloseCode",
     "VOICE_GATEWAY_VERSION",
     "MAIN_GATEWAY_VERSION",
     "MODE_AES256_GCM",
@@ -134,6 +135,22 @@ class GatewayCloseCode(enum.IntEnum):
     INVALID_API_VERSION = 4012
     INVALID_INTENTS = 4013
     DISALLOWED_INTENTS = 4014
+
+
+class ClientCloseCode(enum.IntEnum):
+    """The close codes this library sends, on either gateway (named here once, used by both).
+
+    What a close means for the session (resume, new session, stop) is decided by the
+    `ClosePolicy` tables in `discord_voice.core.reconnect`, not here.
+    """
+
+    #: An intentional end: ``Gateway.close()`` logs out (Discord ends the session) and
+    #: ``Connection.disconnect()`` leaves the voice websocket.
+    NORMAL = 1000
+    #: We closed the websocket to come back: a zombie (heartbeat ACKs overdue), a reconnect
+    #: that got no READY/RESUMED in time, a failed connection. Not 1000/1001, so Discord keeps
+    #: the session resumable (and the policies treat it as a close we made to recover).
+    RECOVERING = 4000
 
 
 def describe_voice_close(code: int | None) -> str:
