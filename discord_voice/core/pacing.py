@@ -13,11 +13,12 @@ Pure arithmetic on ``now`` values, so it is exact under a fake clock:
 * A new run never starts before the last frame of the previous one has played out: a frame
   queued right after stop_speaking's last silence frame, or released right after a hold, goes
   one frame duration after it, not with it.
-* Instants within `TOLERANCE` (a nanosecond) are one instant: a frame is due when the clock reads
-  its due time, even if float rounding puts that reading an ulp before it (a grid point computed
-  as ``100004 * 0.01`` is ``1000.0400000000001``; a fake clock counting nanoseconds reads
-  ``1000.04``). Without this a sender woken at its deadline could find nothing due and wait for
-  that same deadline again, forever.
+* Due times are whole nanoseconds, so one instant is one float however it was reached
+  (``1000.01 + 1.32`` is ``1001.33``, ``1000.02 + 1.31`` is ``1001.3299999999999``): the frames
+  of many streams due at the same instant compare equal, and a sender can order them by
+  something stable. A frame is due when the clock reads its due time within `TOLERANCE` (a
+  nanosecond), so a float reading an ulp early counts as on time; otherwise a sender woken at its
+  deadline could find nothing due and wait for that same deadline again, forever.
 * Stall (the sender itself fell behind, e.g. a GIL or scheduler hiccup): it catches up by
   sending back to back, but at most ``max_catch_up`` frames (of ``frame_duration``) late; beyond
   that the run restarts at the grid point at or before ``now`` (the frame in hand goes at once).
@@ -36,6 +37,12 @@ SAMPLE_RATE: Final = 48_000
 _DEFAULT_SAMPLES: Final = 960
 #: Seconds within which two instants are the same (float rounding of due times and grid points).
 TOLERANCE: Final = 1e-9
+_NS_PER_S: Final = 1_000_000_000
+
+
+def _instant(t: float) -> float:
+    """`t` rounded to a whole nanosecond: equal instants become equal floats."""
+    return round(t * _NS_PER_S) / _NS_PER_S
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Pacer:
         """
         if self._origin is None:
             return self.start(now)
-        due = self._origin + self._elapsed / SAMPLE_RATE
+        due = _instant(self._origin + self._elapsed / SAMPLE_RATE)
         if now - due > self.max_catch_up * self.frame_duration + TOLERANCE:
             self._stalls += 1
             return self._restart(self._grid_floor(now))
@@ -139,6 +146,7 @@ class Pacer:
         self._origin = None
 
     def _restart(self, origin: float) -> float:
+        origin = _instant(origin)
         self._origin = origin
         self._elapsed = 0
         self._due = origin

@@ -130,6 +130,25 @@ def test_a_due_time_read_back_from_nanoseconds_is_due() -> None:
     assert not pacer.due_by(due - 2e-9)
 
 
+def test_one_instant_is_one_float_whatever_run_reached_it() -> None:
+    """Two runs that started 10 ms apart, one of 60 ms and one of 10 ms frames: wherever their
+    schedules meet, the due times are equal floats (a sender orders equal ones by attach order),
+    though the plain sums differ in the last bit (1001.33 and 1001.3299999999999)."""
+    a, b = Pacer(grid=0.010), Pacer(grid=0.010)
+    a.start(1000.003)
+    b.start(1000.013)
+    met = 0
+    for _ in range(2000):
+        due_a = a.next_due(0.0)
+        while b.next_due(0.0) < due_a - 0.005:
+            b.sent(b.next_due(0.0), 480)
+        if b.next_due(0.0) == pytest.approx(due_a, abs=1e-6):
+            assert b.next_due(0.0) == due_a
+            met += 1
+        a.sent(due_a, 2880)
+    assert met == 1999  # every due time of a from b's start on
+
+
 @pytest.mark.parametrize("end", ["pause", "underrun"])
 def test_a_new_run_waits_for_the_previous_runs_last_frame(end: str) -> None:
     pacer = Pacer(grid=0.010)
