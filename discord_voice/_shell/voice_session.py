@@ -3,7 +3,8 @@
 * ``dv-voice-reader:<guild>`` — the only reader of the socket; feeds the protocol core,
   resolves the handshake futures, matches heartbeat ACKs.
 * its heartbeat — registered on Hello with the `Voice`'s `HeartbeatLoop` (one ``dv-heartbeat``
-  thread for every websocket), cancelled by `stop`, handed back by `release`.
+  thread for every websocket), cancelled by `stop`, handed back by `release`. A failed beat is
+  reported from a short ``dv-voice-fail:<guild>`` thread, so the shared thread never waits.
 
 The session knows nothing about UDP or audio: a `Connection` owns one session (and, after a
 resume, a new one over the same UDP socket and key). One lock guards the protocol and the
@@ -292,13 +293,23 @@ class VoiceSocketSession:
             pacemaker = self._pacemaker = Pacemaker(interval, self._clock.monotonic())
         heartbeat = self._heartbeats.add(
             pacemaker=pacemaker, lock=self._lock, make_frame=self._protocol.heartbeat,
-            send=self.send_text, on_failure=self._on_failure,
+            send=self.send_text, on_failure=self._on_beat_failure,
         )
         with self._lock:
             self._heartbeat = heartbeat
             closing = self._closing
         if closing:  # `stop` ran meanwhile and could not cancel it
             heartbeat.cancel()
+
+    def _on_beat_failure(self, exc: BaseException) -> None:
+        """The heartbeat failed (dead, or the send raised), on the shared ``dv-heartbeat``
+        thread: report it from a short thread of this socket (joined with the reader), since
+        the owner's handling may fail the connection (leave, state listeners) and must not
+        delay the other websockets' beats."""
+        with self._lock:
+            if self._closing:
+                return  # stopped meanwhile: nobody is waiting for this
+        self._start_thread("dv-voice-fail", lambda: self._on_failure(exc))
 
     def _on_close(self, frame: ws.Close) -> None:
         with self._lock:

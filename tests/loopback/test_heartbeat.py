@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from discord_voice import Gateway, Voice
+from discord_voice import (
+    Action,
+    ClosePolicy,
+    Gateway,
+    HeartbeatTimeout,
+    ReconnectPlan,
+    Voice,
+)
 from discord_voice.core.opcodes import VoiceOp
 from discord_voice.testing import FakeClock, FakeDiscord, RecordedMessage
 from tests.frames import opus_frame
@@ -123,3 +131,31 @@ def test_connections_of_one_voice_share_one_heartbeat_thread(rig) -> None:
     second.disconnect()
     assert library_threads() == []  # the last websocket's release joined the heartbeat thread
     assert first.stats.heartbeats_sent == 1 and second.stats.heartbeats_sent == 2
+
+
+def test_a_dead_socket_is_reported_off_the_shared_heartbeat_thread() -> None:
+    """What the connection does with a dead socket (here: fail, sending the leave and calling
+    state listeners) runs on a thread of that connection, never on ``dv-heartbeat``, which
+    must not be delayed by one connection's handling."""
+    clock = FakeClock(start=500.0)
+    plan = ReconnectPlan(dataclasses.replace(ClosePolicy.voice_default(), dropped=Action.FATAL))
+    with FakeDiscord(voice_heartbeat_interval=2.0) as fake:
+        fake.withhold("heartbeat_ack")
+        gateway = Gateway(fake.token, url=fake.gateway_url)
+        gateway.connect(timeout=LONG)
+        voice = Voice(gateway, clock=clock, reconnect_plan=plan)
+        try:
+            conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+            closed_on: list[str] = []
+            conn.add_state_listener(lambda old, new, reason: closed_on.append(
+                threading.current_thread().name) if new is conn.state.CLOSED else None)
+            for beat in range(4):  # +2, +4, +6 unanswered; at +8 the first is 3 intervals old
+                clock.wait_for_deadline(502.0 + 2 * beat, LONG)
+                clock.advance(2.0)
+            with pytest.raises(HeartbeatTimeout):  # a ConnectionClosed
+                conn.wait(timeout=LONG)
+            assert closed_on == [f"dv-voice-fail:{GUILD}"]
+            assert len(heartbeats(fake)) == 3
+        finally:
+            voice.close()
+            gateway.close()
