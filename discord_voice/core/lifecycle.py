@@ -8,7 +8,8 @@ Rules (every decision about joining, recovering, moving and ending lives here):
    - ``READY``: audio flows.
    - ``RESUMING``: the voice websocket is being resumed (op 7); UDP audio goes on.
    - ``RECONNECTING``: a new voice session is being made (fresh op 4, or a move); frames held.
-   - ``AWAITING_MOVE``: waiting (bounded) for the VOICE_SERVER_UPDATE of a move; frames held.
+   - ``AWAITING_MOVE``: waiting (bounded) for the VOICE_SERVER_UPDATE of a move, then going
+     there; frames held.
    - ``CLOSED``: ended; every event is absorbed from then on.
 
    The public `ConnectionState` is the phase, with JOINING shown as CONNECTING and
@@ -22,10 +23,14 @@ Rules (every decision about joining, recovering, moving and ending lives here):
    ====================  ==================  ==============================================
    `joined`              JOINING             READY (then a move, if a server update came)
    `link_lost`           JOINING             CLOSED (the caller gets the error)
-   `link_lost`           READY               the plan's first step (see 3), or CLOSED
-   `link_lost`           recovering          unchanged: remembered until the attempt ends
-   `attempt_succeeded`   recovering          READY, or the next recovery (a remembered loss,
-                                             then a server update newer than the session)
+   `link_lost`           READY               the plan's first step (see 3), or CLOSED; a
+                                             loss of a socket other than the current one
+                                             (replaced, or stopped by us) is ignored
+   `link_lost`           recovering          unchanged: remembered per socket until the
+                                             attempt ends
+   `attempt_succeeded`   recovering          READY, or the next recovery (a remembered loss
+                                             of the socket it made; then a server update
+                                             newer than the session)
    `attempt_failed`      recovering          the plan's next step, or CLOSED
    `move_expired`        AWAITING_MOVE       CLOSED (``Disconnected("not_moved")``)
    `server_update`       READY               AWAITING_MOVE (a move, or a server going away)
@@ -240,7 +245,8 @@ class Lifecycle:
         self.plan = plan if plan is not None else default_voice_plan()
         self._phase = Phase.JOINING
         self._attempt: Attempt | None = None  # the outstanding attempt, while recovering
-        self._lost: BaseException | None = None  # a loss during the outstanding attempt
+        self._socket = 0  # the number of the websocket audio flows on (the shell's)
+        self._lost: dict[int, BaseException] = {}  # socket -> its first loss, during an attempt
         self._held = False  # whether HoldFrames was emitted since the last ResumeAudio
         self._latest_server = 0  # generation of the newest VOICE_SERVER_UPDATE
         self._session_server = 0  # generation the current session was made from
@@ -274,35 +280,40 @@ class Lifecycle:
 
     # -- events --------------------------------------------------------------------------------
 
-    def joined(self) -> list[LifecycleAction]:
-        """The first handshake completed: audio can flow."""
+    def joined(self, socket: int = 0) -> list[LifecycleAction]:
+        """The first handshake completed on websocket number `socket`: audio can flow."""
         if self._phase is Phase.CLOSED:
             return []
         self._require({Phase.JOINING}, "joined")
+        self._socket = socket
         return self._ready(None)
 
-    def link_lost(self, error: BaseException) -> list[LifecycleAction]:
-        """The current voice websocket ended with `error`."""
+    def link_lost(self, error: BaseException, socket: int = 0) -> list[LifecycleAction]:
+        """Voice websocket number `socket` ended with `error`."""
         if self._phase is Phase.CLOSED:
             return []
         if self._phase is Phase.JOINING:
             return self._end(error, leave=True)
         if self._phase is Phase.READY:
+            if socket != self._socket:
+                return []  # a replaced socket ending late
             return self._step(first_step(self.plan, error), error)
-        if self._lost is None:  # the attempt under way learns of it when it ends
-            self._lost = error
+        self._lost.setdefault(socket, error)  # the attempt under way learns of it at its end
         return []
 
-    def attempt_succeeded(self, server_generation: int | None = None) -> list[LifecycleAction]:
-        """The outstanding attempt made a working session; `server_generation` is the server
-        update a new session was made from (None: the same session, resumed)."""
+    def attempt_succeeded(
+        self, socket: int = 0, server_generation: int | None = None
+    ) -> list[LifecycleAction]:
+        """The outstanding attempt made websocket number `socket` work; `server_generation` is
+        the server update a new session was made from (None: the same session, resumed)."""
         if self._phase is Phase.CLOSED:
             return []
         self._require(_RECOVERING, "attempt_succeeded")
         if server_generation is not None:
             self._session_server = server_generation
-        self._attempt = None
-        lost, self._lost = self._lost, None
+        self._attempt, self._socket = None, socket
+        lost = self._lost.pop(socket, None)
+        self._lost.clear()  # losses of other sockets: replaced ones
         if lost is not None:  # the new socket was lost meanwhile: recover from that in turn
             return self._step(first_step(self.plan, lost), lost)
         return self._ready(None)
@@ -314,7 +325,8 @@ class Lifecycle:
         self._require(_RECOVERING, "attempt_failed")
         attempt = self._attempt
         assert attempt is not None
-        self._attempt, self._lost = None, None  # the next attempt replaces that socket anyway
+        self._attempt = None
+        self._lost.clear()  # the next attempt replaces that socket anyway
         code = error.code if isinstance(error, VoiceGatewayClosed) else None
         return self._step(self.plan.after_failure(attempt, code, str(error)), error)
 
@@ -391,7 +403,8 @@ class Lifecycle:
 
     def _end(self, error: BaseException | None, *, leave: bool) -> list[LifecycleAction]:
         old = self._phase
-        self._phase, self._attempt, self._lost, self._error = Phase.CLOSED, None, None, error
+        self._phase, self._attempt, self._error = Phase.CLOSED, None, error
+        self._lost.clear()
         return [End(error, leave), ChangeState(old.public, ConnectionState.CLOSED, error)]
 
     def _require(self, phases: set[Phase] | frozenset[Phase], event: str) -> None:

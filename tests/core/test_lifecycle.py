@@ -146,7 +146,10 @@ def by_name(pair: tuple[Phase, str]) -> tuple[str, str]:
     return pair[0].value, pair[1]
 
 
-@pytest.mark.parametrize(("phase", "event"), sorted(TABLE, key=by_name))
+PAIRS: Final[list[tuple[Phase, str]]] = sorted(TABLE.keys(), key=by_name)
+
+
+@pytest.mark.parametrize(("phase", "event"), PAIRS)
 def test_every_phase_and_event_against_the_table(phase: Phase, event: str) -> None:
     machine = Lifecycle(plan())
     SETUP[phase](machine)
@@ -239,6 +242,18 @@ def test_a_failed_attempt_forgets_the_loss_of_its_own_socket() -> None:
     machine.link_lost(VoiceGatewayClosed(4006, "the resume's socket"))
     machine.attempt_failed(VoiceGatewayClosed(4006, "the resume's socket"))
     assert kinds(machine.attempt_succeeded()) == ["ChangeState", "ResumeAudio"]
+
+
+def test_losses_of_other_sockets_are_ignored_or_forgotten() -> None:
+    machine = Lifecycle(plan())
+    machine.joined(socket=1)
+    assert machine.link_lost(ConnectionClosed("a replaced socket"), socket=7) == []
+    assert machine.phase is R
+    machine.link_lost(ConnectionClosed("dropped"), socket=1)
+    machine.link_lost(ConnectionClosed("the stopped socket, late"), socket=1)
+    assert kinds(machine.attempt_succeeded(socket=2)) == ["ChangeState", "ResumeAudio"]
+    assert machine.link_lost(ConnectionClosed("socket 1 again"), socket=1) == []
+    assert kinds(machine.link_lost(ConnectionClosed("dropped"), socket=2)) == list(BEGIN_RESUME)
 
 
 def test_a_server_update_during_a_recovery_moves_once_it_succeeded() -> None:
@@ -346,7 +361,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(new_session=st.booleans())
     def succeed(self, new_session: bool) -> None:
         generation = self.generation if new_session else None
-        self.feed(self.machine.attempt_succeeded(generation), answered=True)
+        self.feed(self.machine.attempt_succeeded(0, generation), answered=True)
 
     @precondition(lambda self: self.machine.phase in (RS, RC, AM))
     @rule(error=ERRORS)
