@@ -113,8 +113,8 @@ class SharedWorker:
             if self._clients > 1:
                 return
             previous, stop = self._thread, self._stop
-            self._stop = Signal()
-            thread = ServiceThread(self.name, lambda: self._body(self._stop), self._on_failure)
+            self._stop = new_stop = Signal()  # bound now: `self._stop` may be replaced before
+            thread = ServiceThread(self.name, lambda: self._body(new_stop), self._on_failure)
             self._thread = thread
         stop.set()  # a previous thread that is still ending (released from itself)
         if previous is not None:
