@@ -29,14 +29,14 @@ from discord_voice._shell.gateway_connection import (
     CLOSE_HANDSHAKE_TIMEOUT,
     SHUTDOWN_TIMEOUT,
     GatewayConnection,
-    open_gateway_channel,
+    open_gateway_session,
 )
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
 from discord_voice._shell.gateway_events import GatewayEvents
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, default_plan
 from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT
-from discord_voice._shell.websocket import WebSocketChannel
+from discord_voice._shell.ws_session import WebSocketSession
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.main_gateway import (
     GatewaySession,
@@ -205,18 +205,18 @@ class Gateway(GatewayEvents):
 
     def _open(self, timeout: float) -> None:
         """Open the websocket and start the reader (unless `close()` ran meanwhile)."""
-        channel = open_gateway_channel(self.url, timeout, self._session.redact)
-        if not self._start(channel, resume=False):
-            channel.release()
+        ws = open_gateway_session(self.url, timeout, self._session.redact)
+        if not self._start(ws, resume=False):
+            ws.release()
             raise ConnectionClosed("the main gateway was closed while connecting")
 
-    def _start(self, channel: WebSocketChannel, *, resume: bool) -> bool:
-        """Make `channel` the current connection and start its reader; False if closing."""
+    def _start(self, ws: WebSocketSession, *, resume: bool) -> bool:
+        """Make `ws` the current connection and start its reader; False if closing."""
 
         def fail(error: VoiceError) -> None:
             self._connection_failed(connection, error)
 
-        connection = GatewayConnection(channel, stop=Signal(), fail=fail)
+        connection = GatewayConnection(ws, fail=fail)
         with self._lock:
             if self._closing or self._stopping.is_set():
                 return False
@@ -267,7 +267,7 @@ class Gateway(GatewayEvents):
             connection, started = self._connection, self._started
         self._stop_all()
         if first and not stopped_before and connection is not None:
-            connection.channel.close(ClientCloseCode.NORMAL)
+            connection.session.close(ClientCloseCode.NORMAL)
         if not started:
             self._ended.set()
         self._shut_down(min(timeout, CLOSE_HANDSHAKE_TIMEOUT), timeout)
@@ -297,8 +297,8 @@ class Gateway(GatewayEvents):
 
     # --- sending --------------------------------------------------------------------------
 
-    def _check_open(self, require_ready: bool) -> WebSocketChannel:
-        """The channel to send on, or the right error; call with the lock held."""
+    def _check_open(self, require_ready: bool) -> WebSocketSession:
+        """The websocket to send on, or the right error; call with the lock held."""
         if self._error is not None:
             raise ConnectionClosed("the main gateway has failed (see __cause__)") from self._error
         if self._closing or self._stopping.is_set() or self._connection is None:
@@ -309,7 +309,7 @@ class Gateway(GatewayEvents):
             raise LocalProtocolError("the main gateway is not READY yet")
         if require_ready and not self._online.is_set():
             raise ConnectionClosed("the main gateway is reconnecting (waited for it in vain)")
-        return self._connection.channel
+        return self._connection.session
 
     def _send(self, payload: str, *, require_ready: bool) -> None:
         """Send an ordinary (rate-limited) payload, waiting on the clock for a slot if needed."""
@@ -321,13 +321,13 @@ class Gateway(GatewayEvents):
             if back or not self._clock.wait_until(deadline, online):
                 break
         with self._lock:
-            channel = self._check_open(require_ready)
+            ws = self._check_open(require_ready)
             now = self._clock.monotonic()
             send_at = self._limiter.reserve(now, _MAX_SEND_DELAY)
         if send_at > now and self._clock.wait_until(send_at, self._stopping):
             with self._lock:
                 self._check_open(require_ready)
-        channel.send_text(payload)
+        ws.send_text(payload)
 
     # --- failure and shutdown -------------------------------------------------------------
 
@@ -342,7 +342,7 @@ class Gateway(GatewayEvents):
             _log.warning("main gateway failed: %s", error)
         self._stop_all()
         if connection is not None:
-            connection.channel.close(ClientCloseCode.RECOVERING)
+            connection.session.close(ClientCloseCode.RECOVERING)
             connection.release()
 
     def _stop_all(self) -> None:

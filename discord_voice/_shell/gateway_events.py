@@ -20,12 +20,12 @@ import logging
 import threading
 from typing import Final
 
-from discord_voice._shell.gateway_connection import GatewayConnection, open_gateway_channel
+from discord_voice._shell.gateway_connection import GatewayConnection, open_gateway_session
 from discord_voice._shell.gateway_dispatch import DispatchRouter
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, invalid_session, reconnect_requested
 from discord_voice._shell.gateway_watchdog import run_reconnect_watchdog
-from discord_voice._shell.websocket import WebSocketChannel
+from discord_voice._shell.ws_session import WebSocketSession
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.main_gateway import (
     Dispatch,
@@ -99,7 +99,7 @@ class GatewayEvents:
     def _fail(self, error: BaseException) -> None:
         raise NotImplementedError
 
-    def _start(self, channel: WebSocketChannel, *, resume: bool) -> bool:
+    def _start(self, ws: WebSocketSession, *, resume: bool) -> bool:
         raise NotImplementedError
 
     def _send(self, payload: str, *, require_ready: bool) -> None:
@@ -122,8 +122,7 @@ class GatewayEvents:
             self._fail(error)
             return
         _log.info("main gateway connection lost (%s); next: %s", error, step.summary("main"))
-        connection.stop.set()
-        connection.channel.close(ClientCloseCode.RECOVERING)  # the session stays resumable
+        connection.session.close(ClientCloseCode.RECOVERING)  # stops it; keeps Discord's session
         connection.release()
 
     def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:
@@ -154,7 +153,7 @@ class GatewayEvents:
                 self._session.forget()  # no reader runs now: this thread may touch the session
             url = self.url if fresh else resume_url(self._session.resume_gateway_url, self.url)
             try:
-                channel = open_gateway_channel(url, _REOPEN_TIMEOUT, self._session.redact)
+                ws = open_gateway_session(url, _REOPEN_TIMEOUT, self._session.redact)
             except VoiceError as exc:
                 lost = MainGatewayClosed(None, message=f"main gateway reconnect failed: {exc}")
                 lost.__cause__ = exc
@@ -165,9 +164,9 @@ class GatewayEvents:
                     return False
                 attempt = step
                 continue
-            if self._start(channel, resume=not fresh):
+            if self._start(ws, resume=not fresh):
                 return True
-            channel.release()
+            ws.release()
             return False
 
     # --- on the reader thread -------------------------------------------------------------
@@ -198,7 +197,7 @@ class GatewayEvents:
             self._on_hello(connection, event, resume=resume)
         elif isinstance(event, HeartbeatRequest):
             if heartbeat is None:  # before Hello: answer without a schedule
-                connection.channel.send_text(self._session.heartbeat())
+                connection.session.send_text(self._session.heartbeat())
             else:
                 heartbeat.beat(requested=True)
         elif isinstance(event, Reconnect):
@@ -240,7 +239,7 @@ class GatewayEvents:
         with self._lock:
             self._heartbeat = GatewayHeartbeat(
                 hello.heartbeat_interval, self._rng.random(), clock=self._clock,
-                stop=connection.stop, channel=connection.channel,
+                stop=connection.stop, session=connection.session,
                 payload=self._session.heartbeat,
             )
             if self._stopping.is_set():

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from discord_voice._shell.websocket import WebSocketChannel
+from discord_voice._shell.ws_session import WebSocketSession
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.main_gateway_timing import HeartbeatSchedule
 from discord_voice.errors import ConnectionClosed, HeartbeatTimeout
@@ -25,7 +25,7 @@ class RandomSource(Protocol):
 
 
 class GatewayHeartbeat:
-    """Heartbeats every `interval` s (the first after ``interval * jitter``) over `channel`.
+    """Heartbeats every `interval` s (the first after ``interval * jitter``) over `session`.
 
     `payload()` makes each op 1 text; `stop` ends `run`.
 
@@ -35,12 +35,12 @@ class GatewayHeartbeat:
 
     def __init__(
         self, interval: float, jitter: float, *, clock: Clock, stop: Signal,
-        channel: WebSocketChannel, payload: Callable[[], str],
+        session: WebSocketSession, payload: Callable[[], str],
     ) -> None:
         self._lock = threading.Lock()
         self._schedule = HeartbeatSchedule(interval, clock.monotonic(), jitter)
         self._clock, self._stop = clock, stop
-        self._channel, self._payload = channel, payload
+        self._session, self._payload = session, payload
 
     @property
     def latency(self) -> float | None:
@@ -61,7 +61,7 @@ class GatewayHeartbeat:
         with self._lock:
             self._schedule.on_sent(self._clock.monotonic(), requested=requested)
             payload = self._payload()
-        self._channel.send_text(payload)
+        self._session.send_text(payload)
 
     def run(self) -> None:
         """Beat whenever the schedule says a beat is due, until the stop signal is set.
@@ -90,5 +90,5 @@ class GatewayHeartbeat:
             try:
                 self.beat()
             except ConnectionClosed:
-                self._channel.abort()
+                self._session.abort()
                 return
