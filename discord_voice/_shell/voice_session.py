@@ -1,9 +1,14 @@
 """VoiceSocketSession: one voice websocket with its protocol state, its reader and its beats.
 
-* ``dv-voice-reader:<guild>`` — the only reader of the socket; feeds the protocol core,
-  resolves the handshake futures, matches heartbeat ACKs.
+The socket is a `WebSocketSession` (`..ws_session`, the main gateway's too), given the voice
+protocol:
+
+* ``dv-voice-reader:<guild>`` — the session's reader, the only reader of the socket; each
+  message feeds the protocol core, resolves the handshake futures, matches heartbeat ACKs;
+  the session's end (a `Close` value) becomes `VoiceGatewayClosed` for the owner.
 * its heartbeat — registered on Hello with the `Voice`'s `HeartbeatLoop` (one ``dv-heartbeat``
-  thread for every websocket), cancelled by `stop`, handed back by `release`. A failed beat is
+  thread for every websocket) and attached to the session (cancelled when it stops, by `stop`
+  or by the reader's end), handed back by `release`. A failed beat is
   reported from a short ``dv-voice-fail:<guild>`` thread, so the shared thread never waits.
 
 The session knows nothing about UDP or audio: a `Connection` owns one session (and, after a
@@ -19,10 +24,11 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from discord_voice._shell import websocket as ws
 from discord_voice._shell.dave_channel import DaveChannel
 from discord_voice._shell.heartbeat import Heartbeat, HeartbeatLoop
 from discord_voice._shell.threads import ServiceThread
+from discord_voice._shell.websocket import Close, Text
+from discord_voice._shell.ws_session import Message, WebSocketSession
 from discord_voice.clock import Clock, future_signal
 from discord_voice.core import voice_payloads as vp
 from discord_voice.core.dave import DaveProtocol
@@ -78,7 +84,7 @@ class VoiceSocketSession:
             if resume_from is None
             else VoiceGatewayProtocol.continue_from(resume_from._protocol)
         )
-        self._socket: ws.WebSocketChannel | None = None
+        self._ws: WebSocketSession | None = None
         self._heartbeats = heartbeats
         self._pacemaker: Pacemaker | None = None
         self._heartbeat: Heartbeat | None = None  # registered on Hello
@@ -110,10 +116,15 @@ class VoiceSocketSession:
         remaining = deadline - self._clock.monotonic()
         if remaining <= 0:
             raise JoinTimeout("websocket_connect", timeout)
-        self._socket = ws.WebSocketChannel.connect(
+        self._ws = WebSocketSession.connect(
             self._info.url, timeout=remaining, what="voice websocket"
         )
-        self._start_thread("dv-voice-reader", self._read_loop)
+        reader = self._ws.make_reader(
+            f"dv-voice-reader:{self._info.guild_id}", on_message=self._receive,
+            on_end=self._on_end, on_failure=self._on_failure,
+        )
+        self._threads.append(reader)
+        reader.start()
 
     def await_ready(self, deadline: float, timeout: float) -> vp.Ready:
         """Wait for Hello, then Ready."""
@@ -145,9 +156,7 @@ class VoiceSocketSession:
     # -- sending (any thread) ---------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
-        if self._socket is None:
-            raise ConnectionClosed("the voice websocket is not open")
-        self._socket.send_text(text)
+        self._open_ws().send_text(text)
 
     def send_speaking(self, flags: SpeakingFlag) -> None:
         self.send_text(self._call(lambda p: p.speaking(flags)))
@@ -157,9 +166,12 @@ class VoiceSocketSession:
             if isinstance(frame, str):
                 self.send_text(frame)
             else:
-                if self._socket is None:
-                    raise ConnectionClosed("the voice websocket is not open")
-                self._socket.send_binary(frame)
+                self._open_ws().send_binary(frame)
+
+    def _open_ws(self) -> WebSocketSession:
+        if self._ws is None:
+            raise ConnectionClosed("the voice websocket is not open")
+        return self._ws
 
     # -- state (any thread) -----------------------------------------------------------------
 
@@ -195,11 +207,12 @@ class VoiceSocketSession:
             else ConnectionClosed("the voice connection was closed")
         )
         self._fail_futures(reason)
-        if self._socket is not None:
+        if self._ws is not None:
             if error is None:
-                self._socket.close(ClientCloseCode.NORMAL)
+                self._ws.close(ClientCloseCode.NORMAL)
             else:
-                self._socket.abort()
+                self._ws.stop()
+                self._ws.abort()
 
     def _fail_futures(self, reason: BaseException) -> None:
         for future in (self._hello, self._ready, self._session, self._resumed):
@@ -207,14 +220,14 @@ class VoiceSocketSession:
                 future.set_exception(reason)
 
     def abort(self) -> None:
-        if self._socket is not None:
-            self._socket.abort()
+        if self._ws is not None:
+            self._ws.abort()
 
     def release(self) -> None:
         """After `stop` and the reader's join: close the socket, hand the heartbeat thread back
         (the `Voice`'s last websocket joins it; `ShutdownTimeout` if it does not end)."""
-        if self._socket is not None:
-            self._socket.release()
+        if self._ws is not None:
+            self._ws.release()
         with self._lock:
             heartbeat = self._heartbeat
         if heartbeat is not None:
@@ -227,27 +240,27 @@ class VoiceSocketSession:
         self._threads.append(thread)
         thread.start()
 
-    def _read_loop(self) -> None:
-        assert self._socket is not None
-        while True:
-            frame = self._socket.recv()
-            if isinstance(frame, ws.Timeout):
-                continue
-            if isinstance(frame, ws.Close):
-                self._on_close(frame)
-                return
-            try:
-                with self._lock:
-                    if isinstance(frame, ws.Text):
-                        message: vp.ServerMessage = self._protocol.receive_text(frame.data)
-                    else:
-                        message = self._protocol.receive_binary(frame.data)
-                self._on_message(message)
-            except RemoteProtocolError as exc:
-                # Malformed or out-of-order data is survivable: count it, keep reading.
-                self.malformed += 1
-                self.last_protocol_error = str(exc)
-                log.warning("voice gateway (guild %s): %s", self._info.guild_id, exc)
+    def _receive(self, frame: Message) -> None:
+        """One message, on the reader thread (any exception but a protocol error ends it)."""
+        try:
+            with self._lock:
+                if isinstance(frame, Text):
+                    message: vp.ServerMessage = self._protocol.receive_text(frame.data)
+                else:
+                    message = self._protocol.receive_binary(frame.data)
+            self._on_message(message)
+        except RemoteProtocolError as exc:
+            # Malformed or out-of-order data is survivable: count it, keep reading.
+            self.malformed += 1
+            self.last_protocol_error = str(exc)
+            log.warning("voice gateway (guild %s): %s", self._info.guild_id, exc)
+
+    def _on_end(self, end: Close | Exception) -> None:
+        """How the socket ended, on the reader thread: a close, or `_receive`'s exception."""
+        if isinstance(end, Close):
+            self._on_close(end)
+        else:
+            self._on_failure(end)
 
     def _on_message(self, message: vp.ServerMessage) -> None:
         if isinstance(message, vp.Hello):
@@ -297,9 +310,8 @@ class VoiceSocketSession:
         )
         with self._lock:
             self._heartbeat = heartbeat
-            closing = self._closing
-        if closing:  # `stop` ran meanwhile and could not cancel it
-            heartbeat.cancel()
+        if self._ws is not None:  # cancelled when the socket stops, at once if it has
+            self._ws.attach_heartbeat(heartbeat.cancel)
 
     def _on_beat_failure(self, exc: BaseException) -> None:
         """The heartbeat failed (dead, or the send raised), on the shared ``dv-heartbeat``
@@ -311,7 +323,7 @@ class VoiceSocketSession:
                 return  # stopped meanwhile: nobody is waiting for this
         self._start_thread("dv-voice-fail", lambda: self._on_failure(exc))
 
-    def _on_close(self, frame: ws.Close) -> None:
+    def _on_close(self, frame: Close) -> None:
         with self._lock:
             self._protocol.receive_close()
             expected = self._closing

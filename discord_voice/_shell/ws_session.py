@@ -42,7 +42,7 @@ from discord_voice._shell.websocket import Binary, Close, Text, Timeout, WebSock
 from discord_voice.clock import Signal
 from discord_voice.core.opcodes import ClientCloseCode
 
-__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "IO_TIMEOUT", "WebSocketSession"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "IO_TIMEOUT", "Message", "WebSocketSession"]
 
 #: Bounds every socket send; a reader also wakes at this period to check for a stop.
 IO_TIMEOUT: Final = 5.0
