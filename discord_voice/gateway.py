@@ -1,18 +1,25 @@
 """`Gateway`: the built-in synchronous main-gateway client (v10, JSON, no compression).
 
-Two threads per connection (`discord_voice._shell.gateway_connection`; a third,
-``dv-gateway-watchdog``, while a reconnect awaits READY/RESUMED), all joined by
-`Gateway.close`: on ``dv-gateway-reader``, `Gateway` turns messages into events through
-`discord_voice.core.main_gateway` and delivers dispatches to voice handlers and listeners;
-``dv-gateway-heartbeat`` (started on Hello) sends op 1 on the schedule and ends a zombie
-connection. All time goes through the injected `Clock`.
+Each connection is a `GatewayConnection` (`discord_voice._shell.gateway_connection`) around a
+`WebSocketSession` (`discord_voice._shell.ws_session`, the voice websocket's too), given this
+gateway's protocol by composition: its reader, ``dv-gateway-reader``, hands every message to
+that connection's `GatewayEvents` (`discord_voice._shell.gateway_events`), which turns it into
+an event through `discord_voice.core.main_gateway` and delivers dispatches to voice handlers
+and listeners; ``dv-gateway-heartbeat`` (started on Hello) sends op 1 on the schedule and ends
+a zombie connection; a third thread, ``dv-gateway-watchdog``, runs while a reconnect awaits
+READY/RESUMED. All are joined by `Gateway.close`. All time goes through the injected `Clock`.
+
+The heartbeat keeps its own thread rather than joining a `Voice`'s shared heartbeat loop: the
+gateway lives before, after and apart from any `Voice` (one gateway may serve several or none),
+and its schedule is not the voice one (a jittered first beat, a zombie judged on one missed
+ACK, op 1 requests answered on the grid).
 
 After READY the gateway survives its connection: op 7 Reconnect, op 9 Invalid Session, a close
 the main `ClosePolicy` marks resumable, a dropped connection and a zombie close that websocket
-and open another (`discord_voice._shell.gateway_events`, `..gateway_recovery`): on
-``resume_gateway_url`` with op 6 Resume, or on the original URL with a fresh Identify when the
-session is gone. The old reader thread makes the attempts (bounded, with backoff) and then
-hands over to the new connection's threads. Sends wait (bounded) until the gateway is back.
+and open another (`Gateway` here, with `discord_voice._shell.gateway_recovery` picking the
+step): on ``resume_gateway_url`` with op 6 Resume, or on the original URL with a fresh Identify
+when the session is gone. The old reader thread makes the attempts (bounded, with backoff) and
+then hands over to the new connection's threads. Sends wait (bounded) until the gateway is back.
 """
 
 from __future__ import annotations
@@ -32,10 +39,10 @@ from discord_voice._shell.gateway_connection import (
     open_gateway_session,
 )
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
-from discord_voice._shell.gateway_events import GatewayEvents
-from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
+from discord_voice._shell.gateway_events import GatewayEvents, MessageCounters
+from discord_voice._shell.gateway_heartbeat import RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, default_plan
-from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT
+from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT, run_reconnect_watchdog
 from discord_voice._shell.ws_session import WebSocketSession
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.main_gateway import (
@@ -43,13 +50,15 @@ from discord_voice.core.main_gateway import (
     normalize_gateway_url,
     voice_state_update_payload,
 )
+from discord_voice.core.main_gateway_resume import resume_url
 from discord_voice.core.main_gateway_timing import SendRateLimiter
 from discord_voice.core.opcodes import ClientCloseCode, Intents
-from discord_voice.core.reconnect import Attempt, GatewayAction, ReconnectPlan
+from discord_voice.core.reconnect import Attempt, AttemptKind, GatewayAction, ReconnectPlan
 from discord_voice.errors import (
     ConnectionClosed,
     GatewayTimeout,
     LocalProtocolError,
+    MainGatewayClosed,
     VoiceError,
 )
 from discord_voice.main_gateway import VoiceEventHandler
@@ -60,9 +69,11 @@ _log = logging.getLogger(__name__)
 
 #: Longest `update_voice_state` waits for a rate-limit slot before giving up.
 _MAX_SEND_DELAY: Final = 30.0
+#: Bound on opening the websocket of a resume or re-identify attempt.
+_REOPEN_TIMEOUT: Final = 5.0
 
 
-class Gateway(GatewayEvents):
+class Gateway:
     """A synchronous main-gateway connection that implements `MainGateway`.
 
     ``connect()`` blocks until READY. After that, connection failures are recovered from by
@@ -110,10 +121,9 @@ class Gateway(GatewayEvents):
         self._next: Attempt | None = None  # what to do once the current connection has ended
         self._connection: GatewayConnection | None = None
         self._retired: list[GatewayConnection] = []  # earlier connections, joined by close()
-        self._heartbeat: GatewayHeartbeat | None = None  # created on Hello
+        self._events: GatewayEvents | None = None  # the current connection's messages
+        self._counters = MessageCounters(self._session.redact)
         self._error: BaseException | None = None
-        self._malformed = self._ignored = 0
-        self._last_protocol_error: str | None = None
         self._started = self._ready = self._closing = False
 
     def __repr__(self) -> str:
@@ -146,8 +156,24 @@ class Gateway(GatewayEvents):
     @property
     def latency(self) -> float | None:
         """Round trip of the last acknowledged heartbeat, in seconds."""
-        heartbeat = self._heartbeat
+        events = self._events
+        heartbeat = None if events is None else events.heartbeat
         return None if heartbeat is None else heartbeat.latency
+
+    @property
+    def malformed_messages(self) -> int:
+        """Messages skipped as malformed: not JSON/UTF-8, not an object, a bad known op body."""
+        return self._counters.malformed
+
+    @property
+    def ignored_messages(self) -> int:
+        """Unknown opcodes, and dispatches that reached no voice handler or listener."""
+        return self._counters.ignored
+
+    @property
+    def last_protocol_error(self) -> str | None:
+        """Why the last malformed message was skipped (None before the first)."""
+        return self._counters.last_protocol_error
 
     @property
     def error(self) -> BaseException | None:
@@ -185,11 +211,12 @@ class Gateway(GatewayEvents):
             raise
         self._clock.wait_until(deadline, self._settled)
         with self._lock:
-            ready, error, closing, hello = self._ready, self._error, self._closing, self._heartbeat
+            ready, error, closing, events = self._ready, self._error, self._closing, self._events
+        hello = events is not None and events.heartbeat is not None
         if ready and error is None and not closing:
             return
         if error is None and not closing:
-            stage = "main gateway READY" if hello is not None else "main gateway Hello"
+            stage = "main gateway READY" if hello else "main gateway Hello"
             self._fail(GatewayTimeout(stage, timeout))
         self._shut_down(CLOSE_HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT)
         error = self.error
@@ -217,18 +244,24 @@ class Gateway(GatewayEvents):
             self._connection_failed(connection, error)
 
         connection = GatewayConnection(ws, fail=fail)
+        events = GatewayEvents(
+            connection, session=self._session, router=self._router, counters=self._counters,
+            clock=self._clock, rng=self._rng, resume=resume, stopping=self._stopping,
+            send=lambda payload: self._send(payload, require_ready=False),
+            on_settled=lambda name: self._back_online(connection, name), fail=fail,
+        )
         with self._lock:
             if self._closing or self._stopping.is_set():
                 return False
             if self._connection is not None:
                 self._retired = [c for c in self._retired if c.is_alive()]
                 self._retired.append(self._connection)
-            self._connection, self._heartbeat = connection, None
+            self._connection, self._events = connection, events
             if self._ready:  # a reconnect: bound the wait for READY/RESUMED
                 self._start_watchdog(connection, resume=resume)
             connection.start(
-                lambda message: self._handle(connection, message, resume=resume),
-                redact=self._session.redact, on_exit=lambda: self._connection_ended(connection),
+                events.handle, redact=self._session.redact,
+                on_exit=lambda: self._connection_ended(connection),
                 close_code=self._exit_close_code,
             )
         return True
@@ -328,6 +361,82 @@ class Gateway(GatewayEvents):
             with self._lock:
                 self._check_open(require_ready)
         ws.send_text(payload)
+
+    # --- losing a connection and coming back ----------------------------------------------
+
+    def _connection_failed(self, connection: GatewayConnection, error: VoiceError) -> None:
+        """A connection's reader, handler or heartbeat failed: recover if the plan says so,
+        else fail."""
+        with self._lock:
+            if connection.failure is not None:
+                return  # the close that follows a failure is no news
+            connection.failure = error
+            if connection is not self._connection or self._closing:
+                return
+            step = None if not self._ready else self._recovery.next_step(error)
+            if isinstance(step, Attempt):
+                self._next, self._online = step, Signal()
+        if not isinstance(step, Attempt):
+            self._fail(error)
+            return
+        _log.info("main gateway connection lost (%s); next: %s", error, step.summary("main"))
+        connection.session.close(ClientCloseCode.RECOVERING)  # stops it; keeps Discord's session
+        connection.release()
+
+    def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:
+        """Bound a reconnect's wait for READY/RESUMED; call before starting its reader."""
+        deadline = self._clock.monotonic() + self._reconnect_timeout
+        connection.start_watchdog(lambda: run_reconnect_watchdog(
+            self._clock, deadline, self._reconnect_timeout,
+            settled=connection.settled, stop=connection.stop, resume=resume,
+        ))
+
+    def _connection_ended(self, connection: GatewayConnection) -> None:
+        """On the ending connection's reader thread: make the next attempt, or report the end."""
+        with self._lock:
+            if connection is not self._connection:
+                return  # replaced already; the newer connection reports the end
+            attempt, self._next = self._next, None
+        if attempt is None or not self._recover(attempt):
+            self._ended.set()
+
+    def _recover(self, attempt: Attempt) -> bool:
+        """Make attempts until one has a running connection (True) or none is left (False)."""
+        while True:
+            _log.info("main gateway %s", attempt.summary("main"))
+            if self._clock.wait_until(self._clock.monotonic() + attempt.delay, self._stopping):
+                return False
+            fresh = attempt.kind is AttemptKind.REIDENTIFY or self._session.session_id is None
+            if fresh:
+                self._session.forget()  # no reader runs now: this thread may touch the session
+            url = self.url if fresh else resume_url(self._session.resume_gateway_url, self.url)
+            try:
+                ws = open_gateway_session(url, _REOPEN_TIMEOUT, self._session.redact)
+            except VoiceError as exc:
+                lost = MainGatewayClosed(None, message=f"main gateway reconnect failed: {exc}")
+                lost.__cause__ = exc
+                with self._lock:
+                    step = self._recovery.next_step(lost)
+                if not isinstance(step, Attempt):
+                    self._fail(exc)
+                    return False
+                attempt = step
+                continue
+            if self._start(ws, resume=not fresh):
+                return True
+            ws.release()
+            return False
+
+    def _back_online(self, connection: GatewayConnection, name: str) -> None:
+        """READY or RESUMED: the attempt in progress (if any) worked; senders may go on."""
+        with self._lock:
+            self._ready = True
+            attempt, online = self._recovery.succeeded(), self._online
+        if attempt is not None:
+            _log.info("main gateway back after %s: %s", attempt.summary("main"), name)
+        connection.settled.set()  # ends the reconnect watchdog
+        online.set()
+        self._settled.set()
 
     # --- failure and shutdown -------------------------------------------------------------
 

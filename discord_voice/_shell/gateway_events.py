@@ -1,31 +1,32 @@
-"""The half of `discord_voice.Gateway` that runs on its connections' threads, as a mixin.
+"""What the main gateway does with each message of one connection, on that connection's reader.
 
-`GatewayEvents` turns each received message into an event and acts on it (deliver a dispatch,
-beat, Identify or Resume after Hello), and when a connection fails asks `Recovery` what next:
-the ending connection's reader thread then makes the attempts (resume on
-``resume_gateway_url``, or identify afresh on the original URL) until one has a running
-connection, or ends the gateway with the failure. `Gateway` sets the attributes declared below.
+`GatewayEvents` is the protocol half that ``Gateway`` gives each connection's websocket session
+(one per connection, composed, holding no reference to the ``Gateway``): it turns every message
+into an event through the shared `GatewaySession` and acts on it — delivers a dispatch, answers
+a heartbeat request, starts the heartbeat and sends Identify or Resume after Hello, reports
+READY/RESUMED through ``on_settled`` — and reports op 7 Reconnect, op 9 Invalid Session and a
+malformed READY through ``fail`` (the connection's failure path, which decides between a
+recovery and the end), as values, not as exceptions.
 
-Garbage is survived and counted, never fatal: a message that is not JSON, not an object or a
-known op with a malformed body (``malformed_messages``; a second Hello too), and an unknown
-opcode or a dispatch that reaches no handler or listener (``ignored_messages``). The one
-exception is a malformed READY: it carries the session everything else needs, so the gateway
-fails with `RemoteProtocolError` at once instead of waiting for a timeout. (A broken websocket
-frame, such as text that is not UTF-8, still ends the connection: it is no longer usable.)
+Garbage is survived and counted in `MessageCounters`, never fatal: a message that is not JSON,
+not an object or a known op with a malformed body (``malformed_messages``; a second Hello too),
+and an unknown opcode or a dispatch that reaches no handler or listener (``ignored_messages``).
+The one exception is a malformed READY: it carries the session everything else needs, so the
+gateway fails with `RemoteProtocolError` at once instead of waiting for a timeout. (A broken
+websocket frame, such as text that is not UTF-8, still ends the connection: it is no longer
+usable.)
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Final
+from collections.abc import Callable
 
-from discord_voice._shell.gateway_connection import GatewayConnection, open_gateway_session
+from discord_voice._shell.gateway_connection import GatewayConnection
 from discord_voice._shell.gateway_dispatch import DispatchRouter
 from discord_voice._shell.gateway_heartbeat import GatewayHeartbeat, RandomSource
-from discord_voice._shell.gateway_recovery import Recovery, invalid_session, reconnect_requested
-from discord_voice._shell.gateway_watchdog import run_reconnect_watchdog
-from discord_voice._shell.ws_session import WebSocketSession
+from discord_voice._shell.gateway_recovery import invalid_session, reconnect_requested
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.main_gateway import (
     Dispatch,
@@ -39,148 +40,112 @@ from discord_voice.core.main_gateway import (
     UnknownOp,
     decode_payload,
 )
-from discord_voice.core.main_gateway_resume import resume_url
-from discord_voice.core.opcodes import ClientCloseCode, GatewayOp
-from discord_voice.core.reconnect import Attempt, AttemptKind
-from discord_voice.errors import MainGatewayClosed, RemoteProtocolError, VoiceError
+from discord_voice.core.opcodes import GatewayOp
+from discord_voice.errors import RemoteProtocolError, VoiceError
 
-__all__ = ["GatewayEvents"]
+__all__ = ["GatewayEvents", "MessageCounters"]
 
 _log = logging.getLogger("discord_voice.gateway")
 
-#: Bound on opening the websocket of a resume or re-identify attempt.
-_REOPEN_TIMEOUT: Final = 5.0
 
+class MessageCounters:
+    """Messages the main gateway skipped, over all its connections.
 
-class GatewayEvents:
-    """Event handling and recovery for `Gateway` (which sets these attributes)."""
+    Thread safety: written by the current reader, read from any thread (under a lock).
+    """
 
-    url: str
-    _session: GatewaySession
-    _clock: Clock
-    _rng: RandomSource
-    _lock: threading.Lock
-    _router: DispatchRouter
-    _stopping: Signal
-    _settled: Signal
-    _ended: threading.Event
-    _online: Signal
-    _recovery: Recovery
-    _next: Attempt | None
-    _connection: GatewayConnection | None
-    _heartbeat: GatewayHeartbeat | None
-    _ready: bool
-    _closing: bool
-    _reconnect_timeout: float
-    _malformed: int
-    _ignored: int
-    _last_protocol_error: str | None
-
-    # --- counters ---------------------------------------------------------------------------
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        self._redact = redact
+        self._lock = threading.Lock()
+        self._malformed = self._ignored = 0
+        self._last_protocol_error: str | None = None
 
     @property
-    def malformed_messages(self) -> int:
-        """Messages skipped as malformed: not JSON/UTF-8, not an object, a bad known op body."""
+    def malformed(self) -> int:
         with self._lock:
             return self._malformed
 
     @property
-    def ignored_messages(self) -> int:
-        """Unknown opcodes, and dispatches that reached no voice handler or listener."""
+    def ignored(self) -> int:
         with self._lock:
             return self._ignored
 
     @property
     def last_protocol_error(self) -> str | None:
-        """Why the last malformed message was skipped (None before the first)."""
         with self._lock:
             return self._last_protocol_error
 
-    def _fail(self, error: BaseException) -> None:
-        raise NotImplementedError
-
-    def _start(self, ws: WebSocketSession, *, resume: bool) -> bool:
-        raise NotImplementedError
-
-    def _send(self, payload: str, *, require_ready: bool) -> None:
-        raise NotImplementedError
-
-    # --- losing a connection and coming back ----------------------------------------------
-
-    def _connection_failed(self, connection: GatewayConnection, error: VoiceError) -> None:
-        """A connection's reader or heartbeat failed: recover if the plan says so, else fail."""
+    def malformed_message(self, error: RemoteProtocolError) -> None:
+        """Count a skipped malformed message and log why (redacted)."""
+        text = self._redact(str(error))[:200]
         with self._lock:
-            if connection.failure is not None:
-                return  # the close that follows a failure is no news
-            connection.failure = error
-            if connection is not self._connection or self._closing:
-                return
-            step = None if not self._ready else self._recovery.next_step(error)
-            if isinstance(step, Attempt):
-                self._next, self._online = step, Signal()
-        if not isinstance(step, Attempt):
-            self._fail(error)
-            return
-        _log.info("main gateway connection lost (%s); next: %s", error, step.summary("main"))
-        connection.session.close(ClientCloseCode.RECOVERING)  # stops it; keeps Discord's session
-        connection.release()
+            self._malformed += 1
+            self._last_protocol_error = text
+        _log.warning("main gateway: skipped a malformed message: %s", text)
 
-    def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:
-        """Bound a reconnect's wait for READY/RESUMED; call before starting its reader."""
-        deadline = self._clock.monotonic() + self._reconnect_timeout
-        connection.start_watchdog(lambda: run_reconnect_watchdog(
-            self._clock, deadline, self._reconnect_timeout,
-            settled=connection.settled, stop=connection.stop, resume=resume,
-        ))
-
-    def _connection_ended(self, connection: GatewayConnection) -> None:
-        """On the ending connection's reader thread: make the next attempt, or report the end."""
+    def ignored_message(self, what: str) -> None:
+        """Count a message nobody wanted (an unknown op, a dispatch with no listener)."""
         with self._lock:
-            if connection is not self._connection:
-                return  # replaced already; the newer connection reports the end
-            attempt, self._next = self._next, None
-        if attempt is None or not self._recover(attempt):
-            self._ended.set()
+            self._ignored += 1
+        _log.debug("main gateway: ignored %s", self._redact(what)[:200])
 
-    def _recover(self, attempt: Attempt) -> bool:
-        """Make attempts until one has a running connection (True) or none is left (False)."""
-        while True:
-            _log.info("main gateway %s", attempt.summary("main"))
-            if self._clock.wait_until(self._clock.monotonic() + attempt.delay, self._stopping):
-                return False
-            fresh = attempt.kind is AttemptKind.REIDENTIFY or self._session.session_id is None
-            if fresh:
-                self._session.forget()  # no reader runs now: this thread may touch the session
-            url = self.url if fresh else resume_url(self._session.resume_gateway_url, self.url)
-            try:
-                ws = open_gateway_session(url, _REOPEN_TIMEOUT, self._session.redact)
-            except VoiceError as exc:
-                lost = MainGatewayClosed(None, message=f"main gateway reconnect failed: {exc}")
-                lost.__cause__ = exc
-                with self._lock:
-                    step = self._recovery.next_step(lost)
-                if not isinstance(step, Attempt):
-                    self._fail(exc)
-                    return False
-                attempt = step
-                continue
-            if self._start(ws, resume=not fresh):
-                return True
-            ws.release()
-            return False
 
-    # --- on the reader thread -------------------------------------------------------------
+class GatewayEvents:
+    """The messages of one connection (`handle`, on its reader thread only).
 
-    def _handle(self, connection: GatewayConnection, message: str | bytes, *, resume: bool) -> None:
+    Args:
+        connection: the connection whose messages these are (its session sends, its
+            heartbeat thread beats, its `stop` ends the heartbeat).
+        session: the gateway's protocol state, shared by its connections; only the current
+            connection's reader touches it.
+        resume: after Hello, send Resume (else Identify).
+        stopping: the gateway is stopping: no heartbeat is started then.
+        send: sends Identify/Resume through the gateway's send path.
+        on_settled: READY or RESUMED arrived (with its name), before it is delivered.
+        fail: ends the connection with this error (op 7, op 9, a malformed READY).
+    """
+
+    def __init__(
+        self,
+        connection: GatewayConnection,
+        *,
+        session: GatewaySession,
+        router: DispatchRouter,
+        counters: MessageCounters,
+        clock: Clock,
+        rng: RandomSource,
+        resume: bool,
+        stopping: Signal,
+        send: Callable[[str], None],
+        on_settled: Callable[[str], None],
+        fail: Callable[[VoiceError], None],
+    ) -> None:
+        self._connection = connection
+        self._session = session
+        self._router = router
+        self._counters = counters
+        self._clock = clock
+        self._rng = rng
+        self._resume = resume
+        self._stopping = stopping
+        self._send = send
+        self._on_settled = on_settled
+        self._fail = fail
+        #: Created on Hello (by the reader; read from any thread for the latency).
+        self.heartbeat: GatewayHeartbeat | None = None
+
+    def handle(self, message: str | bytes) -> None:
+        """Act on one message."""
         last_seq = self._session.seq
         try:
             event = self._session.receive(message)  # only this thread mutates the session
         except RemoteProtocolError as exc:
             if _names_ready(message):
-                raise  # no session without it: fail now rather than time out
-            self._malformed_message(exc)
+                self._fail(exc)  # no session without it: fail now rather than time out
+            else:
+                self._counters.malformed_message(exc)
             return
-        heartbeat = self._heartbeat
+        heartbeat = self.heartbeat
         if isinstance(event, HeartbeatAck):
             if heartbeat is not None:
                 heartbeat.on_ack()
@@ -190,63 +155,38 @@ class GatewayEvents:
                 return
             settles = isinstance(event, Ready) or event.name == "RESUMED"
             if settles:
-                self._back_online(connection, event.name)
+                self._on_settled(event.name)
             if not self._router.deliver(event) and not settles:
-                self._ignored_message(f"dispatch {event.name!r} (no handler or listener)")
+                self._counters.ignored_message(f"dispatch {event.name!r} (no handler or listener)")
         elif isinstance(event, Hello):
-            self._on_hello(connection, event, resume=resume)
+            self._on_hello(event)
         elif isinstance(event, HeartbeatRequest):
             if heartbeat is None:  # before Hello: answer without a schedule
-                connection.session.send_text(self._session.heartbeat())
+                self._connection.session.send_text(self._session.heartbeat())
             else:
                 heartbeat.beat(requested=True)
         elif isinstance(event, Reconnect):
-            raise reconnect_requested()
+            self._fail(reconnect_requested())
         elif isinstance(event, InvalidSession):
-            raise invalid_session(event.resumable)
+            self._fail(invalid_session(event.resumable))
         elif isinstance(event, UnknownOp):
-            self._ignored_message(f"op {event.op}")
+            self._counters.ignored_message(f"op {event.op}")
 
-    def _malformed_message(self, error: RemoteProtocolError) -> None:
-        text = self._session.redact(str(error))[:200]
-        with self._lock:
-            self._malformed += 1
-            self._last_protocol_error = text
-        _log.warning("main gateway: skipped a malformed message: %s", text)
-
-    def _ignored_message(self, what: str) -> None:
-        with self._lock:
-            self._ignored += 1
-        _log.debug("main gateway: ignored %s", self._session.redact(what)[:200])
-
-    def _back_online(self, connection: GatewayConnection, name: str) -> None:
-        """READY or RESUMED: the attempt in progress (if any) worked; senders may go on."""
-        with self._lock:
-            self._ready = True
-            attempt, online = self._recovery.succeeded(), self._online
-        if attempt is not None:
-            _log.info("main gateway back after %s: %s", attempt.summary("main"), name)
-        connection.settled.set()  # ends the reconnect watchdog
-        online.set()
-        self._settled.set()
-
-    def _on_hello(self, connection: GatewayConnection, hello: Hello, *, resume: bool) -> None:
-        with self._lock:
-            second = self._heartbeat is not None
-        if second:
-            self._malformed_message(RemoteProtocolError("main gateway sent a second Hello"))
-            return
-        with self._lock:
-            self._heartbeat = GatewayHeartbeat(
-                hello.heartbeat_interval, self._rng.random(), clock=self._clock,
-                stop=connection.stop, session=connection.session,
-                payload=self._session.heartbeat,
+    def _on_hello(self, hello: Hello) -> None:
+        if self.heartbeat is not None:
+            self._counters.malformed_message(
+                RemoteProtocolError("main gateway sent a second Hello")
             )
-            if self._stopping.is_set():
-                return
-            connection.start_heartbeat(self._heartbeat.run)
-        self._send(self._session.resume() if resume else self._session.identify(),
-                   require_ready=False)
+            return
+        connection = self._connection
+        self.heartbeat = GatewayHeartbeat(
+            hello.heartbeat_interval, self._rng.random(), clock=self._clock,
+            stop=connection.stop, session=connection.session, payload=self._session.heartbeat,
+        )
+        if self._stopping.is_set():
+            return
+        connection.start_heartbeat(self.heartbeat.run)
+        self._send(self._session.resume() if self._resume else self._session.identify())
 
 
 def _names_ready(message: str | bytes) -> bool:
