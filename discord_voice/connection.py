@@ -1,11 +1,19 @@
-"""Connection: one guild's voice connection (arikawa's ``*Connection``).
+"""Connection: one guild's voice connection (arikawa's ``*Connection``), the public face.
 
-It owns one thread, the voice websocket's reader ``dv-voice-reader:<guild>`` (in the
-`VoiceSocketSession` of its current `VoiceLink`); its heartbeat and its audio run on the threads
-its `Voice` shares between connections (``dv-heartbeat`` from Hello, ``dv-udp-sender``, which
-paces ``opus_send``, from the end of the join), handed back when it is joined. A lost
-websocket, a move or a voice server change starts ``dv-voice-recover:<guild>``, which resumes or
-reconnects (see `discord_voice._connection_core`, the engine beneath the public API here).
+A `Connection` contains the three parts of a connection and wires them together:
+
+* its lifecycle, `discord_voice.core.lifecycle.Lifecycle`: every decision about joining,
+  resuming, reconnecting, moving and ending, as a pure state machine;
+* its `VoiceSupervisor` (``_shell/voice_supervisor.py``), which feeds the machine its events
+  and carries out its actions, running blocking steps on ``dv-voice-recover:<guild>``;
+* its `VoiceSessions` (``_shell/voice_sessions.py``): the current voice session (websocket
+  reader ``dv-voice-reader:<guild>``, UDP socket, keys, DAVE) and ``opus_send``'s place in the
+  `Voice`'s shared sender thread.
+
+Its owner (a `Voice`) talks to it one way: it creates it, calls `open`, routes the main gateway's
+updates to `on_voice_state` / `on_voice_server`; the connection tells the owner it ended through
+the one `ConnectionOwner.connection_ended` callback, and sends op 4 through the
+`VoiceStateSender` it was given (the main gateway).
 
 The first failure that cannot be recovered from is stored, ends the connection, and is re-raised
 by `wait()` and by the next public call (``opus_send.put`` included). No lock is held across
@@ -16,44 +24,60 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol
 
-from discord_voice._connection_core import (
-    AttemptListener,
-    ConnectionCore,
-    ConnectionState,
-    StateListener,
-    as_connection_closed,
-    default_voice_plan,
-)
 from discord_voice._shell.exit_hook import close_at_exit
-from discord_voice._shell.threads import join_all
-from discord_voice._shell.udp_sender import StopSpeakingMarker
-from discord_voice.clock import Signal, SystemClock
+from discord_voice._shell.heartbeat import HeartbeatLoop
+from discord_voice._shell.opus_queue import OpusQueue
+from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
+from discord_voice._shell.voice_sessions import (
+    VoiceSessions,
+    VoiceStateSender,
+    as_connection_closed,
+)
+from discord_voice._shell.voice_supervisor import (
+    AttemptListener,
+    StateListener,
+    VoiceSupervisor,
+)
+from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.ids import snowflake
+from discord_voice.core.lifecycle import ConnectionState, Lifecycle, default_voice_plan
 from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.core.pacing import PacingStats
-from discord_voice.errors import (
-    JoinTimeout,
-    ShutdownTimeout,
-)
-
-if TYPE_CHECKING:
-    pass
+from discord_voice.core.reconnect import Action, ReconnectPlan
+from discord_voice.core.voice_gateway import VoiceServerInfo
+from discord_voice.errors import JoinTimeout
 
 __all__ = [
+    "RECONNECT_ATTEMPT_TIMEOUT",
+    "AttemptListener",
     "Connection",
+    "ConnectionOwner",
     "ConnectionState",
     "ConnectionStats",
     "StateListener",
-    "AttemptListener",
+    "as_connection_closed",
     "default_voice_plan",
 ]
 
 log = logging.getLogger(__name__)
+
+#: How long one reconnect attempt may take: fresh op 4, both updates, the whole handshake.
+RECONNECT_ATTEMPT_TIMEOUT = 10.0
+
+
+class ConnectionOwner(Protocol):
+    """What a connection tells the `Voice` that made it: only that it ended."""
+
+    def connection_ended(
+        self, connection: Connection, *, leave: bool
+    ) -> concurrent.futures.Future[None] | None:
+        """`connection` ended; with `leave`, send the leave (op 4 with no channel) and return
+        a future resolved when Discord confirms it (None when nothing was sent)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +100,7 @@ class ConnectionStats:
     reconnects: int
 
 
-class Connection(ConnectionCore):
+class Connection:
     """A voice connection that can carry audio; returned by `Voice.join_channel`.
 
     It outlives the voice sessions beneath it: resumes, reconnects and moves keep the same
@@ -84,43 +108,135 @@ class Connection(ConnectionCore):
     thread.
     """
 
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        info: VoiceServerInfo,
+        *,
+        voice_states: VoiceStateSender,
+        clock: Clock,
+        heartbeats: HeartbeatLoop,
+        sender: UdpSender,
+        queue_size: int,
+        close_timeout: float,
+        max_dave_protocol_version: int,
+        plan: ReconnectPlan[Action] | None = None,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+        reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
+    ) -> None:
+        self._owner = owner
+        self._voice_states = voice_states
+        self._close_timeout = close_timeout
+        self._mute_deaf = (self_mute, self_deaf)
+        self._left: concurrent.futures.Future[None] | None = None  # the leave's confirmation
+        #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
+        #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
+        self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
+        self._sessions = VoiceSessions(
+            info, self.opus_send, clock=clock, heartbeats=heartbeats, sender=sender,
+            voice_states=voice_states, max_dave_protocol_version=max_dave_protocol_version,
+            self_mute=self_mute, self_deaf=self_deaf, step_timeout=reconnect_timeout,
+            resume_timeout=close_timeout,
+            on_link_lost=lambda exc, socket: self._supervisor.link_lost(exc, socket),
+            on_send_failure=lambda exc: self._supervisor.fail_elsewhere(exc),
+        )
+        self._supervisor = VoiceSupervisor(
+            Lifecycle(plan), self._sessions, clock=clock, guild_id=info.guild_id,
+            on_ended=self._ended,
+        )
+
+    # -- the owner's side (package-internal) -------------------------------------------------
+
+    def open(self, deadline: float, timeout: float) -> None:
+        """Run the voice handshake (on the joining thread) until audio can flow.
+
+        On failure the connection ends (its owner is told, and sends the leave), its threads
+        are joined, and the real reason is raised, or `JoinTimeout` naming the stage.
+        """
+        close_at_exit(self, Connection._close_at_exit)
+        try:
+            socket = self._sessions.establish(deadline, timeout)
+            self._supervisor.joined(socket)
+            self._raise_if_failed()
+        except BaseException as exc:
+            self._supervisor.fail(exc)  # nothing if it ended already
+            self._join(self._close_timeout)
+            raise
+
+    def on_voice_state(self, channel_id: str | None, session_id: str) -> None:
+        """Our VOICE_STATE_UPDATE in this guild (on the main gateway's thread; never blocks):
+        kept for the next session; with no channel, we were kicked."""
+        self._sessions.updates.post_state(channel_id, session_id)
+        if channel_id is None:
+            self._supervisor.kicked()
+
+    def on_voice_server(self, endpoint: str | None, token: str) -> None:
+        """A VOICE_SERVER_UPDATE in this guild (on the main gateway's thread): a move or a
+        voice server change (or, with no endpoint, the server went away: wait for the next)."""
+        update = self._sessions.updates.post_server(endpoint, token)
+        self._supervisor.server_update(update.generation)
+
+    def _ended(self, error: BaseException | None, leave: bool) -> None:
+        """The supervisor's `on_ended`: tell the owner (once, on the thread that ended us)."""
+        self._left = self._owner.connection_ended(self, leave=leave)
+
     # -- public surface ---------------------------------------------------------------------
 
+    @property
+    def guild_id(self) -> str:
+        return self._sessions.link.info.guild_id
+
+    @property
+    def channel_id(self) -> str:
+        """The channel the current voice session is in (changes when the bot is moved)."""
+        return self._sessions.link.info.channel_id
+
+    @property
+    def resumes(self) -> int:
+        """How many times the voice websocket was resumed (same session)."""
+        return self._sessions.resumes
+
+    @property
+    def reconnects(self) -> int:
+        """How many times a new voice session replaced the old one (reconnects and moves)."""
+        return self._sessions.reconnects
 
     @property
     def endpoint(self) -> str:
         """The voice server of the current session."""
-        return self._link.info.endpoint
+        return self._sessions.link.info.endpoint
 
     @property
     def mode(self) -> str | None:
         """The transport encryption mode of the current session."""
-        return self._link.mode
+        return self._sessions.link.mode
 
     @property
     def ssrc(self) -> int | None:
         """Our SSRC in the current session (a reconnect gets a new one)."""
-        return self._link.ssrc
+        return self._sessions.link.ssrc
 
     @property
     def state(self) -> ConnectionState:
-        return self._state
+        return self._supervisor.state
 
     @property
     def error(self) -> BaseException | None:
         """The failure that ended the connection, or None."""
-        return self._error
+        return self._supervisor.error
 
     @property
     def latency(self) -> float | None:
         """The last voice heartbeat round trip in seconds (None before the first ACK)."""
-        return self._link.session.latency
+        return self._sessions.link.session.latency
 
     @property
     def stats(self) -> ConnectionStats:
         """Counters for sending and the websocket (a consistent-enough snapshot, not atomic)."""
-        stream = self._stream
-        session = self._link.session
+        sessions = self._sessions
+        stream = sessions.stream
+        session = sessions.link.session
         sent = stream.stats() if stream else None
         pacing = sent.pacing if sent else PacingStats()
         beats, acks = session.heartbeat_counts()
@@ -130,15 +246,15 @@ class Connection(ConnectionCore):
             max_lateness=pacing.max_lateness,
             underruns=pacing.underruns,
             stalls=pacing.stalls,
-            frames_discarded=self._discarded + (sent.held + sent.discarded if sent else 0),
+            frames_discarded=sessions.discarded + (sent.held + sent.discarded if sent else 0),
             bytes_sent=sent.bytes_sent if sent else 0,
             heartbeats_sent=beats,
             heartbeat_acks=acks,
             latency=session.latency,
             ignored_messages=session.ignored,
             malformed_messages=session.malformed,
-            resumes=self.resumes,
-            reconnects=self.reconnects,
+            resumes=sessions.resumes,
+            reconnects=sessions.reconnects,
         )
 
     # -- DAVE end-to-end encryption ---------------------------------------------------------
@@ -146,28 +262,28 @@ class Connection(ConnectionCore):
     @property
     def e2ee_active(self) -> bool:
         """Whether the audio we send is end-to-end encrypted with DAVE right now."""
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         with dave.lock:
             return dave.protocol.active
 
     @property
     def dave_protocol_version(self) -> int:
         """The DAVE protocol version in effect (0: the call is not end-to-end encrypted)."""
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         with dave.lock:
             return dave.protocol.protocol_version
 
     @property
     def dave_epoch(self) -> int | None:
         """The MLS epoch of the call's group (changes when members join or leave)."""
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         with dave.lock:
             return dave.protocol.epoch
 
     @property
     def voice_privacy_code(self) -> str | None:
         """The code every member of the call sees; compare it to check the call is private."""
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         with dave.lock:
             return dave.protocol.privacy_code
 
@@ -179,7 +295,7 @@ class Connection(ConnectionCore):
         group needs a second member). Raises the connection's error if it ends meanwhile.
         """
         self._raise_if_failed()
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         if encrypted:
             ok = dave.wait(lambda d: d.ready, timeout)
         else:
@@ -189,14 +305,14 @@ class Connection(ConnectionCore):
 
     def verification_code(self, user_id: int | str) -> str:
         """The code to compare with `user_id` out of band (`EncryptionError` if there is none)."""
-        dave = self._link.dave
+        dave = self._sessions.link.dave
         with dave.lock:
             return dave.protocol.verification_code(user_id)
 
     def __repr__(self) -> str:
         return (
             f"<Connection guild={self.guild_id} channel={self.channel_id} "
-            f"state={self._state.value} mode={self.mode}>"
+            f"state={self.state.value} mode={self.mode}>"
         )
 
     # -- observing --------------------------------------------------------------------------
@@ -212,7 +328,7 @@ class Connection(ConnectionCore):
         Listeners run on the library's threads and must not block; one that raises ends the
         connection with its exception (it is never only logged).
         """
-        return _add(self._lock, self._listeners, listener)
+        return self._supervisor.add_state_listener(listener)
 
     def add_attempt_listener(self, listener: AttemptListener) -> Callable[[], None]:
         """Call ``listener(attempt)`` before each recovery attempt; returns a remover.
@@ -221,14 +337,12 @@ class Connection(ConnectionCore):
         budget, the delay before it and the close code that led there. Same rules as state
         listeners: must not block; one that raises ends the connection.
         """
-        return _add(self._lock, self._attempt_listeners, listener)
+        return self._supervisor.add_attempt_listener(listener)
 
     def wait_for_state(self, state: ConnectionState, timeout: float) -> bool:
         """Block until the connection is in `state` (or closed); return whether it is."""
-        with self._state_changed:
-            self._state_changed.wait_for(
-                lambda: self._state in (state, ConnectionState.CLOSED), timeout)
-            return self._state is state
+        self._supervisor.wait_for(lambda now: now is state, timeout)
+        return self.state is state
 
     # -- speaking ---------------------------------------------------------------------------
 
@@ -239,11 +353,9 @@ class Connection(ConnectionCore):
         """
         self._raise_if_failed()
         flags = SpeakingFlag(flags)
-        with self._lock:
-            self._flags = flags  # with no flags, the next frame queued announces MICROPHONE
-            ready = self._state is ConnectionState.READY
-        if ready:
-            self._link.session.send_speaking(flags)
+        self._sessions.set_flags(flags)  # with no flags, the next frame queued announces it
+        if self.state is ConnectionState.READY:
+            self._sessions.link.session.send_speaking(flags)
 
     def stop_speaking(self, timeout: float = 5.0) -> None:
         """Send every frame already queued, then 5 silence frames, then Speaking with flags 0.
@@ -252,19 +364,18 @@ class Connection(ConnectionCore):
         """
         self._raise_if_failed()
         done = Signal()
-        self._closed.add_listener(done.set)  # a connection that ends meanwhile wakes us too
+        closed = self._supervisor.closed
+        closed.add_listener(done.set)  # a connection that ends meanwhile wakes us too
         try:
             self.opus_send.put_control(StopSpeakingMarker(done), timeout=timeout)
             if not done.wait(timeout):
                 raise TimeoutError(f"queued frames were not sent within {timeout:g}s")
         finally:
-            self._closed.remove_listener(done.set)
+            closed.remove_listener(done.set)
         self._raise_if_failed()
-        with self._lock:
-            self._flags = SpeakingFlag.NONE  # the next frame queued announces Speaking again
-            ready = self._state is ConnectionState.READY
-        if ready:
-            self._link.session.send_speaking(SpeakingFlag.NONE)
+        self._sessions.set_flags(SpeakingFlag.NONE)  # the next frame announces Speaking again
+        if self.state is ConnectionState.READY:
+            self._sessions.link.session.send_speaking(SpeakingFlag.NONE)
 
     # -- moving and ending ------------------------------------------------------------------
 
@@ -277,16 +388,15 @@ class Connection(ConnectionCore):
         """
         channel = snowflake(channel_id, "channel_id")
         self._raise_if_failed()
-        if self.channel_id == channel and self._state is ConnectionState.READY:
+        if self.channel_id == channel and self.state is ConnectionState.READY:
             return
-        self._owner._request_voice_state(self.guild_id, channel, *self._mute_deaf)
-        with self._state_changed:
-            moved = self._state_changed.wait_for(
-                lambda: self._closing or (self._state is ConnectionState.READY
-                                          and self._link.info.channel_id == channel),
-                timeout)
+        mute, deaf = self._mute_deaf
+        self._voice_states.update_voice_state(self.guild_id, channel, self_mute=mute,
+                                              self_deaf=deaf)
+        self._supervisor.wait_for(
+            lambda now: now is ConnectionState.READY and self.channel_id == channel, timeout)
         self._raise_if_failed()
-        if not moved:
+        if not (self.state is ConnectionState.READY and self.channel_id == channel):
             raise JoinTimeout("move", timeout, f"not ready in channel {channel} yet")
 
     def wait(self, timeout: float | None = None) -> None:
@@ -294,11 +404,11 @@ class Connection(ConnectionCore):
 
         Raises `TimeoutError` if it is still open after `timeout` seconds.
         """
-        if not self._closed.wait(timeout):
+        if not self._supervisor.closed.wait(timeout):
             raise TimeoutError(f"the connection is still open after {timeout:g}s")
         self._join(self._close_timeout)
-        if self._error is not None:
-            raise as_connection_closed(self._error)
+        if self.error is not None:
+            raise as_connection_closed(self.error)
 
     def disconnect(self, timeout: float | None = None) -> None:
         """Leave the channel (op 4 with no channel), close the websocket and UDP, join threads.
@@ -312,7 +422,8 @@ class Connection(ConnectionCore):
         timeout = self._close_timeout if timeout is None else timeout
         real = SystemClock()  # a shutdown bound: real time whatever the clock (see clock.py)
         deadline = real.monotonic() + timeout
-        confirmed = self._owner._forget(self, leave=True) if self._begin_close(None) else None
+        self._supervisor.close()  # the owner is told (and sends the leave) unless it ended
+        confirmed, self._left = self._left, None  # waited for once
         self._join(timeout)
         if confirmed is not None:  # bounded: an immediate rejoin must not race our leave
             try:
@@ -322,25 +433,13 @@ class Connection(ConnectionCore):
                          self.guild_id, timeout)
 
     def _join(self, timeout: float) -> None:
-        """Join every thread (the reader gets half the time to see the server's close frame,
-        then the socket is aborted), then release the sockets."""
-        with self._lock:
-            links = [*self._retired_links, self._link]
-            threads = [*self._threads, *(t for link in links for t in link.threads())]
-        try:
-            join_all(threads, timeout / 2)
-        except ShutdownTimeout:
-            for link in links:
-                link.abort()
-            join_all(threads, timeout / 2)
-        self._detach_stream(timeout)
-        for link in links:
-            link.release()
+        """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
+        self._sessions.join(self._supervisor.threads(), timeout)
 
     close = disconnect
 
     def _close_at_exit(self) -> None:
-        if not self._closing:
+        if self.state is not ConnectionState.CLOSED:
             log.warning("voice connection in guild %s still open at interpreter exit: "
                         "disconnecting", self.guild_id)
         self.disconnect(timeout=2.0)
@@ -351,31 +450,12 @@ class Connection(ConnectionCore):
     def __exit__(self, *exc_info: object) -> None:
         self.disconnect()
 
-    # -- join (runs on the caller's thread) ------------------------------------------------
+    # -- helpers ----------------------------------------------------------------------------
 
-    def _open(self, deadline: float, timeout: float) -> None:
-        """Run the voice handshake; raise the real reason or `JoinTimeout` naming the stage."""
-        close_at_exit(self, Connection._close_at_exit)
-        transport = self._link.establish(deadline, timeout)
-        self._set_state(ConnectionState.READY, None)
-        if self._flags:  # set by a producer or `speaking()` during the join
-            self._link.session.send_speaking(self._flags)
-        self._attach_stream(transport)
-        self._raise_if_failed()
-        if self._updates.server.generation > self._link_generation:
-            self._on_server_changed("the voice server changed during the join")
+    def _ensure_speaking(self) -> None:
+        """Before a frame is queued (on the producer's thread): Speaking precedes audio."""
+        self._sessions.ensure_speaking(lambda: self.state is ConnectionState.READY)
 
-
-T = TypeVar("T")
-
-
-def _add(lock: threading.Lock, listeners: list[T], listener: T) -> Callable[[], None]:
-    with lock:
-        listeners.append(listener)
-
-    def remove() -> None:
-        with lock:
-            if listener in listeners:
-                listeners.remove(listener)
-
-    return remove
+    def _raise_if_failed(self) -> None:
+        if self.state is ConnectionState.CLOSED:
+            raise as_connection_closed(self.error)

@@ -1,9 +1,15 @@
 """Voice: the per-bot entry point (arikawa's ``NewVoice()``), one `Connection` per guild.
 
-`Voice` owns the heartbeat thread its connections share (``dv-heartbeat``, running while a
-voice websocket is registered). The main gateway's reader thread delivers VOICE_STATE_UPDATE and
-VOICE_SERVER_UPDATE to it; those handlers only resolve futures and never block, so a slow voice
-handshake can never stall the main gateway.
+`Voice` owns the threads its connections share: ``dv-heartbeat`` (running while a voice
+websocket is registered) and ``dv-udp-sender`` (while a connection is attached). The main
+gateway's reader thread delivers VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE to it; those handlers
+only resolve futures or hand the update to the guild's connection, and never block, so a slow
+voice handshake can never stall the main gateway.
+
+The `Voice`-`Connection` interface is one-way: `Voice` creates a connection, calls its `open`
+and routes updates to it (``on_voice_state`` / ``on_voice_server``); a connection tells its
+`Voice` that it ended through `connection_ended` (the `ConnectionOwner` protocol), and sends op 4
+through the main gateway it was given, never through this class.
 """
 
 from __future__ import annotations
@@ -15,15 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from discord_voice._connection_core import (
-    RECONNECT_ATTEMPT_TIMEOUT,
-    ConnectionCore,
-    ConnectionState,
-)
 from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.udp_sender import UdpSender
 from discord_voice.clock import Clock, SystemClock, future_signal
-from discord_voice.connection import Connection
+from discord_voice.connection import (
+    RECONNECT_ATTEMPT_TIMEOUT,
+    Connection,
+    ConnectionState,
+    as_connection_closed,
+)
 from discord_voice.core.dave import supported_protocol_version
 from discord_voice.core.ids import snowflake
 from discord_voice.core.reconnect import Action, ReconnectPlan
@@ -160,7 +166,7 @@ class Voice:
             if existing.channel_id != channel:
                 existing.move_to(channel, remaining)
             elif not existing.wait_for_state(ConnectionState.READY, remaining):
-                existing._raise_if_failed()
+                _raise_if_closed(existing)
                 raise JoinTimeout("ready", timeout, "the connection is still recovering")
             return existing
         user_id = self._gateway.user_id
@@ -188,7 +194,8 @@ class Voice:
             endpoint=str(server["endpoint"]),
         )
         connection = Connection(
-            self, info, clock=self._clock, heartbeats=self._heartbeats,
+            self, info, voice_states=self._gateway, clock=self._clock,
+            heartbeats=self._heartbeats,
             sender=self._udp_sender,
             queue_size=self._queue_size,
             close_timeout=self._close_timeout,
@@ -198,13 +205,7 @@ class Voice:
         )
         with self._lock:
             self._connections[guild] = connection
-        try:
-            connection._open(deadline, timeout)
-        except BaseException as exc:
-            connection._fail(exc, report=False)
-            connection._join(self._close_timeout)
-            self._leave(guild)
-            raise
+        connection.open(deadline, timeout)  # on failure it ended: we were told, it left
         log.info("joined voice channel %s in guild %s (mode %s)", channel, guild, connection.mode)
         return connection
 
@@ -249,8 +250,8 @@ class Voice:
                 _resolve(pending.state, data)
             return
         if connection is not None:
-            connection._on_voice_state(None if channel is None else str(channel),
-                                       str(data.get("session_id") or ""))
+            connection.on_voice_state(None if channel is None else str(channel),
+                                      str(data.get("session_id") or ""))
 
     def on_voice_server_update(self, data: Mapping[str, Any]) -> None:
         guild = str(data.get("guild_id"))
@@ -265,14 +266,14 @@ class Voice:
             if endpoint:
                 _resolve(pending.server, data)
         elif connection is not None:
-            connection._on_voice_server(str(endpoint) if endpoint else None, token)
+            connection.on_voice_server(str(endpoint) if endpoint else None, token)
         else:
             log.debug("VOICE_SERVER_UPDATE for guild %s with no connection: ignored", guild)
 
-    # -- internal ---------------------------------------------------------------------------
+    # -- a connection ended (the `ConnectionOwner` callback; on the thread that ended it) -----
 
-    def _forget(
-        self, connection: ConnectionCore, *, leave: bool
+    def connection_ended(
+        self, connection: Connection, *, leave: bool
     ) -> concurrent.futures.Future[None] | None:
         """Drop `connection` from the registry; with `leave`, tell Discord we left and return a
         future resolved by Discord's confirmation (our VOICE_STATE_UPDATE with no channel)."""
@@ -295,10 +296,6 @@ class Voice:
             _resolve(confirmed, None)  # nothing was sent: nothing to wait for
         return confirmed
 
-    def _request_voice_state(self, guild: str, channel: str, mute: bool, deaf: bool) -> None:
-        """Send op 4 for a connection (a move or a fresh session); raises if it cannot."""
-        self._gateway.update_voice_state(guild, channel, self_mute=mute, self_deaf=deaf)
-
     def _leave_quietly(self, guild: str) -> bool:
         """Send op 4 with no channel; False (logged) if the main gateway could not send it."""
         try:
@@ -317,6 +314,11 @@ def _await(
     if not clock.wait_until(deadline, future_signal(future)):
         raise JoinTimeout(stage, timeout, _HINTS.get(stage, ""))
     return future.result(0)
+
+
+def _raise_if_closed(connection: Connection) -> None:
+    if connection.state is ConnectionState.CLOSED:
+        raise as_connection_closed(connection.error)
 
 
 def _resolve(future: concurrent.futures.Future[T], value: T) -> None:

@@ -9,6 +9,7 @@ new link and `establish`\\ es it while the old one is stopped.
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -27,8 +28,11 @@ from discord_voice.core.voice_gateway import VoiceServerInfo
 
 __all__ = ["VoiceLink"]
 
-#: ``on_failure(link, session, error)``: a websocket of `link` ended with `error`.
-LinkFailure = Callable[["VoiceLink", VoiceSocketSession, BaseException], None]
+#: ``on_failure(link, socket_number, error)``: websocket number `socket_number` of `link` ended.
+LinkFailure = Callable[["VoiceLink", int, BaseException], None]
+
+#: Numbers every voice websocket of the process (a loss names its socket by number).
+_socket_numbers = itertools.count(1)
 
 
 class VoiceLink:
@@ -56,6 +60,7 @@ class VoiceLink:
         self._lock = threading.Lock()  # guards session and the lists below
         self.dave = DaveChannel(info.user_id, info.channel_id)
         self._threads: dict[VoiceSocketSession, list[ServiceThread]] = {}
+        self._numbers: dict[VoiceSocketSession, int] = {}
         self.session = self._new_session(None)
         # Replaced sessions whose threads did not end in time: joined again at release.
         self._retired: list[VoiceSocketSession] = []
@@ -66,6 +71,12 @@ class VoiceLink:
     def __repr__(self) -> str:
         return f"<VoiceLink guild={self.info.guild_id} endpoint={self.info.endpoint} " \
                f"ssrc={self.ssrc} mode={self.mode}>"
+
+    @property
+    def socket_number(self) -> int:
+        """The number of the current websocket (a resume gets a new one)."""
+        with self._lock:
+            return self._numbers[self.session]
 
     def establish(self, deadline: float, timeout: float) -> Transport:
         """Run the voice handshake to the point where audio can flow; return its transport.
@@ -116,6 +127,7 @@ class VoiceLink:
             session.release()
             with self._lock:
                 self._threads.pop(session, None)
+                self._numbers.pop(session, None)
             return
         session.abort()
         with self._lock:
@@ -149,15 +161,15 @@ class VoiceLink:
                 self.udp.close()
 
     def _new_session(self, resume_from: VoiceSocketSession | None) -> VoiceSocketSession:
-        holder: list[VoiceSocketSession] = []
+        number = next(_socket_numbers)
         threads: list[ServiceThread] = []
         session = VoiceSocketSession(
             self.info, clock=self._clock, heartbeats=self._heartbeats,
             max_dave_protocol_version=self._max_dave,
-            on_failure=lambda exc: self._on_failure(self, holder[0], exc),
+            on_failure=lambda exc: self._on_failure(self, number, exc),
             threads=threads, dave=self.dave, resume_from=resume_from,
         )
-        holder.append(session)
         with self._lock:
             self._threads[session] = threads
+            self._numbers[session] = number
         return session

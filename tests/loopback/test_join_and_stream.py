@@ -360,7 +360,7 @@ def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
     w.fake.close_voice(4006, "bye")  # a full reconnect: new session, token and key
     assert w.fake.wait_until(lambda f: conn.reconnects == 1, LONG)
     new = w.fake.voice_sessions[-1]
-    texts += [repr(conn), repr(conn._link), library_logs()]
+    texts += [repr(conn), repr(conn._sessions.link), library_logs()]
     w.fake.close_voice(4004, "bye")  # fatal
     with pytest.raises(VoiceGatewayClosed) as info:
         conn.wait(timeout=LONG)

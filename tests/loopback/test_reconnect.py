@@ -245,7 +245,7 @@ def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) ->
         # the old websocket's heartbeat was handed back, the new one's registered: one thread
         assert [t.name for t in threading.enumerate() if "heartbeat" in t.name
                 and not t.name.startswith("dv-gateway")] == ["dv-heartbeat"]
-        return len(os.listdir("/proc/self/fd")), len(conn._threads)
+        return len(os.listdir("/proc/self/fd")), len(conn._supervisor.threads())
 
     reconnect(1)
     fds, _ = reconnect(2)
@@ -255,7 +255,8 @@ def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) ->
     # the slack is for the fake's own server-side sockets, closed on its threads)
     assert now <= fds + 2
     assert own <= 3  # the sender plus at most the latest recovery threads are kept
-    assert [t.name for t in conn._link.threads() if t.is_alive()] == [f"dv-voice-reader:{GUILD}"]
+    link = conn._sessions.link
+    assert [t.name for t in link.threads() if t.is_alive()] == [f"dv-voice-reader:{GUILD}"]
     conn.disconnect()
 
 
