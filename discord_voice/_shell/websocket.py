@@ -1,6 +1,7 @@
 """A websocket-client connection with typed errors, thread-safe sends and a prompt abort.
 
-Only one thread (the owner's reader) may call `recv`; any thread may send. Socket operations
+The frame layer under `..ws_session.WebSocketSession`, which both gateways hold: only one
+thread (that session's reader) may call `recv`; any thread may send. Socket operations
 carry a timeout (`io_timeout`), so a send to a dead peer fails instead of hanging; the reader
 treats a receive timeout as "nothing yet" (websocket-client resumes a half-read frame).
 websocket-client's own exceptions never leave this module: they become `ConnectionClosed` or a
