@@ -100,7 +100,9 @@ class OpusQueue(queue.Queue[Any]):
         with self.mutex:
             if self._error is None:
                 self._error = error or ConnectionClosed("the voice connection is closed")
-            discarded = list(self.queue)
+            # a STOP left by an earlier close was never a task: counting it would steal the
+            # frame in hand's count, and the sender's task_done for that frame would raise
+            discarded = [item for item in self.queue if item is not STOP]
             self.queue.clear()
             for _ in discarded:
                 self._task_done_locked()
@@ -110,7 +112,7 @@ class OpusQueue(queue.Queue[Any]):
             consumer = self._consumer
         if consumer is not None:
             consumer()
-        return [item for item in discarded if item is not STOP]
+        return discarded
 
     def _task_done_locked(self) -> None:
         if self.unfinished_tasks > 0:

@@ -40,7 +40,7 @@ from discord_voice._shell.opus_queue import STOP, OpusQueue
 from discord_voice._shell.threads import SharedWorker
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP, frame_samples
-from discord_voice.core.pacing import Pacer, PacingStats
+from discord_voice.core.pacing import TOLERANCE, Pacer, PacingStats
 from discord_voice.core.packetizer import Packetizer
 from discord_voice.core.send_state import Phase, SendState
 from discord_voice.errors import ConnectionClosed
@@ -168,6 +168,8 @@ class OutboundStream:
         self._retry_at: float | None = None
         self._token = 0  # the live heap entry's token; bumping it cancels that entry
         self._finished = False
+        #: Set by the sender thread once it has let go of the stream (`UdpSender.detach` waits).
+        self._released = Signal()
         self._bytes_sent = 0
         self._discarded = 0
         self._transports = 1
@@ -281,8 +283,14 @@ class UdpSender:
         return stream
 
     def detach(self, stream: OutboundStream, timeout: float = 5.0) -> None:
-        """Stop pacing `stream`; the last one stops and joins the thread (`ShutdownTimeout`)."""
+        """Stop pacing `stream` and return once the thread has let go of it: its frame in hand
+        discarded (``opus_send.join()`` no longer waits for it), nothing more sent on its socket
+        or reported to its ``on_failure``. The last one stops and joins the thread
+        (`ShutdownTimeout`)."""
         stream.close()
+        thread = self._worker.thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            stream._released.wait(timeout)  # real seconds, bounded, like a join
         self._worker.release(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -312,7 +320,9 @@ class UdpSender:
                 self._live[stream] = None
                 self._attend(stream, now, heap)
             due: list[OutboundStream] = []
-            while heap and heap[0][0] <= now:
+            # within TOLERANCE: a retry at now + 1 ms may read back an ulp early on the clock,
+            # and a deadline never counted as reached would be waited for again, forever
+            while heap and heap[0][0] <= now + TOLERANCE:
                 _, _, token, stream = heapq.heappop(heap)
                 if token == stream._token and not stream._finished:
                     stream._token += 1
@@ -449,8 +459,9 @@ class UdpSender:
         if in_hand.from_queue:
             stream._frames.task_done()
 
-    def _finish(self, stream: OutboundStream) -> None:
-        """Let go of a stream: discard the frame in hand, wake stop_speaking waiters."""
+    def _finish(self, stream: OutboundStream, failure: BaseException | None = None) -> None:
+        """Let go of a stream: discard the frame in hand, wake stop_speaking waiters, report
+        `failure` to the owner; only then may `detach` return."""
         if stream._finished:
             return
         stream._finished = True
@@ -465,10 +476,14 @@ class UdpSender:
             if isinstance(item, _Done):
                 item.done.set()
         stream._pending.clear()
+        try:
+            if failure is not None:
+                stream._on_failure(failure)
+        finally:
+            stream._released.set()
 
     def _fail(self, stream: OutboundStream, exc: BaseException) -> None:
-        self._finish(stream)
-        stream._on_failure(exc)
+        self._finish(stream, exc)
 
     def _on_thread_failure(self, exc: BaseException) -> None:
         """The thread itself failed (a bug): every stream's owner learns it."""
