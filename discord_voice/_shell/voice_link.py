@@ -3,8 +3,9 @@
 A session is what Discord's VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE describe: one voice
 server, token and session id. It owns the voice websocket (a `VoiceSocketSession`; a resume
 replaces it with another one over the same session), the UDP socket, the SSRC, the transport
-key and the DAVE group. A `Connection` keeps one link at a time; a reconnect or a move makes a
-new link and `establish`\\ es it while the old one is stopped.
+key and the DAVE group. A connection's `VoiceSessions` keeps one link at a time; a reconnect
+or a move makes a new link and `establish`\\ es it while the old one is stopped. Each websocket
+gets a process-wide number, and a failure names its socket by it (`socket_number`).
 """
 
 from __future__ import annotations
