@@ -190,8 +190,10 @@ class WebSocketChannel:
         except (websocket.WebSocketException, OSError, AttributeError):
             pass
 
-    def close(self, code: int = 1000) -> None:
-        """Send a close frame once (best effort; the reader sees the peer's answer)."""
+    def close(self, code: int) -> None:
+        """Send a close frame with `code` once (best effort; the reader sees the peer's answer).
+
+        The codes we send are `discord_voice.core.opcodes.ClientCloseCode`."""
         with self._close_lock:
             if self._close_sent:
                 return

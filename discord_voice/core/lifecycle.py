@@ -66,6 +66,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from discord_voice.core.opcodes import ClientCloseCode
 from discord_voice.core.reconnect import (
     Action,
     Attempt,
@@ -102,7 +103,7 @@ __all__ = [
 ]
 
 #: The code a client-side close stands for in the plan (we closed a zombie: not 1000/1001).
-_OUR_RECOVERY_CLOSE = 4000
+_OUR_RECOVERY_CLOSE = ClientCloseCode.RECOVERING
 
 
 class ConnectionState(enum.Enum):
