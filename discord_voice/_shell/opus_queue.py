@@ -43,6 +43,7 @@ class OpusQueue(queue.Queue[Any]):
         self._error: BaseException | None = None
         self._before_put = before_put
         self._consumer: Callable[[], None] | None = None
+        self._producers_waiting = 0  # producers blocked on a full queue (under `mutex`)
 
     def set_consumer(self, notify: Callable[[], None]) -> None:
         """Call `notify` after every item queued (the sender, which never blocks in ``get``,
@@ -57,8 +58,18 @@ class OpusQueue(queue.Queue[Any]):
             if not queue:
                 return None
             item: object = queue.popleft()
-            self.not_full.notify()
+            if self._producers_waiting:
+                self.not_full.notify()
             return item
+
+    def mark_sent(self) -> None:
+        """`task_done` for a frame the sender has sent (one lock, no Python-level Condition)."""
+        with self.mutex:
+            unfinished = self.unfinished_tasks - 1
+            self.unfinished_tasks = unfinished
+            if unfinished <= 0:  # never below 0 here: the shared sender must not raise
+                self.unfinished_tasks = 0
+                self.all_tasks_done.notify_all()
 
     def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue one Opus frame; blocks while the queue is full (backpressure).
@@ -82,9 +93,14 @@ class OpusQueue(queue.Queue[Any]):
                 if not block:
                     raise queue.Full
                 # `timeout` is real seconds, as for any queue.Queue (see discord_voice.clock)
-                self.not_full.wait_for(
-                    lambda: self._error is not None or self._qsize() < self.maxsize, timeout
-                )
+                self._producers_waiting += 1
+                try:
+                    self.not_full.wait_for(
+                        lambda: self._error is not None or self._qsize() < self.maxsize,
+                        timeout,
+                    )
+                finally:
+                    self._producers_waiting -= 1
                 self._raise_if_closed()
                 if self._qsize() >= self.maxsize:
                     raise queue.Full

@@ -118,7 +118,7 @@ class _Done:
     done: Signal
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _InHand:
     """The next frame of a stream, and its packet once prepared for `transport`."""
 
@@ -235,12 +235,7 @@ class OutboundStream:
         if self._pending:
             pending = self._pending.popleft()
             return pending if isinstance(pending, _Done) else (pending, False)
-        item = self._frames.take_nowait()
-        if item is None:
-            return None
-        if isinstance(item, bytes):
-            return (item, True)
-        return item
+        return self._frames.take_nowait()
 
 
 class UdpSender:
@@ -382,22 +377,27 @@ class UdpSender:
                     if item is None:
                         return
                 stream.idle = False
-                if item is STOP:
+                if type(item) is bytes:  # the common case: a frame from the queue
+                    in_hand = stream._in_hand = _InHand(item, frame_samples(item), True)
+                    state.frame_ready(now, in_hand.samples)
+                elif isinstance(item, tuple):  # a silence frame after stop_speaking
+                    frame, from_queue = item
+                    in_hand = stream._in_hand = _InHand(frame, frame_samples(frame), from_queue)
+                    state.frame_ready(now, in_hand.samples)
+                elif item is STOP:
                     self._finish(stream)
                     return
-                if isinstance(item, StopSpeakingMarker):
+                elif isinstance(item, StopSpeakingMarker):
                     stream._pending.extend([OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP)
                     stream._pending.append(_Done(item.done))
-                    stream._frames.task_done()
+                    stream._frames.mark_sent()
                     continue
-                if isinstance(item, _Done):  # the last silence frame has been sent
+                elif isinstance(item, _Done):  # the last silence frame has been sent
                     state.paused()
                     item.done.set()
                     continue
-                assert isinstance(item, tuple)
-                frame, from_queue = item
-                in_hand = stream._in_hand = _InHand(frame, frame_samples(frame), from_queue)
-                state.frame_ready(now, in_hand.samples)
+                else:
+                    raise TypeError(f"unexpected item on opus_send: {item!r}")
             if state.phase not in (Phase.PLAYING, Phase.IDLE):
                 return  # held (prepared on release, for the transport of then) or closed
             if in_hand.data is not None and in_hand.transport is transport:
@@ -457,7 +457,7 @@ class UdpSender:
         stream._in_hand = None
         stream._bytes_sent += len(in_hand.data)
         if in_hand.from_queue:
-            stream._frames.task_done()
+            stream._frames.mark_sent()
 
     def _finish(self, stream: OutboundStream, failure: BaseException | None = None) -> None:
         """Let go of a stream: discard the frame in hand, wake stop_speaking waiters, report
@@ -471,7 +471,7 @@ class UdpSender:
         in_hand, stream._in_hand = stream._in_hand, None
         if in_hand is not None and in_hand.from_queue:
             stream._discarded += 1
-            stream._frames.task_done()
+            stream._frames.mark_sent()
         for item in stream._pending:
             if isinstance(item, _Done):
                 item.done.set()

@@ -76,6 +76,7 @@ class Pacer:
         self._origin: float | None = None
         self._elapsed = 0  # samples of the run sent so far
         self._due = 0.0
+        self._next = 0.0  # the due time of the run's next frame (valid while running)
         self._not_before = -math.inf  # when the last frame of the previous run ends
         self._sent = 0
         self._late = 0
@@ -101,7 +102,7 @@ class Pacer:
         """
         if self._origin is None:
             return self.start(now)
-        due = _instant(self._origin + self._elapsed / SAMPLE_RATE)
+        due = self._next  # computed once per frame, by `sent` or `_restart`
         if now - due > self.max_catch_up * self.frame_duration + TOLERANCE:
             self._stalls += 1
             return self._restart(self._grid_floor(now))
@@ -121,6 +122,8 @@ class Pacer:
         if lateness > self._max_lateness:
             self._max_lateness = lateness
         self._elapsed += samples
+        if self._origin is not None:
+            self._next = _instant(self._origin + self._elapsed / SAMPLE_RATE)
 
     def underrun(self) -> None:
         """Nothing was queued when a frame was due: end the run."""
@@ -149,7 +152,7 @@ class Pacer:
         origin = _instant(origin)
         self._origin = origin
         self._elapsed = 0
-        self._due = origin
+        self._due = self._next = origin
         return origin
 
     def _grid_ceil(self, now: float) -> float:
