@@ -43,7 +43,7 @@ def _serve(pipe: Pipe, dave: bool = True) -> None:
     """Child process: run a FakeDiscord and answer the parent's requests."""
     from discord_voice.testing import FakeDiscord
 
-    with FakeDiscord(dave=dave) as fake:
+    with FakeDiscord(dave=dave, main_rate_limit=100_000) as fake:
         pipe.send((fake.gateway_url, fake.token))
         while True:
             request = pipe.recv()
@@ -144,7 +144,40 @@ def _library_threads() -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("dv-"))
 
 
-def run(count: int, frames: list[bytes], dave: bool = True) -> dict[str, Any]:
+#: How many frames the paced producer keeps queued ahead on each connection.
+AHEAD = 5
+
+
+def produce(conns: list[Any], frames: list[bytes], bulk: bool) -> None:
+    """Feed every connection `frames`.
+
+    Paced (the default), as a live bot's mixer would: one producer thread wakes every 20 ms and
+    tops each queue up to `AHEAD` frames. Bulk: everything is put at once (the queues hold it
+    all); the first ~150 ms of puts then compete with the sender for the GIL (each send
+    releases it), which shows as one stall of every stream at the start.
+    """
+    if bulk:
+        for frame_index in range(len(frames)):  # interleave, as live producers would
+            for conn in conns:
+                conn.opus_send.put(frames[frame_index])
+        return
+    queued = [0] * len(conns)
+    tick = time.monotonic()
+    while True:
+        done = True
+        for i, conn in enumerate(conns):
+            while queued[i] < len(frames) and conn.opus_send.qsize() < AHEAD:
+                conn.opus_send.put(frames[queued[i]])
+                queued[i] += 1
+            done = done and queued[i] == len(frames)
+        if done:
+            return
+        tick += 0.020
+        time.sleep(max(0.0, tick - time.monotonic()))
+
+
+def run(count: int, frames: list[bytes], dave: bool = True,
+        bulk: bool = False) -> dict[str, Any]:
     with remote_fake(dave) as (gateway, pipe):
         voice = Voice(gateway, queue_size=len(frames) + 8)
         joins = []
@@ -161,9 +194,7 @@ def run(count: int, frames: list[bytes], dave: bool = True) -> dict[str, Any]:
         process_before = time.process_time()
         for conn in conns:
             conn.speaking()
-        for frame_index in range(len(frames)):  # interleave, as live producers would
-            for conn in conns:
-                conn.opus_send.put(frames[frame_index])
+        produce(conns, frames, bulk)
         for conn in conns:
             conn.stop_speaking(timeout=len(frames) * 0.02 + 30)
         process_cpu = time.process_time() - process_before
@@ -234,19 +265,22 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per connection count")
     parser.add_argument("--no-dave", dest="dave", action="store_false",
                         help="channels without DAVE (transport encryption only)")
+    parser.add_argument("--bulk", action="store_true",
+                        help="put every frame at once instead of a paced producer")
     args = parser.parse_args()
     frames = asset_frames(args.seconds)
     aes, xchacha = tight_loop_cost(frames)
     print(f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
           f"XChaCha20-Poly1305 {xchacha:.2f} us/packet")
-    print(f"DAVE {'on' if args.dave else 'off'}; {args.seconds:g} s of audio per connection")
+    print(f"DAVE {'on' if args.dave else 'off'}; {args.seconds:g} s of audio per connection; "
+          f"{'bulk' if args.bulk else 'paced'} producer")
     header = (f"{'conns':>5} {'join p50':>9} {'join max':>9} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'max ms':>7} {'lost':>5} {'altered':>7} {'late':>5} {'stalls':>6} "
               f"{'sender us/pkt':>13} {'process us/pkt':>14} {'KiB/conn':>8}  threads")
     print(header)
     for count in args.counts:
         for _ in range(args.runs):
-            r = run(count, frames, args.dave)
+            r = run(count, frames, args.dave, args.bulk)
             kinds = sorted({name.split(":")[0] for name in r["threads"]})
             summary = ", ".join(
                 f"{sum(n.split(':')[0] == k for n in r['threads'])} {k}" for k in kinds)

@@ -79,6 +79,9 @@ class FakeDiscord:
 
     ``voice_resume_window``: seconds a voice session whose websocket ended resumably (drop,
     4015, a client close other than 1000/1001) can still be resumed with op 7.
+    ``main_rate_limit``: events a client may send the main gateway per 60 s before it is closed
+    with 4008 (Discord's 120; a benchmark joining hundreds of guilds on one connection may raise
+    it, which real Discord would not allow).
 
     Thread safety: every public method may be called from any thread.
     """
@@ -101,6 +104,7 @@ class FakeDiscord:
         stage: bool = False,
         dave_listener: bool = True,
         voice_resume_window: float = 5.0,
+        main_rate_limit: int = 120,
     ) -> None:
         modes = tuple(modes)
         if not isinstance(token, str) or not token:
@@ -113,6 +117,8 @@ class FakeDiscord:
             raise ValueError("heartbeat intervals must be positive (seconds)")
         if not voice_resume_window >= 0:
             raise ValueError("voice_resume_window must be >= 0 (seconds)")
+        if type(main_rate_limit) is not int or main_rate_limit < 1:
+            raise ValueError("main_rate_limit must be a positive int (events per 60 s)")
         if event_order not in ("state_first", "server_first"):
             raise ValueError("event_order must be 'state_first' or 'server_first'")
         self._config = Config(
@@ -125,6 +131,7 @@ class FakeDiscord:
             voice_hello_first=bool(voice_hello_first),
             endpoint_scheme=bool(endpoint_scheme),
             voice_resume_window=float(voice_resume_window),
+            main_rate_limit=main_rate_limit,
         )
         self._rec = Recorder()
         self._script = Script()

@@ -58,6 +58,7 @@ class Config:
     voice_hello_first: bool
     endpoint_scheme: bool
     voice_resume_window: float = 5.0  # seconds a detached voice session stays resumable
+    main_rate_limit: int = 120  # main gateway events per RATE_WINDOW before 4008
 
 
 @dataclass(frozen=True)

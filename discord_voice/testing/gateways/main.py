@@ -44,8 +44,7 @@ from discord_voice.testing.world import Config, Credentials, Script, voice_state
 
 __all__ = ["FakeMainGateway"]
 
-#: Discord's send rate limit: events per window per connection.
-RATE_LIMIT = 120
+#: Discord's send rate limit: events per window per connection (`Config.main_rate_limit`).
 RATE_WINDOW = 60.0
 
 
@@ -213,10 +212,11 @@ class _MainConnection:
             self.events.append(now)
             while self.events and self.events[0] <= now - RATE_WINDOW:
                 self.events.popleft()
-            if len(self.events) > RATE_LIMIT:
+            limit = self.config.main_rate_limit
+            if len(self.events) > limit:
                 raise CloseWith(
                     GatewayCloseCode.RATE_LIMITED,
-                    f"rate limited: more than {RATE_LIMIT} events in {RATE_WINDOW:.0f} s",
+                    f"rate limited: more than {limit} events in {RATE_WINDOW:.0f} s",
                 )
         if op == GatewayOp.HEARTBEAT:
             self._on_heartbeat(payload)
