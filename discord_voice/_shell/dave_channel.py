@@ -21,6 +21,9 @@ __all__ = ["DaveChannel"]
 
 Frame = str | bytes
 
+# What the sender does to a frame (see `DaveChannel._media_step`).
+_PLAIN, _ENCRYPT, _HOLD = "plain", "encrypt", "hold"
+
 
 class DaveChannel:
     """The DAVE protocol of one connection plus the signals the sender and the join wait on.
@@ -34,6 +37,9 @@ class DaveChannel:
         self._changed = threading.Condition(self.lock)
         self._started = False
         self._media = Signal()  # set while media can be sent; replaced when that stops
+        # What the sender does to a frame, recomputed under `lock` after every input:
+        # PLAIN (no E2EE in effect), ENCRYPT (group key there) or HOLD (E2EE without a key).
+        self._media_step = _PLAIN
         #: Resolved once DAVE is settled for the join: key there, DAVE off, or alone in the
         #: call with our pending group (the first commit needs a second member).
         self.settled: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -43,9 +49,13 @@ class DaveChannel:
     ) -> list[Frame]:
         """Apply one DAVE input; return the replies to send. Errors propagate, state intact."""
         with self.lock:
-            frames = change(self.protocol)
-            self._started = self._started or started
             dave = self.protocol
+            try:
+                frames = change(dave)
+            finally:  # even a refused input may have moved the engine: look again
+                self._media_step = (_PLAIN if not dave.active else _ENCRYPT if dave.ready
+                                    else _HOLD)
+            self._started = self._started or started
             can_send = self._started and (not dave.active or dave.ready)
             settled = can_send or (self._started and dave.waiting_alone)
             media = self._media
@@ -76,10 +86,12 @@ class DaveChannel:
         if not self.lock.acquire(blocking=False):
             return EncryptBlocked.BUSY
         try:
-            dave = self.protocol
-            if dave.active and not dave.ready and frame != OPUS_SILENCE_FRAME:
+            step = self._media_step
+            if step is _PLAIN or frame == OPUS_SILENCE_FRAME:
+                return frame  # the silence frame passes unencrypted, as the protocol allows
+            if step is _HOLD:
                 return EncryptBlocked.NO_KEY
-            return dave.transform(frame)
+            return self.protocol.encrypt_ready(frame)
         finally:
             self.lock.release()
 

@@ -183,8 +183,15 @@ class DaveyEngine:
                    lambda s: s.set_passthrough_mode(enabled, expiry))
 
     def encrypt_opus(self, frame: bytes) -> bytes:
-        return self._call(EncryptionError, "cannot encrypt a frame",
-                          lambda s: s.encrypt_opus(frame))
+        # once per packet on the sender thread: no closure, one call into davey
+        session = self._session
+        if session is None:
+            raise LocalProtocolError("dave engine used before reinit")
+        try:
+            result: bytes = session.encrypt_opus(frame)
+        except (ValueError, OverflowError) as exc:
+            raise EncryptionError(f"dave: cannot encrypt a frame: {exc}") from None
+        return result
 
     def decrypt_opus(self, user_id: int, frame: bytes) -> bytes:
         audio = self._davey.MediaType.audio
@@ -353,6 +360,15 @@ class DaveProtocol:
             return frame
         if not self._engine.ready:
             raise DaveNotReady("dave: e2ee is in effect but the group key is not ready yet")
+        return self._engine.encrypt_opus(frame)
+
+    def encrypt_ready(self, frame: bytes) -> bytes:
+        """Encrypt ``frame`` with the group key; only when `ready` (the caller checked it, as
+        `transform` does: this is the sender's per-packet path without the checks).
+
+        Raises:
+            EncryptionError: the engine failed.
+        """
         return self._engine.encrypt_opus(frame)
 
     def decrypt(self, user_id: int | str, frame: bytes) -> bytes:
