@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,12 @@ class World:
     voice: Voice
 
 
+MakeWorld = Callable[..., World]
+"""The `make_world` fixture's type: ``make_world(voice_options=None, **fake_options)``."""
+
+
 @pytest.fixture
-def make_world() -> Iterator[object]:
+def make_world() -> Iterator[MakeWorld]:
     """Factory: ``make_world(**fake_options)`` -> a started World, torn down after the test."""
     worlds: list[World] = []
     fakes: list[FakeDiscord] = []
@@ -48,5 +52,5 @@ def make_world() -> Iterator[object]:
 
 
 @pytest.fixture
-def world(make_world: object) -> World:
-    return make_world()  # type: ignore[operator, no-any-return]
+def world(make_world: MakeWorld) -> World:
+    return make_world()

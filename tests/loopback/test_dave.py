@@ -8,14 +8,16 @@ plaintext a libdave receiver recovers with what was put on ``opus_send``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
-from discord_voice import DaveRequired, Voice
+from discord_voice import Connection, DaveRequired, Voice, VoiceEventHandler
 from discord_voice.core import dave as dave_core
 from discord_voice.core.opcodes import VoiceOp
+from discord_voice.testing import FakeDiscord
 from tests.frames import opus_frame
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, MakeWorld, World
 from tests.timeouts import LONG, SHORT
 
 pytest.importorskip("dave")
@@ -28,12 +30,14 @@ def frames_of(count: int, start: int = 0) -> list[bytes]:
             for i in range(count)]
 
 
-def stream(world: World, conn: object, frames: list[bytes]) -> None:
+def stream(world: World, conn: Connection, frames: list[bytes]) -> None:
     for frame in frames:
-        conn.opus_send.put(frame)  # type: ignore[attr-defined]
+        conn.opus_send.put(frame)
 
 
-def test_alone_the_join_completes_and_frames_wait_for_a_second_member(make_world) -> None:
+def test_alone_the_join_completes_and_frames_wait_for_a_second_member(
+    make_world: MakeWorld,
+) -> None:
     w: World = make_world(dave=True, dave_listener=False)
     started = time.perf_counter()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -55,7 +59,7 @@ def test_alone_the_join_completes_and_frames_wait_for_a_second_member(make_world
     conn.disconnect()
 
 
-def test_join_with_a_group_ready_at_once(make_world) -> None:
+def test_join_with_a_group_ready_at_once(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, dave_listener=True)
     started = time.perf_counter()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -72,7 +76,7 @@ def test_join_with_a_group_ready_at_once(make_world) -> None:
     conn.disconnect()
 
 
-def test_joining_where_a_libdave_member_already_is(make_world) -> None:
+def test_joining_where_a_libdave_member_already_is(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True)
     member = w.fake.add_member(CHANNEL)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)  # we join by welcome
@@ -86,7 +90,7 @@ def test_joining_where_a_libdave_member_already_is(make_world) -> None:
     conn.disconnect()
 
 
-def test_members_joining_and_leaving_mid_stream_lose_no_frame(make_world) -> None:
+def test_members_joining_and_leaving_mid_stream_lose_no_frame(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, dave_listener=True)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     first_epoch = conn.dave_epoch
@@ -113,12 +117,12 @@ def test_members_joining_and_leaving_mid_stream_lose_no_frame(make_world) -> Non
 class SecondBot:
     """A `MainGateway` for a second bot user, served by the fake's `issue_voice` (no websocket)."""
 
-    def __init__(self, fake: object, user_id: int) -> None:
+    def __init__(self, fake: FakeDiscord, user_id: int) -> None:
         self._fake = fake
         self.user_id = user_id
-        self._handlers: list[object] = []
+        self._handlers: list[VoiceEventHandler] = []
 
-    def add_voice_handler(self, handler: object) -> object:
+    def add_voice_handler(self, handler: VoiceEventHandler) -> Callable[[], None]:
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler)
 
@@ -126,21 +130,21 @@ class SecondBot:
                            self_mute: bool, self_deaf: bool) -> None:
         if channel_id is None:
             return
-        issued = self._fake.issue_voice(int(guild_id), int(channel_id), self.user_id)  # type: ignore[attr-defined]
+        issued = self._fake.issue_voice(int(guild_id), int(channel_id), self.user_id)
         for handler in self._handlers:
-            handler.on_voice_state_update({  # type: ignore[attr-defined]
+            handler.on_voice_state_update({
                 "guild_id": guild_id, "channel_id": channel_id, "user_id": str(self.user_id),
                 "session_id": issued.session_id})
-            handler.on_voice_server_update({  # type: ignore[attr-defined]
+            handler.on_voice_server_update({
                 "guild_id": guild_id, "token": issued.token,
-                "endpoint": self._fake.voice_endpoint})  # type: ignore[attr-defined]
+                "endpoint": self._fake.voice_endpoint})
 
 
-def test_two_of_our_clients_and_a_libdave_member(make_world) -> None:
+def test_two_of_our_clients_and_a_libdave_member(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True)  # a libdave listener stays in the channel throughout
     member = w.fake.add_member(CHANNEL)  # and a second libdave member comes and goes
     conn_a = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    other = Voice(SecondBot(w.fake, 300000000000000003))  # type: ignore[arg-type]
+    other = Voice(SecondBot(w.fake, 300000000000000003))
     conn_b = other.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert w.fake.wait_until(lambda f: conn_a.dave_epoch == conn_b.dave_epoch, LONG)
     assert conn_a.voice_privacy_code == conn_b.voice_privacy_code
@@ -161,7 +165,7 @@ def test_two_of_our_clients_and_a_libdave_member(make_world) -> None:
     conn_a.disconnect()
 
 
-def test_invalid_commit_recovers_with_op_31(make_world) -> None:
+def test_invalid_commit_recovers_with_op_31(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, dave_listener=True)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     w.fake.send_invalid_commit(CHANNEL)
@@ -177,7 +181,7 @@ def test_invalid_commit_recovers_with_op_31(make_world) -> None:
     conn.disconnect()
 
 
-def test_downgrade_and_upgrade(make_world) -> None:
+def test_downgrade_and_upgrade(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, dave_listener=True)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert w.fake.wait_until(  # the server's group is settled (no transition in flight)
@@ -197,14 +201,16 @@ def test_downgrade_and_upgrade(make_world) -> None:
     conn.disconnect()
 
 
-def test_stage_channel_has_no_dave(make_world) -> None:
+def test_stage_channel_has_no_dave(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, stage=True)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert not conn.e2ee_active and conn.dave_protocol_version == 0
     conn.disconnect()
 
 
-def test_a_client_without_dave_gets_the_typed_4017_error(make_world, monkeypatch) -> None:
+def test_a_client_without_dave_gets_the_typed_4017_error(
+    make_world: MakeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("discord_voice.voice.supported_protocol_version", lambda: 0)
     w: World = make_world(dave=True)
     with pytest.raises(DaveRequired) as info:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,9 +22,11 @@ from tests.frames import opus_frame
 from tests.loopback.conftest import CHANNEL, GUILD
 from tests.timeouts import LONG
 
+Rig = tuple[FakeDiscord, Voice, FakeClock]
+
 
 @pytest.fixture
-def rig() -> Iterator[tuple[FakeDiscord, Voice, FakeClock]]:
+def rig() -> Iterator[Rig]:
     clock = FakeClock(start=500.0)
     with FakeDiscord(voice_heartbeat_interval=2.0) as fake:
         gateway = Gateway(fake.token, url=fake.gateway_url)
@@ -42,6 +44,11 @@ def heartbeats(fake: FakeDiscord) -> list[dict[str, int]]:
             if m.direction == "client" and m.op == VoiceOp.HEARTBEAT and m.data]
 
 
+def heartbeats_sent(count: int) -> Callable[[FakeDiscord], bool]:
+    """A `wait_until` predicate: the client has sent `count` heartbeats."""
+    return lambda fake: len(heartbeats(fake)) == count
+
+
 def acks(fake: FakeDiscord) -> list[dict[str, int]]:
     return [m.data["d"] for m in fake.voice_messages
             if m.direction == "server" and m.op == VoiceOp.HEARTBEAT_ACK and m.data]
@@ -54,7 +61,7 @@ def server_seq(message: RecordedMessage) -> int | None:
     return message.data.get("seq") if message.data else None
 
 
-def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
+def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig: Rig) -> None:
     fake, voice, clock = rig
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert conn.latency is None
@@ -65,7 +72,8 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     sent_before = [seq for m in fake.voice_messages if m.direction == "server"
                    and m.index < beat.index and (seq := server_seq(m)) is not None]
     session_seq = next(m.data["seq"] for m in fake.voice_messages
-                       if m.direction == "server" and m.op == VoiceOp.SESSION_DESCRIPTION)
+                       if m.direction == "server" and m.op == VoiceOp.SESSION_DESCRIPTION
+                       and m.data)
     assert heartbeats(fake)[0]["t"] == 502000
     # seq_ack: at least what join_channel waited for, at most what the server had sent
     assert session_seq <= heartbeats(fake)[0]["seq_ack"] <= max(sent_before)
@@ -79,7 +87,7 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig) -> None:
     assert conn.latency == 0.0  # logical time did not move between beat and ACK
 
 
-def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
+def test_missing_acks_make_the_client_resume_on_a_new_socket(rig: Rig) -> None:
     fake, voice, clock = rig
     fake.withhold("heartbeat_ack")
     conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -89,13 +97,14 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig) -> None:
     for beat in range(3):  # beats at +2, +4, +6 s: the first is 4 s old at +6, not yet dead
         clock.wait_for_deadline(502.0 + 2 * beat, LONG)
         clock.advance(2.0)
-        assert fake.wait_until(lambda f, n=beat + 1: len(heartbeats(f)) == n, LONG)
+        assert fake.wait_until(heartbeats_sent(beat + 1), LONG)
     fake.release("heartbeat_ack")
     clock.wait_for_deadline(508.0, LONG)
     clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old: dead -> resume
     session = fake.voice_sessions[-1]
     assert fake.wait_until(lambda f: session.resumes == 1 and len(session.speaking) == 2, LONG)
-    resume = [m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == 7]
+    resume = [m.data["d"] for m in fake.voice_messages
+              if m.direction == "client" and m.op == 7 and m.data]
     assert len(resume) == 1 and resume[0]["session_id"] == session.session_id
     conn.opus_send.put(after)  # same SSRC and key on the same UDP socket
     assert [f.opus for f in fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)] == [
@@ -111,7 +120,7 @@ def library_threads() -> list[str]:
                   if t.name.startswith("dv-") and not t.name.startswith("dv-gateway"))
 
 
-def test_connections_of_one_voice_share_one_heartbeat_thread(rig) -> None:
+def test_connections_of_one_voice_share_one_heartbeat_thread(rig: Rig) -> None:
     fake, voice, clock = rig
     first = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     second = voice.join_channel(GUILD + 1, CHANNEL + 1, timeout=LONG)
@@ -121,8 +130,7 @@ def test_connections_of_one_voice_share_one_heartbeat_thread(rig) -> None:
         f"dv-voice-reader:{GUILD + 1}"])
     clock.advance(2.0)  # both websockets are due: one thread beats both
     assert fake.wait_until(lambda f: [s.heartbeats for s in f.voice_sessions] == [1, 1], LONG)
-    assert [m.data["d"]["t"] for m in fake.voice_messages
-            if m.direction == "client" and m.op == VoiceOp.HEARTBEAT] == [502000, 502000]
+    assert [beat["t"] for beat in heartbeats(fake)] == [502000, 502000]
     first.disconnect()
     assert "dv-heartbeat" in library_threads()  # the second connection still beats
     assert not [name for name in library_threads() if name.endswith(f":{GUILD}")]

@@ -32,7 +32,7 @@ from discord_voice.core import crypto
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp, VoiceOp
 from discord_voice.testing import FakeDiscord
 from tests.frames import opus_frame
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, MakeWorld, World
 from tests.timeouts import LONG
 
 SILENCE = b"\xf8\xff\xfe"
@@ -60,7 +60,9 @@ def left(fake: FakeDiscord) -> bool:
 
 
 @pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
-def test_stream_arrives_exactly_once_in_order_byte_identical(make_world, mode: str) -> None:
+def test_stream_arrives_exactly_once_in_order_byte_identical(
+    make_world: MakeWorld, mode: str
+) -> None:
     if mode == MODE_AES256_GCM and not crypto.aes256_gcm_available():
         pytest.skip("this CPU has no AES-256-GCM in libsodium")
     w: World = make_world(modes=(mode,))
@@ -195,14 +197,14 @@ def test_joining_another_channel_moves_the_connection(world: World) -> None:
     assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=second.ssrc)[0].opus == new
     assert world.voice.connection(GUILD) is second
     joins = [m.data["d"]["channel_id"] for m in world.fake.main_messages
-             if m.direction == "client" and m.op == 4]
+             if m.direction == "client" and m.op == 4 and m.data is not None]
     assert joins == [str(CHANNEL), str(CHANNEL + 1)]  # a move, not a leave and a rejoin
     second.disconnect()
 
 
 @pytest.mark.parametrize("order", ["state_first", "server_first"])
 @pytest.mark.parametrize("hello_first", [True, False])
-def test_event_orders(make_world, order: str, hello_first: bool) -> None:
+def test_event_orders(make_world: MakeWorld, order: str, hello_first: bool) -> None:
     w: World = make_world(event_order=order, voice_hello_first=hello_first)
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     conn.opus_send.put(opus_frame(b"\x01\x02"))  # no explicit speaking(): the sender announces it
@@ -212,7 +214,9 @@ def test_event_orders(make_world, order: str, hello_first: bool) -> None:
     conn.disconnect()
 
 
-def test_aes_gcm_unavailable_falls_back_to_xchacha(world: World, monkeypatch) -> None:
+def test_aes_gcm_unavailable_falls_back_to_xchacha(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(crypto, "available_modes", lambda: (MODE_XCHACHA20,))
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert conn.mode == MODE_XCHACHA20
@@ -221,7 +225,7 @@ def test_aes_gcm_unavailable_falls_back_to_xchacha(world: World, monkeypatch) ->
     conn.disconnect()
 
 
-def test_no_common_mode_is_a_clear_error(make_world) -> None:
+def test_no_common_mode_is_a_clear_error(make_world: MakeWorld) -> None:
     w: World = make_world(modes=("xsalsa20_poly1305", "xsalsa20_poly1305_lite"))
     with pytest.raises(UnsupportedEncryptionMode) as info:
         w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -259,7 +263,7 @@ def test_close_during_join_raises_the_close_code(world: World, op: int, code: in
         assert isinstance(info.value, DaveRequired) and "requires DAVE" in str(info.value)
 
 
-def test_voice_server_closing_mid_stream_reaches_the_producer(make_world) -> None:
+def test_voice_server_closing_mid_stream_reaches_the_producer(make_world: MakeWorld) -> None:
     plan = replace(default_voice_plan(), move_timeout=0.2)
     world = make_world(voice_options={"reconnect_plan": plan})
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -343,7 +347,9 @@ def test_malformed_and_unknown_server_messages_are_survived(world: World) -> Non
     assert stats.ignored_messages >= 2 and stats.malformed_messages >= 1
 
 
-def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
+def test_secrets_never_reach_logs_reprs_or_errors(
+    make_world: MakeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     w: World = make_world(token="Bot.SECRET-BOT-TOKEN.xyz")
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
@@ -365,6 +371,7 @@ def test_secrets_never_reach_logs_reprs_or_errors(make_world, caplog) -> None:
     with pytest.raises(VoiceGatewayClosed) as info:
         conn.wait(timeout=LONG)
     texts += [str(info.value), repr(info.value), library_logs()]
+    assert session.secret_key is not None and session.session_id is not None
     secrets = ["SECRET-BOT-TOKEN", str(voice_token), session.session_id,
                session.secret_key.hex(), str(list(session.secret_key))[1:-1]]
     assert new.secret_key is not None and new.session_id is not None

@@ -35,7 +35,8 @@ def frames_of(count: int) -> list[bytes]:
 
 def op4_channels(fake: FakeDiscord) -> list[object]:
     return [m.data["d"]["channel_id"] for m in fake.main_messages
-            if m.direction == "client" and m.op == GatewayOp.VOICE_STATE_UPDATE]
+            if m.direction == "client" and m.op == GatewayOp.VOICE_STATE_UPDATE
+            and m.data is not None]
 
 
 def watch(conn: Connection) -> tuple[list[tuple[str, str]], list[Attempt]]:
@@ -46,7 +47,7 @@ def watch(conn: Connection) -> tuple[list[tuple[str, str]], list[Attempt]]:
     return changes, attempts
 
 
-def stream_across(world: World, conn: Connection, fault: Callable[[], None],
+def stream_across(world: World, conn: Connection, fault: Callable[[], object],
                   count: int = 40) -> list[bytes]:
     """Put half the frames, cause `fault`, put the rest (blocking while the connection
     recovers); return what was sent."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from discord_voice import Connection, ConnectionState
 from tests.frames import opus_frame
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, MakeWorld, World
 from tests.timeouts import LONG
 
 GUILDS = [GUILD, GUILD + 1, GUILD + 2]
@@ -46,9 +46,9 @@ def stream(conns: list[Connection], tag: str) -> list[list[bytes]]:
 
 
 def test_three_streaming_connections_run_one_reader_each_and_share_two_threads(
-    make_world: object,
+    make_world: MakeWorld,
 ) -> None:
-    w: World = make_world(voice_options={"queue_size": FRAMES})  # type: ignore[operator]
+    w: World = make_world(voice_options={"queue_size": FRAMES})
     gateway = dv_threads()  # the main gateway's own threads, before any voice connection
     assert gateway and all(name.startswith("dv-gateway-") for name in gateway)
 
@@ -86,8 +86,8 @@ def test_three_streaming_connections_run_one_reader_each_and_share_two_threads(
     assert dv_threads() == gateway
 
 
-def test_voice_close_with_streaming_connections_leaves_no_thread(make_world: object) -> None:
-    w: World = make_world(voice_options={"queue_size": FRAMES})  # type: ignore[operator]
+def test_voice_close_with_streaming_connections_leaves_no_thread(make_world: MakeWorld) -> None:
+    w: World = make_world(voice_options={"queue_size": FRAMES})
     gateway = dv_threads()
     conns = [
         w.voice.join_channel(guild, CHANNEL + n, timeout=LONG) for n, guild in enumerate(GUILDS)
