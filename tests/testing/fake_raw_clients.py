@@ -61,7 +61,7 @@ def recv_close(ws: websocket.WebSocket) -> tuple[int | None, str]:
                     return None, ""
                 return struct.unpack(">H", data[:2])[0], data[2:].decode()
     finally:
-        ws.shutdown()
+        ws.shutdown()  # type: ignore[no-untyped-call]  # websocket-client leaves it unannotated
 
 
 def connect_main(fake: FakeDiscord, query: str = "/?v=10&encoding=json") -> websocket.WebSocket:
