@@ -3,7 +3,8 @@
 
     python3 dev.py demo [args...]    run the offline demo: python -m discord_voice demo [args...]
     python3 dev.py test [args...]    run the test suite: python -m pytest [args...]
-    python3 dev.py lint              mypy --strict (files from setup.cfg), then ruff check .
+    python3 dev.py lint              mypy --strict (files from setup.cfg: the package, tests,
+                                     bench, examples), ruff check . and ruff format --check .
     python3 dev.py bench [args...]   run bench/bench_send.py [args...]
     python3 dev.py setup             only create or refresh .venv/
 
@@ -52,7 +53,7 @@ USAGE = """usage: python3 dev.py COMMAND [args...]
 commands:
   demo [args...]    run the offline demo (python -m discord_voice demo)
   test [args...]    run the tests (python -m pytest, config in setup.cfg)
-  lint              mypy --strict and ruff check .
+  lint              mypy --strict, ruff check . and ruff format --check .
   bench [args...]   run bench/bench_send.py
   setup             only create or refresh .venv/
 """
@@ -186,13 +187,15 @@ def run(argv: list[str]) -> NoReturn:
 
 
 def lint(python: Path) -> int:
-    """mypy --strict (files from setup.cfg's [mypy] section), then ruff; both always run."""
+    """mypy --strict (files from setup.cfg's [mypy] section), ruff check, then ruff format
+    --check (formatting is checked, never applied here); all three always run."""
     failed = []
     for name, argv in (
         ("mypy", [str(python), "-m", "mypy", "--strict"]),
-        ("ruff", [str(python), "-m", "ruff", "check", "."]),
+        ("ruff check", [str(python), "-m", "ruff", "check", "."]),
+        ("ruff format", [str(python), "-m", "ruff", "format", "--check", "."]),
     ):
-        say("running " + " ".join([name] + argv[3:]))
+        say("running " + " ".join(argv[2:]))
         if subprocess.call(argv, cwd=ROOT, stdin=subprocess.DEVNULL) != 0:
             failed.append(name)
     if failed:
