@@ -50,10 +50,13 @@ class OpusQueue(queue.Queue[Any]):
         learns that an idle stream has something to send)."""
         self._consumer = notify
 
-    def take_nowait(self) -> object | None:
+    def take_nowait(self, sent: int = 0) -> object | None:
         """The next item, or None when the queue is empty: the sender's lean ``get_nowait``
-        (one lock, no exception when empty; the sender calls it for every packet)."""
+        (one lock, no exception when empty; the sender calls it for every packet). `sent`
+        frames taken earlier have been sent meanwhile: `mark_sent` in the same lock."""
         with self.mutex:
+            if sent:
+                self._mark_sent_locked(sent)
             queue = self.queue
             if not queue:
                 return None
@@ -62,14 +65,17 @@ class OpusQueue(queue.Queue[Any]):
                 self.not_full.notify()
             return item
 
-    def mark_sent(self) -> None:
-        """`task_done` for a frame the sender has sent (one lock, no Python-level Condition)."""
+    def mark_sent(self, count: int = 1) -> None:
+        """`task_done` for `count` frames the sender has sent (one lock, no Condition call)."""
         with self.mutex:
-            unfinished = self.unfinished_tasks - 1
-            self.unfinished_tasks = unfinished
-            if unfinished <= 0:  # never below 0 here: the shared sender must not raise
-                self.unfinished_tasks = 0
-                self.all_tasks_done.notify_all()
+            self._mark_sent_locked(count)
+
+    def _mark_sent_locked(self, count: int) -> None:
+        unfinished = self.unfinished_tasks - count
+        self.unfinished_tasks = unfinished
+        if unfinished <= 0:  # never below 0 here: the shared sender must not raise
+            self.unfinished_tasks = 0
+            self.all_tasks_done.notify_all()
 
     def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue one Opus frame; blocks while the queue is full (backpressure).

@@ -143,6 +143,13 @@ class OutboundStream:
     Thread safety: the owner's methods from any thread.
     """
 
+    # slots: the sender touches every stream at every tick; fewer cache lines per stream
+    __slots__ = (
+        "_bytes_sent", "_discarded", "_finished", "_frames", "_in_hand", "_lock",
+        "_on_failure", "_pending", "_post", "_released", "_requests", "_retry_at", "_state",
+        "_taken", "_token", "_transports", "_unacked", "idle", "name", "order",
+    )
+
     def __init__(
         self,
         name: str,
@@ -164,6 +171,8 @@ class OutboundStream:
         # Sending state: the sender thread only.
         self._state = SendState(Pacer(grid=GRID))
         self._in_hand: _InHand | None = None
+        self._taken: object | None = None  # an item taken from the queue, not looked at yet
+        self._unacked = 0  # frames sent whose `mark_sent` rides on the next take
         self._pending: deque[bytes | _Done] = deque()
         self._retry_at: float | None = None
         self._token = 0  # the live heap entry's token; bumping it cancels that entry
@@ -232,10 +241,15 @@ class OutboundStream:
 
     def _take(self) -> _Item | None:
         """The next item: silence and markers first, then the queue; None when empty."""
+        taken = self._taken
+        if taken is not None:
+            self._taken = None
+            return taken
         if self._pending:
             pending = self._pending.popleft()
             return pending if isinstance(pending, _Done) else (pending, False)
-        return self._frames.take_nowait()
+        sent, self._unacked = self._unacked, 0
+        return self._frames.take_nowait(sent)
 
 
 class UdpSender:
@@ -342,6 +356,19 @@ class UdpSender:
             return
         closing, hold, transport = stream._requests
         state = stream._state
+        if (not closing and not hold and stream._in_hand is None and not stream._pending
+                and stream._taken is None and state.phase is Phase.PLAYING):
+            # the steady case, once per packet: the next frame from the queue, prepared now
+            sent, stream._unacked = stream._unacked, 0
+            item = stream._frames.take_nowait(sent)
+            if type(item) is bytes:
+                samples = frame_samples(item)
+                state.frame_ready(now, samples)
+                in_hand = stream._in_hand = _InHand(item, samples, True)
+                self._prepare(stream, in_hand, transport, now)
+                self._schedule(stream, now, heap)
+                return
+            stream._taken = item  # a marker, the end, or nothing: the general path below
         if closing:
             self._finish(stream)
             return
@@ -352,7 +379,17 @@ class UdpSender:
         elif state.phase is Phase.NO_KEY:
             state.key_ready(now)  # posted by the key listener (or looked at again)
         self._fill(stream, transport, now)
-        wake_at = state.wake_at(now)
+        if stream._unacked:  # no take rode on it (held, idle, a marker): acknowledge now
+            stream._frames.mark_sent(stream._unacked)
+            stream._unacked = 0
+        self._schedule(stream, now, heap)
+
+    def _schedule(
+        self, stream: OutboundStream, now: float,
+        heap: list[tuple[float, int, int, OutboundStream]],
+    ) -> None:
+        """Put the stream's next due time (if any) on the heap, replacing its old entry."""
+        wake_at = stream._state.wake_at(now)
         if wake_at is not None and stream._retry_at is not None:
             wake_at = max(wake_at, stream._retry_at)
         stream._token += 1
@@ -457,7 +494,7 @@ class UdpSender:
         stream._in_hand = None
         stream._bytes_sent += len(in_hand.data)
         if in_hand.from_queue:
-            stream._frames.mark_sent()
+            stream._unacked += 1  # acknowledged with the next take (`_attend` runs next)
 
     def _finish(self, stream: OutboundStream, failure: BaseException | None = None) -> None:
         """Let go of a stream: discard the frame in hand, wake stop_speaking waiters, report
@@ -469,9 +506,18 @@ class UdpSender:
         self._live.pop(stream, None)
         stream._state.close()
         in_hand, stream._in_hand = stream._in_hand, None
+        unacked = stream._unacked
+        stream._unacked = 0
         if in_hand is not None and in_hand.from_queue:
             stream._discarded += 1
-            stream._frames.mark_sent()
+            unacked += 1
+        taken, stream._taken = stream._taken, None
+        if isinstance(taken, (bytes, StopSpeakingMarker)):
+            unacked += 1  # taken from the queue, never sent
+        if isinstance(taken, StopSpeakingMarker):
+            taken.done.set()
+        if unacked:
+            stream._frames.mark_sent(unacked)
         for item in stream._pending:
             if isinstance(item, _Done):
                 item.done.set()
