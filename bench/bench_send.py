@@ -2,7 +2,9 @@
 
 The fake Discord (the receiver) runs in a separate process, so the sender's own threads cannot
 distort the arrival times; its UDP server stamps packets with the kernel receive time
-(SO_TIMESTAMPNS). For each connection count N, N connections in this process each stream the same
+(SO_TIMESTAMPNS) and, while streaming, only keeps them (``FakeDiscord.capture_udp``): they are
+decrypted (transport and DAVE, by libdave) after the run, so the receiver keeps up with hundreds
+of connections. For each connection count N, N connections in this process each stream the same
 real Opus frames (the bundled 440 Hz asset), then stop speaking; the report gives:
 
 * join latency (p50 / max) per join, on loopback;
@@ -49,6 +51,14 @@ def _serve(pipe: Pipe, dave: bool = True) -> None:
             request = pipe.recv()
             if request == "stop":
                 return
+            if request == "capture":  # stamp and keep packets; decrypt them afterwards
+                fake.capture_udp()
+                pipe.send("ok")
+                continue
+            fake.capture_udp(False)
+            expected = request[1] if isinstance(request, tuple) else 0
+            with contextlib.suppress(TimeoutError):  # what is missing is reported as lost
+                fake.wait_for_frames(expected, timeout=300)
             frames = fake.frames()
             by_ssrc: dict[int, list[tuple[int, float]]] = {}
             digests: dict[int, Any] = {}
@@ -190,6 +200,8 @@ def run(count: int, frames: list[bytes], dave: bool = True,
             joins.append(time.perf_counter() - started)
         rss_after = _rss_kib()
         threads = _library_threads()
+        pipe.send("capture")  # the receiver only stamps packets while we stream
+        pipe.recv()
         cpu_before = _sender_cpu_ns()
         process_before = time.process_time()
         for conn in conns:
@@ -203,9 +215,9 @@ def run(count: int, frames: list[bytes], dave: bool = True,
         ssrcs = [conn.ssrc for conn in conns if conn.ssrc is not None]
         for conn in conns:
             conn.disconnect()
-        pipe.send("frames")
+        expected = frames + [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
+        pipe.send(("frames", len(expected) * len(ssrcs)))
         by_ssrc, digests, udp_errors = pipe.recv()
-    expected = frames + [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
     deviations, lost, altered = receiver_figures(by_ssrc, digests, ssrcs, expected, len(frames))
     packets = sum(s.frames_sent for s in stats)
     cpu_ns = sum(cpu_after.get(t, 0) - cpu_before.get(t, 0) for t in cpu_before)

@@ -52,12 +52,12 @@ PUT_TIMEOUT = 30.0  # longer than a reconnect attempt (10 s): frames are held me
 Packet = tuple[int, int, float, bytes]
 
 
-def _serve_soak(pipe: Pipe) -> None:
+def _serve_soak(pipe: Pipe, dave: bool = True) -> None:
     """Child process: a FakeDiscord answering ``("count",)``, ``("wait", n, timeout)``,
     ``("frames",)`` and ``"stop"`` (the protocol `remote_fake` speaks: address first)."""
     from discord_voice.testing import FakeDiscord
 
-    with FakeDiscord() as fake:
+    with FakeDiscord(dave=dave) as fake:
         pipe.send((fake.gateway_url, fake.token))
         while True:
             request = pipe.recv()

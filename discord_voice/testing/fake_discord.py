@@ -497,6 +497,16 @@ class FakeDiscord:
         self._impairment = impairment
         self._udp.set_impairment(impairment)
 
+    def capture_udp(self, on: bool = True) -> None:
+        """Load tests: while on, voice packets are only stamped with their kernel arrival time
+        and kept; turned off, they are decrypted (transport and DAVE) and recorded in arrival
+        order, then `frames` and `wait_for_frames` see them. The receive thread then keeps up
+        with tens of thousands of packets a second. Not checked for captured packets: the
+        speaking-before-audio rule; and they are DAVE-decrypted with the keys known when the
+        capture ends (a group change during the capture can make earlier frames fail)."""
+        self._rec.fault(f"capture_udp({on})")
+        self._udp.capture(on)
+
     @property
     def udp_impairment(self) -> ImpairmentStats | None:
         """What the current UDP impairment did so far (None when there is none)."""

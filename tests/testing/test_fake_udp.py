@@ -120,3 +120,25 @@ def test_wait_for_frames_times_out_with_a_useful_message(fake: FakeDiscord) -> N
     with pytest.raises(TimeoutError, match="only 0 of 1 frames"):
         fake.wait_for_frames(1, timeout=0.01)
     assert fake.wait_until(lambda f: f.frames(), timeout=0.01) is False
+
+
+def test_captured_packets_are_recorded_when_the_capture_ends(fake: FakeDiscord) -> None:
+    main, client = full_voice(fake)
+    assert fake.wait_until(lambda f: f.voice_sessions[0].speaking)
+    client.send_audio(1, b"\xfcbefore", counter=1)
+    fake.wait_for_frames(1)
+    fake.capture_udp()
+    client.send_audio(2, b"\xfccaptured-1", counter=2)
+    client.send_audio(3, b"\xfccaptured-2", counter=3)
+    with pytest.raises(TimeoutError):  # kept, not recorded yet
+        fake.wait_for_frames(2, timeout=0.2)
+    fake.capture_udp(False)
+    client.send_audio(4, b"\xfcafter", counter=4)
+    frames = fake.wait_for_frames(4, timeout=LONG)
+    assert [f.sequence for f in frames] == [1, 2, 3, 4]  # the backlog before anything newer
+    assert [f.opus for f in frames] == [b"\xfcbefore", b"\xfccaptured-1", b"\xfccaptured-2",
+                                        b"\xfcafter"]
+    assert frames[1].arrival <= frames[2].arrival <= frames[3].arrival  # stamped on arrival
+    assert fake.udp_errors == []
+    client.close()
+    main.close()
