@@ -161,8 +161,8 @@ AHEAD = 5
 def produce(conns: list[Any], frames: list[bytes], bulk: bool) -> None:
     """Feed every connection `frames`.
 
-    Paced (the default), as a live bot's mixer would: one producer thread wakes every 20 ms and
-    tops each queue up to `AHEAD` frames. Bulk: everything is put at once (the queues hold it
+    Paced (the default), as a live bot's mixer would: `AHEAD` frames on every queue, then one
+    producer thread wakes every 20 ms and puts the next frame on each. Bulk: everything is put at once (the queues hold it
     all); the first ~150 ms of puts then compete with the sender for the GIL (each send
     releases it), which shows as one stall of every stream at the start.
     """
@@ -171,19 +171,15 @@ def produce(conns: list[Any], frames: list[bytes], bulk: bool) -> None:
             for conn in conns:
                 conn.opus_send.put(frames[frame_index])
         return
-    queued = [0] * len(conns)
+    for frame in frames[:AHEAD]:  # a few frames ahead, then one per connection per 20 ms
+        for conn in conns:
+            conn.opus_send.put(frame)
     tick = time.monotonic()
-    while True:
-        done = True
-        for i, conn in enumerate(conns):
-            while queued[i] < len(frames) and conn.opus_send.qsize() < AHEAD:
-                conn.opus_send.put(frames[queued[i]])
-                queued[i] += 1
-            done = done and queued[i] == len(frames)
-        if done:
-            return
+    for frame in frames[AHEAD:]:
         tick += 0.020
         time.sleep(max(0.0, tick - time.monotonic()))
+        for conn in conns:
+            conn.opus_send.put(frame)
 
 
 def run(count: int, frames: list[bytes], dave: bool = True,
