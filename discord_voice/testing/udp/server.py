@@ -47,6 +47,7 @@ _TIMESPEC = struct.Struct("@ll")
 _MAX_DATAGRAM = 4096
 _MAX_BATCH = 512
 _RCVBUF = 4 << 20
+_CAPTURE_PAUSE = 0.002  # seconds between drains while capturing (the kernel stamps arrivals)
 
 _log = logging.getLogger("discord_voice.testing")
 
@@ -213,6 +214,8 @@ class FakeUdpServer:
                         except OSError:
                             pass
                 self._drain()
+                if self._backlog:  # capturing: let packets gather (a remote server would not
+                    self._stop.wait(_CAPTURE_PAUSE)  # make every send wake a local thread)
         finally:
             selector.close()
 
