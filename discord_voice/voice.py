@@ -76,7 +76,7 @@ class Voice:
         gateway: anything satisfying `MainGateway` (`discord_voice.Gateway` does).
         clock: time source for join deadlines, pacing, heartbeats and the reconnect backoff
             (tests pass a ``FakeClock``; see `discord_voice.clock` for which waits use it).
-        queue_size: capacity of each connection's ``opus_send`` (frames of 20 ms).
+        queue_size: capacity of each connection's ``opus_send`` (Opus packets of 10-60 ms).
         close_timeout: how long `Connection.disconnect` may take to join its threads.
         reconnect_plan: how connections recover from a lost voice websocket, per close code
             (default `default_voice_plan()`; override rows with

@@ -14,9 +14,11 @@ heap of due times over all streams and, at each wake-up:
 Runs start on a shared 10 ms grid (`GRID`), so the streams of a busy bot share a few instants
 and the thread wakes at most 100 times a second whatever the number of connections.
 
-The thread never blocks on anything it does not own: it takes frames with ``get_nowait`` (an
-idle stream is woken by the producer's ``put``), and it never waits for the DAVE lock (a busy
-lock retries the packet 1 ms later; a missing key parks the stream until the key is there).
+The thread never blocks on anything it does not own: it takes frames with
+`OpusQueue.take_nowait` (an idle stream is woken by the producer's ``put``; a sent frame's
+``task_done`` rides on the next take, so one lock per packet), and it never waits for the DAVE
+lock (a busy lock retries the packet 1 ms later; a missing key parks the stream until the key is
+there).
 
 Everything the owner asks (`OutboundStream.hold`, `release`, `set_transport`, `close`) is a
 request: it is written under the stream's lock by the owner and read by the sender thread,
