@@ -142,9 +142,15 @@ def install_project(python: Path, fingerprint: str) -> None:
     started = time.monotonic()
     run_quietly(
         [
-            str(python), "-m", "pip", "install",
-            "--disable-pip-version-check", "--no-input", "--use-pep517",
-            "-e", ".[" + EXTRAS + "]",
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--use-pep517",
+            "-e",
+            ".[" + EXTRAS + "]",
         ],
         "pip install",
     )

@@ -32,8 +32,9 @@ def main() -> int:
         voice = Voice(gateway)
 
         def cycle(index: int) -> None:
-            conn = voice.join_channel(600000000000000000 + index % 7, 700000000000000000,
-                                      timeout=30)
+            conn = voice.join_channel(
+                600000000000000000 + index % 7, 700000000000000000, timeout=30
+            )
             for frame in frames:
                 conn.opus_send.put(frame)
             conn.stop_speaking(timeout=10)
@@ -49,10 +50,14 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         after = counts()
         voice.close()
-    print(f"{args.cycles} cycles of join + {len(frames)} frames + stop_speaking + leave in "
-          f"{elapsed:.1f} s ({elapsed / args.cycles * 1000:.0f} ms each)")
-    print(f"threads before {before[0]}, after {after[0]} (peak between cycles {peak_threads}); "
-          f"fds before {before[1]}, after {after[1]}")
+    print(
+        f"{args.cycles} cycles of join + {len(frames)} frames + stop_speaking + leave in "
+        f"{elapsed:.1f} s ({elapsed / args.cycles * 1000:.0f} ms each)"
+    )
+    print(
+        f"threads before {before[0]}, after {after[0]} (peak between cycles {peak_threads}); "
+        f"fds before {before[1]}, after {after[1]}"
+    )
     return 0 if after == before else 1
 
 

@@ -41,13 +41,19 @@ def main() -> int:
             joins.append(time.perf_counter() - started)
             assert conn.voice_privacy_code is not None  # the group key is there
             conn.disconnect()
-        print(f"join with DAVE (libdave member present): p50 {statistics.median(joins) * 1000:.1f}"
-              f" ms, max {max(joins) * 1000:.1f} ms over {len(joins)} joins")
+        print(
+            f"join with DAVE (libdave member present): p50 {statistics.median(joins) * 1000:.1f}"
+            f" ms, max {max(joins) * 1000:.1f} ms over {len(joins)} joins"
+        )
 
         conn = voice.join_channel(GUILD, CHANNEL, timeout=10)
         epochs = [conn.dave_epoch]
-        script = {len(frames) // 5: "join", 2 * len(frames) // 5: "join",
-                  3 * len(frames) // 5: "leave", 4 * len(frames) // 5: "leave"}
+        script = {
+            len(frames) // 5: "join",
+            2 * len(frames) // 5: "join",
+            3 * len(frames) // 5: "leave",
+            4 * len(frames) // 5: "leave",
+        }
         members: list[int] = []
         marks: list[tuple[int, str]] = []
         for index, frame in enumerate(frames):
@@ -64,15 +70,18 @@ def main() -> int:
         conn.stop_speaking(timeout=10)
         got = fake.wait_for_frames(len(frames), timeout=10, ssrc=conn.ssrc)
         intact = [f for f, sent in zip(got, frames, strict=False) if f.opus == sent]
-        print(f"streamed {len(frames)} frames over {len(marks)} epoch changes (epochs seen "
-              f"{epochs}): {len(frames) - len(intact)} lost or altered, "
-              f"{sum(1 for f in got if f.dave == 'decrypted')} decrypted by libdave, "
-              f"{len(fake.udp_errors)} udp errors, {len(fake.violations)} violations")
+        print(
+            f"streamed {len(frames)} frames over {len(marks)} epoch changes (epochs seen "
+            f"{epochs}): {len(frames) - len(intact)} lost or altered, "
+            f"{sum(1 for f in got if f.dave == 'decrypted')} decrypted by libdave, "
+            f"{len(fake.udp_errors)} udp errors, {len(fake.violations)} violations"
+        )
         for index, what in marks:
-            window = got[max(0, index - 25): index + 50]
+            window = got[max(0, index - 25) : index + 50]
             gaps = [(b.arrival - a.arrival) * 1000 for a, b in itertools.pairwise(window)]
-            print(f"  frame {index:4d}: {what:14s} longest inter-arrival around it "
-                  f"{max(gaps):.1f} ms")
+            print(
+                f"  frame {index:4d}: {what:14s} longest inter-arrival around it {max(gaps):.1f} ms"
+            )
         conn.disconnect()
         gateway.close()
     return 0

@@ -47,8 +47,10 @@ def run(fault: str, frames: list[bytes]) -> str:
         gateway.close()
     intact = sum(1 for f, sent in zip(got, frames, strict=False) if f.opus == sent)
     gap = max((b.arrival - a.arrival) * 1000 for a, b in itertools.pairwise(got))
-    return (f"{fault:>5}: {len(frames)} frames, {len(frames) - intact} lost or altered, "
-            f"longest inter-arrival {gap:.1f} ms, resumes {resumes}, reconnects {reconnects}")
+    return (
+        f"{fault:>5}: {len(frames)} frames, {len(frames) - intact} lost or altered, "
+        f"longest inter-arrival {gap:.1f} ms, resumes {resumes}, reconnects {reconnects}"
+    )
 
 
 def main() -> int:

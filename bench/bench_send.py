@@ -65,9 +65,11 @@ def _serve(pipe: Pipe, dave: bool = True) -> None:
             for frame in frames:
                 by_ssrc.setdefault(frame.ssrc, []).append((frame.sequence, frame.arrival))
                 digests.setdefault(frame.ssrc, hashlib.sha256()).update(
-                    len(frame.opus).to_bytes(2, "big") + frame.opus)
-            pipe.send((by_ssrc, {k: v.hexdigest() for k, v in digests.items()},
-                       len(fake.udp_errors)))
+                    len(frame.opus).to_bytes(2, "big") + frame.opus
+                )
+            pipe.send(
+                (by_ssrc, {k: v.hexdigest() for k, v in digests.items()}, len(fake.udp_errors))
+            )
 
 
 @contextlib.contextmanager
@@ -126,8 +128,11 @@ def _percentile(values: list[float], p: int) -> float:
 
 
 def receiver_figures(
-    by_ssrc: dict[int, list[tuple[int, float]]], digests: dict[int, str], ssrcs: list[int],
-    expected: list[bytes], audio_frames: int,
+    by_ssrc: dict[int, list[tuple[int, float]]],
+    digests: dict[int, str],
+    ssrcs: list[int],
+    expected: list[bytes],
+    audio_frames: int,
 ) -> tuple[list[float], int, int]:
     """(inter-arrival deviations from 20 ms in ms over the audio frames, lost, altered streams)."""
     expected_digest = stream_digest(expected)
@@ -164,9 +169,9 @@ def produce(conns: list[Any], frames: list[bytes], bulk: bool) -> None:
     """Feed every connection `frames`.
 
     Paced (the default), as a live bot's mixer would: `AHEAD` frames on every queue, then one
-    producer thread wakes every 20 ms and puts the next frame on each. Bulk: everything is put at once (the queues hold it
-    all); the first ~150 ms of puts then compete with the sender for the GIL (each send
-    releases it), which shows as one stall of every stream at the start.
+    producer thread wakes every 20 ms and puts the next frame on each. Bulk: everything is put
+    at once (the queues hold it all); the first ~150 ms of puts then compete with the sender for
+    the GIL (each send releases it), which shows as one stall of every stream at the start.
     """
     if bulk:
         for frame_index in range(len(frames)):  # interleave, as live producers would
@@ -184,8 +189,7 @@ def produce(conns: list[Any], frames: list[bytes], bulk: bool) -> None:
             conn.opus_send.put(frame)
 
 
-def run(count: int, frames: list[bytes], dave: bool = True,
-        bulk: bool = False) -> dict[str, Any]:
+def run(count: int, frames: list[bytes], dave: bool = True, bulk: bool = False) -> dict[str, Any]:
     with remote_fake(dave) as (gateway, pipe):
         voice = Voice(gateway, queue_size=len(frames) + 8)
         joins = []
@@ -193,8 +197,9 @@ def run(count: int, frames: list[bytes], dave: bool = True,
         rss_before = _rss_kib()
         for i in range(count):
             started = time.perf_counter()
-            conns.append(voice.join_channel(200000000000000000 + i, 300000000000000000 + i,
-                                            timeout=120))
+            conns.append(
+                voice.join_channel(200000000000000000 + i, 300000000000000000 + i, timeout=120)
+            )
             joins.append(time.perf_counter() - started)
         rss_after = _rss_kib()
         threads = _library_threads()
@@ -274,32 +279,46 @@ def main() -> int:
     parser.add_argument("--counts", "--conns", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=1, help="runs per connection count")
-    parser.add_argument("--no-dave", dest="dave", action="store_false",
-                        help="channels without DAVE (transport encryption only)")
-    parser.add_argument("--bulk", action="store_true",
-                        help="put every frame at once instead of a paced producer")
+    parser.add_argument(
+        "--no-dave",
+        dest="dave",
+        action="store_false",
+        help="channels without DAVE (transport encryption only)",
+    )
+    parser.add_argument(
+        "--bulk", action="store_true", help="put every frame at once instead of a paced producer"
+    )
     args = parser.parse_args()
     frames = asset_frames(args.seconds)
     aes, xchacha = tight_loop_cost(frames)
-    print(f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
-          f"XChaCha20-Poly1305 {xchacha:.2f} us/packet")
-    print(f"DAVE {'on' if args.dave else 'off'}; {args.seconds:g} s of audio per connection; "
-          f"{'bulk' if args.bulk else 'paced'} producer")
-    header = (f"{'conns':>5} {'join p50':>9} {'join max':>9} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'max ms':>7} {'lost':>5} {'altered':>7} {'late':>5} {'stalls':>6} "
-              f"{'sender us/pkt':>13} {'process us/pkt':>14} {'KiB/conn':>8}  threads")
+    print(
+        f"packetize + send(), tight loop: AES-256-GCM {aes:.2f} us/packet, "
+        f"XChaCha20-Poly1305 {xchacha:.2f} us/packet"
+    )
+    print(
+        f"DAVE {'on' if args.dave else 'off'}; {args.seconds:g} s of audio per connection; "
+        f"{'bulk' if args.bulk else 'paced'} producer"
+    )
+    header = (
+        f"{'conns':>5} {'join p50':>9} {'join max':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'lost':>5} {'altered':>7} {'late':>5} {'stalls':>6} "
+        f"{'sender us/pkt':>13} {'process us/pkt':>14} {'KiB/conn':>8}  threads"
+    )
     print(header)
     for count in args.counts:
         for _ in range(args.runs):
             r = run(count, frames, args.dave, args.bulk)
             kinds = sorted({name.split(":")[0] for name in r["threads"]})
             summary = ", ".join(
-                f"{sum(n.split(':')[0] == k for n in r['threads'])} {k}" for k in kinds)
-            print(f"{r['connections']:>5} {r['join_p50_ms']:>8.1f}ms {r['join_max_ms']:>8.1f}ms "
-                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['max_ms']:>7.3f} {r['lost']:>5} "
-                  f"{r['altered']:>7} {r['late_frames']:>5} {r['stalls']:>6} "
-                  f"{r['cpu_us_per_packet']:>13.1f} {r['process_cpu_us_per_packet']:>14.1f} "
-                  f"{r['rss_kib_per_connection']:>8.0f}  {summary}")
+                f"{sum(n.split(':')[0] == k for n in r['threads'])} {k}" for k in kinds
+            )
+            print(
+                f"{r['connections']:>5} {r['join_p50_ms']:>8.1f}ms {r['join_max_ms']:>8.1f}ms "
+                f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['max_ms']:>7.3f} {r['lost']:>5} "
+                f"{r['altered']:>7} {r['late_frames']:>5} {r['stalls']:>6} "
+                f"{r['cpu_us_per_packet']:>13.1f} {r['process_cpu_us_per_packet']:>14.1f} "
+                f"{r['rss_kib_per_connection']:>8.0f}  {summary}"
+            )
             sys.stdout.flush()
     return 0
 

@@ -73,18 +73,23 @@ def _serve_soak(pipe: Pipe, dave: bool = True) -> None:
                 frames = fake.frames()
                 packets: dict[int, list[Packet]] = {}
                 for f in frames:
-                    packets.setdefault(f.ssrc, []).append((f.sequence, f.timestamp, f.arrival,
-                                                           f.opus))
-                pipe.send({
-                    "packets": packets,
-                    "dave": dict(collections.Counter(f.dave for f in frames)),
-                    "udp_errors": fake.udp_errors,
-                    "violations": fake.violations,
-                    "voice_sessions": [(s.ssrc, s.heartbeats, s.resumes, s.close_code)
-                                       for s in fake.voice_sessions],
-                    "main_heartbeats": sum(s.heartbeats for s in fake.main_sessions),
-                    "main_sessions": len(fake.main_sessions),
-                })
+                    packets.setdefault(f.ssrc, []).append(
+                        (f.sequence, f.timestamp, f.arrival, f.opus)
+                    )
+                pipe.send(
+                    {
+                        "packets": packets,
+                        "dave": dict(collections.Counter(f.dave for f in frames)),
+                        "udp_errors": fake.udp_errors,
+                        "violations": fake.violations,
+                        "voice_sessions": [
+                            (s.ssrc, s.heartbeats, s.resumes, s.close_code)
+                            for s in fake.voice_sessions
+                        ],
+                        "main_heartbeats": sum(s.heartbeats for s in fake.main_sessions),
+                        "main_sessions": len(fake.main_sessions),
+                    }
+                )
 
 
 @contextlib.contextmanager
@@ -134,8 +139,9 @@ class StreamFigures:
     drift_final_ms: float = 0.0
 
 
-def stream_figures(segments: list[list[Packet]], expected: list[bytes],
-                   gaps: list[float], drifts: list[float]) -> StreamFigures:
+def stream_figures(
+    segments: list[list[Packet]], expected: list[bytes], gaps: list[float], drifts: list[float]
+) -> StreamFigures:
     """Compare the packets of each SSRC (arrival order) with `expected`; appends the
     inter-arrival times (ms) to `gaps` and each frame's absolute drift (ms) to `drifts`.
 
@@ -192,13 +198,17 @@ def _progress(started: float, conns: list[Connection], pipe: Pipe, latencies: li
     latencies += [s.latency for s in stats if s.latency is not None]
     usage = Usage.now()
     minutes, seconds = divmod(int(time.monotonic() - started), 60)
-    print(f"[{minutes:3d}:{seconds:02d}] sent {sum(s.frames_sent for s in stats)}"
-          f" received {received} late {sum(s.late_frames for s in stats)}"
-          f" underruns {sum(s.underruns for s in stats)} stalls {sum(s.stalls for s in stats)}"
-          f" heartbeats {sum(s.heartbeats_sent for s in stats)}/"
-          f"{sum(s.heartbeat_acks for s in stats)} udp errors {udp_errors}"
-          f" violations {violations} threads {usage.threads} fds {usage.fds}"
-          f" states {','.join(c.state.value for c in conns)}", file=sys.stderr, flush=True)
+    print(
+        f"[{minutes:3d}:{seconds:02d}] sent {sum(s.frames_sent for s in stats)}"
+        f" received {received} late {sum(s.late_frames for s in stats)}"
+        f" underruns {sum(s.underruns for s in stats)} stalls {sum(s.stalls for s in stats)}"
+        f" heartbeats {sum(s.heartbeats_sent for s in stats)}/"
+        f"{sum(s.heartbeat_acks for s in stats)} udp errors {udp_errors}"
+        f" violations {violations} threads {usage.threads} fds {usage.fds}"
+        f" states {','.join(c.state.value for c in conns)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,8 +221,9 @@ def run(args: argparse.Namespace) -> int:
     with soak_fake() as (gateway, pipe):
         voice = Voice(gateway, queue_size=args.queue_size)
         idle = Usage.now()
-        conns = [voice.join_channel(GUILD + i, CHANNEL + i, timeout=30)
-                 for i in range(args.connections)]
+        conns = [
+            voice.join_channel(GUILD + i, CHANNEL + i, timeout=30) for i in range(args.connections)
+        ]
         ssrcs: list[list[int]] = [[] for _ in conns]
         for conn, used in zip(conns, ssrcs, strict=True):
             _watch_ssrcs(conn, used)
@@ -232,8 +243,12 @@ def run(args: argparse.Namespace) -> int:
                 list(pool.map(lambda c: c.stop_speaking(timeout=PUT_TIMEOUT), conns))
         except (ConnectionClosed, TimeoutError, queue.Full) as exc:
             failure = exc
-            print(f"SOAK FAILURE after {time.monotonic() - started:.1f} s: "
-                  f"{type(exc).__name__}: {exc!r}", file=sys.stderr, flush=True)
+            print(
+                f"SOAK FAILURE after {time.monotonic() - started:.1f} s: "
+                f"{type(exc).__name__}: {exc!r}",
+                file=sys.stderr,
+                flush=True,
+            )
             for conn in conns:
                 print(f"  {conn!r} error={conn.error!r}", file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
@@ -257,8 +272,10 @@ def run(args: argparse.Namespace) -> int:
 
     gaps: list[float] = []
     drifts: list[float] = []
-    figures = [stream_figures([report["packets"].get(s, []) for s in used], expected, gaps,
-                              drifts) for used in ssrcs]
+    figures = [
+        stream_figures([report["packets"].get(s, []) for s in used], expected, gaps, drifts)
+        for used in ssrcs
+    ]
     lost = sum(f.lost for f in figures)
     altered = sum(f.altered for f in figures)
     duplicated = sum(f.duplicated for f in figures)
@@ -272,45 +289,89 @@ def run(args: argparse.Namespace) -> int:
         return "-" if x is None else f"{x * 1000:.2f}"
 
     rows = [
-        ("duration", f"{elapsed / 60:.2f} min streamed, {args.connections} connection(s), "
-                     f"{len(frames)} frames each + {SILENCE_FRAMES_ON_STOP} silence, "
-                     f"queue {args.queue_size}", ""),
+        (
+            "duration",
+            f"{elapsed / 60:.2f} min streamed, {args.connections} connection(s), "
+            f"{len(frames)} frames each + {SILENCE_FRAMES_ON_STOP} silence, "
+            f"queue {args.queue_size}",
+            "",
+        ),
         ("mode / DAVE", f"{conns[0].mode} / frames by DAVE status {report['dave']}", ""),
-        ("frames expected / sent / received",
-         f"{len(expected) * len(conns)} / {sent} / {sum(f.received for f in figures)}", ""),
-        ("lost / altered / duplicated / reordered",
-         f"{lost} / {altered} / {duplicated} / {sum(f.reordered for f in figures)}", "0"),
-        ("drift RTP vs wall: max|d| / p99|d| / final",
-         f"{drift_max:.3f} / {_percentile(drifts, 99):.3f} / {drift_final:+.3f} ms",
-         f"max < {DRIFT_LIMIT_MS:g}"),
-        ("inter-arrival p50 / p99 / max (ms)",
-         f"{_percentile(gaps, 50):.3f} / {_percentile(gaps, 99):.3f} / {max(gaps, default=0):.3f}",
-         ""),
-        ("late frames / max lateness (ms)",
-         f"{sum(s.late_frames for s in stats)} / {max(s.max_lateness for s in stats) * 1000:.2f}",
-         ""),
-        ("underruns / stalls / discarded",
-         f"{sum(s.underruns for s in stats)} / {sum(s.stalls for s in stats)} / "
-         f"{sum(s.frames_discarded for s in stats)}", "0"),
-        ("voice heartbeats sent / acked (fake saw)",
-         f"{sum(s.heartbeats_sent for s in stats)} / {sum(s.heartbeat_acks for s in stats)} "
-         f"({sum(v[1] for v in sessions)})", ""),
-        ("voice latency last / max (ms), main gw",
-         f"{ms(stats[0].latency)} / {ms(max(latencies, default=None))}, {ms(gateway_latency)}",
-         ""),
-        ("main heartbeats (fake saw) / sessions",
-         f"{report['main_heartbeats']} / {report['main_sessions']}", ""),
-        ("resumes / reconnects (fake: resumes)",
-         f"{sum(s.resumes for s in stats)} / {sum(s.reconnects for s in stats)} "
-         f"({sum(v[2] for v in sessions)}), voice sessions {len(sessions)}", "0"),
-        ("threads idle / joined / end / after",
-         f"{idle.threads} / {joined.threads} / {end.threads} / {after.threads}", ""),
-        ("fds idle / joined / end / after", f"{idle.fds} / {joined.fds} / {end.fds} / {after.fds}",
-         ""),
-        ("CPU us/packet: process / sender threads",
-         f"{cpu / max(sent, 1) * 1e6:.1f} / {sender_ns / max(sent, 1) / 1000:.1f}", ""),
-        ("udp errors / violations / log warnings",
-         f"{len(report['udp_errors'])} / {len(report['violations'])} / {counter.count}", "0"),
+        (
+            "frames expected / sent / received",
+            f"{len(expected) * len(conns)} / {sent} / {sum(f.received for f in figures)}",
+            "",
+        ),
+        (
+            "lost / altered / duplicated / reordered",
+            f"{lost} / {altered} / {duplicated} / {sum(f.reordered for f in figures)}",
+            "0",
+        ),
+        (
+            "drift RTP vs wall: max|d| / p99|d| / final",
+            f"{drift_max:.3f} / {_percentile(drifts, 99):.3f} / {drift_final:+.3f} ms",
+            f"max < {DRIFT_LIMIT_MS:g}",
+        ),
+        (
+            "inter-arrival p50 / p99 / max (ms)",
+            f"{_percentile(gaps, 50):.3f} / {_percentile(gaps, 99):.3f} / "
+            f"{max(gaps, default=0):.3f}",
+            "",
+        ),
+        (
+            "late frames / max lateness (ms)",
+            f"{sum(s.late_frames for s in stats)} / "
+            f"{max(s.max_lateness for s in stats) * 1000:.2f}",
+            "",
+        ),
+        (
+            "underruns / stalls / discarded",
+            f"{sum(s.underruns for s in stats)} / {sum(s.stalls for s in stats)} / "
+            f"{sum(s.frames_discarded for s in stats)}",
+            "0",
+        ),
+        (
+            "voice heartbeats sent / acked (fake saw)",
+            f"{sum(s.heartbeats_sent for s in stats)} / {sum(s.heartbeat_acks for s in stats)} "
+            f"({sum(v[1] for v in sessions)})",
+            "",
+        ),
+        (
+            "voice latency last / max (ms), main gw",
+            f"{ms(stats[0].latency)} / {ms(max(latencies, default=None))}, {ms(gateway_latency)}",
+            "",
+        ),
+        (
+            "main heartbeats (fake saw) / sessions",
+            f"{report['main_heartbeats']} / {report['main_sessions']}",
+            "",
+        ),
+        (
+            "resumes / reconnects (fake: resumes)",
+            f"{sum(s.resumes for s in stats)} / {sum(s.reconnects for s in stats)} "
+            f"({sum(v[2] for v in sessions)}), voice sessions {len(sessions)}",
+            "0",
+        ),
+        (
+            "threads idle / joined / end / after",
+            f"{idle.threads} / {joined.threads} / {end.threads} / {after.threads}",
+            "",
+        ),
+        (
+            "fds idle / joined / end / after",
+            f"{idle.fds} / {joined.fds} / {end.fds} / {after.fds}",
+            "",
+        ),
+        (
+            "CPU us/packet: process / sender threads",
+            f"{cpu / max(sent, 1) * 1e6:.1f} / {sender_ns / max(sent, 1) / 1000:.1f}",
+            "",
+        ),
+        (
+            "udp errors / violations / log warnings",
+            f"{len(report['udp_errors'])} / {len(report['violations'])} / {counter.count}",
+            "0",
+        ),
         ("failure", "none" if failure is None else f"{type(failure).__name__}: {failure}", ""),
         ("result", "PASS" if ok else "FAIL", ""),
     ]
@@ -326,17 +387,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--queue-size", type=int, default=50,
-                        help="opus_send capacity in frames (default 50: 1 s, so the producer "
-                             "never underruns)")
-    parser.add_argument("--progress", type=float, default=60.0,
-                        help="seconds between progress lines on stderr")
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=50,
+        help="opus_send capacity in frames (default 50: 1 s, so the producer never underruns)",
+    )
+    parser.add_argument(
+        "--progress", type=float, default=60.0, help="seconds between progress lines on stderr"
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
     if args.minutes <= 0 or args.connections < 1:
         parser.error("--minutes must be > 0 and --connections >= 1")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
     return run(args)
 
 

@@ -1,14 +1,14 @@
 """discord_voice: synchronous, threaded Discord voice, after arikawa's voice package.
 
-    gw = discord_voice.Gateway(token)
-    gw.connect()
-    voice = discord_voice.Voice(gw)
-    conn = voice.join_channel(guild_id, channel_id)
-    conn.speaking(discord_voice.SpeakingFlag.MICROPHONE)
-    conn.opus_send.put(opus_frame)        # one 20 ms Opus packet (bytes)
-    conn.stop_speaking()
-    conn.disconnect()
-    gw.close()
+gw = discord_voice.Gateway(token)
+gw.connect()
+voice = discord_voice.Voice(gw)
+conn = voice.join_channel(guild_id, channel_id)
+conn.speaking(discord_voice.SpeakingFlag.MICROPHONE)
+conn.opus_send.put(opus_frame)        # one 20 ms Opus packet (bytes)
+conn.stop_speaking()
+conn.disconnect()
+gw.close()
 """
 
 from discord_voice._version import __version__

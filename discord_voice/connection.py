@@ -134,15 +134,25 @@ class Connection:
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
         self._sessions = VoiceSessions(
-            info, self.opus_send, clock=clock, heartbeats=heartbeats, sender=sender,
-            voice_states=voice_states, max_dave_protocol_version=max_dave_protocol_version,
-            self_mute=self_mute, self_deaf=self_deaf, step_timeout=reconnect_timeout,
+            info,
+            self.opus_send,
+            clock=clock,
+            heartbeats=heartbeats,
+            sender=sender,
+            voice_states=voice_states,
+            max_dave_protocol_version=max_dave_protocol_version,
+            self_mute=self_mute,
+            self_deaf=self_deaf,
+            step_timeout=reconnect_timeout,
             resume_timeout=close_timeout,
             on_link_lost=lambda exc, socket: self._supervisor.link_lost(exc, socket),
             on_send_failure=lambda exc: self._supervisor.fail_elsewhere(exc),
         )
         self._supervisor = VoiceSupervisor(
-            Lifecycle(plan), self._sessions, clock=clock, guild_id=info.guild_id,
+            Lifecycle(plan),
+            self._sessions,
+            clock=clock,
+            guild_id=info.guild_id,
             on_ended=self._ended,
         )
 
@@ -391,10 +401,12 @@ class Connection:
         if self.channel_id == channel and self.state is ConnectionState.READY:
             return
         mute, deaf = self._mute_deaf
-        self._voice_states.update_voice_state(self.guild_id, channel, self_mute=mute,
-                                              self_deaf=deaf)
+        self._voice_states.update_voice_state(
+            self.guild_id, channel, self_mute=mute, self_deaf=deaf
+        )
         self._supervisor.wait_for(
-            lambda now: now is ConnectionState.READY and self.channel_id == channel, timeout)
+            lambda now: now is ConnectionState.READY and self.channel_id == channel, timeout
+        )
         self._raise_if_failed()
         if not (self.state is ConnectionState.READY and self.channel_id == channel):
             raise JoinTimeout("move", timeout, f"not ready in channel {channel} yet")
@@ -429,8 +441,9 @@ class Connection:
             try:
                 confirmed.result(max(0.0, deadline - real.monotonic()))
             except concurrent.futures.TimeoutError:
-                log.info("guild %s: Discord did not confirm the leave within %gs",
-                         self.guild_id, timeout)
+                log.info(
+                    "guild %s: Discord did not confirm the leave within %gs", self.guild_id, timeout
+                )
 
     def _join(self, timeout: float) -> None:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
@@ -440,8 +453,10 @@ class Connection:
 
     def _close_at_exit(self) -> None:
         if self.state is not ConnectionState.CLOSED:
-            log.warning("voice connection in guild %s still open at interpreter exit: "
-                        "disconnecting", self.guild_id)
+            log.warning(
+                "voice connection in guild %s still open at interpreter exit: disconnecting",
+                self.guild_id,
+            )
         self.disconnect(timeout=2.0)
 
     def __enter__(self) -> Connection:

@@ -64,8 +64,14 @@ def _audio(seconds: float, frequency: float) -> tuple[list[bytes], str]:
         return frames, f"bundled 440 Hz Ogg Opus asset (libopus unavailable: {first_line})"
 
 
-def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None = None,
-             dave: bool = True, out: TextIO = sys.stdout) -> DemoReport:
+def run_demo(
+    *,
+    seconds: float = 5.0,
+    frequency: float = 440.0,
+    mode: str | None = None,
+    dave: bool = True,
+    out: TextIO = sys.stdout,
+) -> DemoReport:
     """Run the flow once and print progress and the report to `out`."""
     import threading
 
@@ -75,8 +81,9 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
     frames, source = _audio(seconds, frequency)
     before = {t.ident for t in threading.enumerate()}
     with FakeDiscord(modes=modes, dave=dave) as fake:
-        print(f"fake Discord: main gateway {fake.gateway_url}, voice {fake.voice_endpoint}",
-              file=out)
+        print(
+            f"fake Discord: main gateway {fake.gateway_url}, voice {fake.voice_endpoint}", file=out
+        )
         gateway = Gateway(fake.token, url=fake.gateway_url)
         try:
             gateway.connect(timeout=10.0)
@@ -84,14 +91,18 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
             started = time.perf_counter()
             conn = voice.join_channel(GUILD_ID, CHANNEL_ID, timeout=10.0)
             join_seconds = time.perf_counter() - started
-            print(f"joined in {join_seconds * 1000:.1f} ms, mode {conn.mode}, ssrc {conn.ssrc}",
-                  file=out)
+            print(
+                f"joined in {join_seconds * 1000:.1f} ms, mode {conn.mode}, ssrc {conn.ssrc}",
+                file=out,
+            )
             if conn.e2ee_active:
                 conn.wait_for_e2ee(10.0)  # the group key, shared with the channel's listener
                 member = fake.dave_listeners.get(CHANNEL_ID)  # a libdave member in the call
-                e2ee = (f"DAVE v{conn.dave_protocol_version}, epoch {conn.dave_epoch}, "
-                        f"privacy code {conn.voice_privacy_code}, decrypted by a libdave member "
-                        f"(user {member})")
+                e2ee = (
+                    f"DAVE v{conn.dave_protocol_version}, epoch {conn.dave_epoch}, "
+                    f"privacy code {conn.voice_privacy_code}, decrypted by a libdave member "
+                    f"(user {member})"
+                )
             else:
                 e2ee = "off (no DAVE)"
             print(f"end-to-end encryption: {e2ee}", file=out)
@@ -111,17 +122,24 @@ def run_demo(*, seconds: float = 5.0, frequency: float = 440.0, mode: str | None
     threads_left = sum(1 for t in threading.enumerate() if t.ident not in before)
     audio = received[: len(frames)]
     intact = sum(1 for got, sent in zip(audio, frames, strict=False) if got.opus == sent)
-    silences = sum(1 for got in received[len(frames):] if got.opus == OPUS_SILENCE_FRAME)
-    deviations = [
-        abs((b.arrival - a.arrival) - 0.020) * 1000 for a, b in itertools.pairwise(audio)
-    ]
+    silences = sum(1 for got in received[len(frames) :] if got.opus == OPUS_SILENCE_FRAME)
+    deviations = [abs((b.arrival - a.arrival) - 0.020) * 1000 for a, b in itertools.pairwise(audio)]
     quantiles = statistics.quantiles(deviations, n=100) if len(deviations) >= 2 else [0.0] * 99
     report = DemoReport(
-        join_seconds=join_seconds, mode=mode_used, source=source, frames_sent=stats.frames_sent,
-        frames_received=len(received), frames_intact=intact, silence_frames=silences,
-        jitter_p50_ms=quantiles[49], jitter_p99_ms=quantiles[98],
-        jitter_max_ms=max(deviations, default=0.0), late_frames=stats.late_frames,
-        underruns=stats.underruns, threads_left=threads_left, e2ee=e2ee,
+        join_seconds=join_seconds,
+        mode=mode_used,
+        source=source,
+        frames_sent=stats.frames_sent,
+        frames_received=len(received),
+        frames_intact=intact,
+        silence_frames=silences,
+        jitter_p50_ms=quantiles[49],
+        jitter_p99_ms=quantiles[98],
+        jitter_max_ms=max(deviations, default=0.0),
+        late_frames=stats.late_frames,
+        underruns=stats.underruns,
+        threads_left=threads_left,
+        e2ee=e2ee,
     )
     _print_report(report, len(frames), out)
     return report
@@ -133,14 +151,26 @@ def _print_report(r: DemoReport, audio_frames: int, out: TextIO) -> None:
     print(f"  join time            {r.join_seconds * 1000:8.1f} ms", file=out)
     print(f"  transport mode       {r.mode}", file=out)
     print(f"  end-to-end (DAVE)    {r.e2ee}", file=out)
-    print(f"  frames sent          {r.frames_sent:8d}  ({audio_frames} audio + "
-          f"{SILENCE_FRAMES_ON_STOP} silence)", file=out)
-    print(f"  frames received      {r.frames_received:8d}  ({r.frames_intact} audio "
-          f"byte-identical, {r.silence_frames} silence)", file=out)
-    print(f"  inter-arrival jitter p50 {r.jitter_p50_ms:.3f} ms, p99 {r.jitter_p99_ms:.3f} ms, "
-          f"max {r.jitter_max_ms:.3f} ms (deviation from 20 ms, same process)", file=out)
-    print(f"  late frames {r.late_frames}, underruns {r.underruns}, library threads left "
-          f"{r.threads_left}", file=out)
+    print(
+        f"  frames sent          {r.frames_sent:8d}  ({audio_frames} audio + "
+        f"{SILENCE_FRAMES_ON_STOP} silence)",
+        file=out,
+    )
+    print(
+        f"  frames received      {r.frames_received:8d}  ({r.frames_intact} audio "
+        f"byte-identical, {r.silence_frames} silence)",
+        file=out,
+    )
+    print(
+        f"  inter-arrival jitter p50 {r.jitter_p50_ms:.3f} ms, p99 {r.jitter_p99_ms:.3f} ms, "
+        f"max {r.jitter_max_ms:.3f} ms (deviation from 20 ms, same process)",
+        file=out,
+    )
+    print(
+        f"  late frames {r.late_frames}, underruns {r.underruns}, library threads left "
+        f"{r.threads_left}",
+        file=out,
+    )
     print(f"  result               {'OK' if ok else 'MISMATCH'}", file=out)
 
 
@@ -150,13 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="stream a tone to a local fake Discord and report")
     demo.add_argument("--seconds", type=float, default=5.0)
     demo.add_argument("--frequency", type=float, default=440.0)
-    demo.add_argument("--mode", choices=("aes", "xchacha"), default=None,
-                      help="offer only this transport mode (default: both, AES-GCM preferred)")
-    demo.add_argument("--no-dave", action="store_true",
-                      help="a channel without DAVE end-to-end encryption (like a stage)")
+    demo.add_argument(
+        "--mode",
+        choices=("aes", "xchacha"),
+        default=None,
+        help="offer only this transport mode (default: both, AES-GCM preferred)",
+    )
+    demo.add_argument(
+        "--no-dave",
+        action="store_true",
+        help="a channel without DAVE end-to-end encryption (like a stage)",
+    )
     args = parser.parse_args(argv)
     mode = {"aes": MODE_AES256_GCM, "xchacha": MODE_XCHACHA20}.get(args.mode)
-    report = run_demo(seconds=args.seconds, frequency=args.frequency, mode=mode,
-                      dave=not args.no_dave)
+    report = run_demo(
+        seconds=args.seconds, frequency=args.frequency, mode=mode, dave=not args.no_dave
+    )
     ok = report.frames_intact == min(report.frames_received, round(args.seconds * 50))
     return 0 if ok and report.threads_left == 0 else 1

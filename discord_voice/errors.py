@@ -96,7 +96,8 @@ class DaveRequired(VoiceGatewayClosed):
 
     def __init__(self, reason: str = "") -> None:
         super().__init__(
-            4017, reason,
+            4017,
+            reason,
             message="the voice server closed with 4017: this channel requires DAVE end-to-end "
             "encryption, which this client did not offer",
         )

@@ -245,10 +245,17 @@ class Gateway:
 
         connection = GatewayConnection(ws, fail=fail)
         events = GatewayEvents(
-            connection, session=self._session, router=self._router, counters=self._counters,
-            clock=self._clock, rng=self._rng, resume=resume, stopping=self._stopping,
+            connection,
+            session=self._session,
+            router=self._router,
+            counters=self._counters,
+            clock=self._clock,
+            rng=self._rng,
+            resume=resume,
+            stopping=self._stopping,
             send=lambda payload: self._send(payload, require_ready=False),
-            on_settled=lambda name: self._back_online(connection, name), fail=fail,
+            on_settled=lambda name: self._back_online(connection, name),
+            fail=fail,
         )
         with self._lock:
             if self._closing or self._stopping.is_set():
@@ -260,7 +267,8 @@ class Gateway:
             if self._ready:  # a reconnect: bound the wait for READY/RESUMED
                 self._start_watchdog(connection, resume=resume)
             connection.start(
-                events.handle, redact=self._session.redact,
+                events.handle,
+                redact=self._session.redact,
                 on_exit=lambda: self._connection_ended(connection),
                 close_code=self._exit_close_code,
             )
@@ -386,10 +394,16 @@ class Gateway:
     def _start_watchdog(self, connection: GatewayConnection, *, resume: bool) -> None:
         """Bound a reconnect's wait for READY/RESUMED; call before starting its reader."""
         deadline = self._clock.monotonic() + self._reconnect_timeout
-        connection.start_watchdog(lambda: run_reconnect_watchdog(
-            self._clock, deadline, self._reconnect_timeout,
-            settled=connection.settled, stop=connection.stop, resume=resume,
-        ))
+        connection.start_watchdog(
+            lambda: run_reconnect_watchdog(
+                self._clock,
+                deadline,
+                self._reconnect_timeout,
+                settled=connection.settled,
+                stop=connection.stop,
+                resume=resume,
+            )
+        )
 
     def _connection_ended(self, connection: GatewayConnection) -> None:
         """On the ending connection's reader thread: make the next attempt, or report the end."""

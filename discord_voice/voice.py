@@ -178,8 +178,9 @@ class Voice:
                 raise LocalProtocolError(f"a join for guild {guild} is already in progress")
             self._pending[guild] = pending
         try:
-            self._gateway.update_voice_state(guild, channel, self_mute=self_mute,
-                                             self_deaf=self_deaf)
+            self._gateway.update_voice_state(
+                guild, channel, self_mute=self_mute, self_deaf=self_deaf
+            )
             state = _await(clock, pending.state, deadline, timeout, "voice_state_update")
             server = _await(clock, pending.server, deadline, timeout, "voice_server_update")
         except BaseException:
@@ -189,18 +190,26 @@ class Voice:
             with self._lock:
                 self._pending.pop(guild, None)
         info = VoiceServerInfo(
-            guild_id=guild, channel_id=channel, user_id=str(user_id),
-            session_id=str(state["session_id"]), token=str(server["token"]),
+            guild_id=guild,
+            channel_id=channel,
+            user_id=str(user_id),
+            session_id=str(state["session_id"]),
+            token=str(server["token"]),
             endpoint=str(server["endpoint"]),
         )
         connection = Connection(
-            self, info, voice_states=self._gateway, clock=self._clock,
+            self,
+            info,
+            voice_states=self._gateway,
+            clock=self._clock,
             heartbeats=self._heartbeats,
             sender=self._udp_sender,
             queue_size=self._queue_size,
             close_timeout=self._close_timeout,
             max_dave_protocol_version=supported_protocol_version(),
-            plan=self._plan, self_mute=self_mute, self_deaf=self_deaf,
+            plan=self._plan,
+            self_mute=self_mute,
+            self_deaf=self_deaf,
             reconnect_timeout=self._reconnect_timeout,
         )
         with self._lock:
@@ -250,8 +259,9 @@ class Voice:
                 _resolve(pending.state, data)
             return
         if connection is not None:
-            connection.on_voice_state(None if channel is None else str(channel),
-                                      str(data.get("session_id") or ""))
+            connection.on_voice_state(
+                None if channel is None else str(channel), str(data.get("session_id") or "")
+            )
 
     def on_voice_server_update(self, data: Mapping[str, Any]) -> None:
         guild = str(data.get("guild_id"))
@@ -307,7 +317,10 @@ class Voice:
 
 
 def _await(
-    clock: Clock, future: concurrent.futures.Future[T], deadline: float, timeout: float,
+    clock: Clock,
+    future: concurrent.futures.Future[T],
+    deadline: float,
+    timeout: float,
     stage: str,
 ) -> T:
     """The future's result, waiting on `clock` until `deadline`; else `JoinTimeout(stage)`."""

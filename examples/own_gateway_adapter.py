@@ -27,10 +27,20 @@ class MyGatewayAdapter:
     def user_id(self) -> int | None:
         return self._user_id
 
-    def update_voice_state(self, guild_id: str, channel_id: str | None, *,
-                           self_mute: bool, self_deaf: bool) -> None:
-        self._send_json({"op": 4, "d": {"guild_id": guild_id, "channel_id": channel_id,
-                                        "self_mute": self_mute, "self_deaf": self_deaf}})
+    def update_voice_state(
+        self, guild_id: str, channel_id: str | None, *, self_mute: bool, self_deaf: bool
+    ) -> None:
+        self._send_json(
+            {
+                "op": 4,
+                "d": {
+                    "guild_id": guild_id,
+                    "channel_id": channel_id,
+                    "self_mute": self_mute,
+                    "self_deaf": self_deaf,
+                },
+            }
+        )
 
     def add_voice_handler(self, handler: dv.VoiceEventHandler) -> Callable[[], None]:
         with self._lock:

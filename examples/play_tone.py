@@ -27,8 +27,10 @@ def main() -> None:
             for frame in opus.encode_frames(opus.tone(440.0, seconds), encoder):
                 conn.opus_send.put(frame)
             conn.stop_speaking()
-            print(f"sent {conn.stats.frames_sent} frames, {conn.stats.late_frames} late, "
-                  f"heartbeat latency {conn.latency}")
+            print(
+                f"sent {conn.stats.frames_sent} frames, {conn.stats.late_frames} late, "
+                f"heartbeat latency {conn.latency}"
+            )
 
 
 if __name__ == "__main__":

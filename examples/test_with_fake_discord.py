@@ -1,7 +1,7 @@
 """How to test your own bot offline with discord_voice.testing (run with pytest).
 
-    pip install "discord-voice[testing]" pytest
-    pytest examples/test_with_fake_discord.py
+pip install "discord-voice[testing]" pytest
+pytest examples/test_with_fake_discord.py
 """
 
 from __future__ import annotations

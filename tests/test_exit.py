@@ -27,7 +27,11 @@ SCRIPT = textwrap.dedent("""
 
 def test_forgotten_connections_are_closed_at_interpreter_exit() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "joined"

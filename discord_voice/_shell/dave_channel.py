@@ -53,8 +53,7 @@ class DaveChannel:
             try:
                 frames = change(dave)
             finally:  # even a refused input may have moved the engine: look again
-                self._media_step = (_PLAIN if not dave.active else _ENCRYPT if dave.ready
-                                    else _HOLD)
+                self._media_step = _PLAIN if not dave.active else _ENCRYPT if dave.ready else _HOLD
             self._started = self._started or started
             can_send = self._started and (not dave.active or dave.ready)
             settled = can_send or (self._started and dave.waiting_alone)

@@ -49,7 +49,9 @@ def open_gateway_session(
     """
     try:
         return WebSocketSession.connect(
-            url, timeout=timeout, what="main gateway websocket",
+            url,
+            timeout=timeout,
+            what="main gateway websocket",
             max_message_size=_MAX_MESSAGE_BYTES,
         )
     except ConnectionClosed as exc:
@@ -116,8 +118,12 @@ class GatewayConnection:
 
         name = "dv-gateway-reader"
         self._reader = self.session.make_reader(
-            name, on_message=lambda message: handle(message.data), on_end=on_end,
-            on_failure=self._reporter(name), exit_code=close_code, on_exit=finish,
+            name,
+            on_message=lambda message: handle(message.data),
+            on_end=on_end,
+            on_failure=self._reporter(name),
+            exit_code=close_code,
+            on_exit=finish,
         )
         self._reader.start()
 

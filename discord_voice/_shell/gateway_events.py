@@ -180,8 +180,12 @@ class GatewayEvents:
             return
         connection = self._connection
         self.heartbeat = GatewayHeartbeat(
-            hello.heartbeat_interval, self._rng.random(), clock=self._clock,
-            stop=connection.stop, session=connection.session, payload=self._session.heartbeat,
+            hello.heartbeat_interval,
+            self._rng.random(),
+            clock=self._clock,
+            stop=connection.stop,
+            session=connection.session,
+            payload=self._session.heartbeat,
         )
         if self._stopping.is_set():
             return

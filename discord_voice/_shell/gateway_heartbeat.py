@@ -34,8 +34,14 @@ class GatewayHeartbeat:
     """
 
     def __init__(
-        self, interval: float, jitter: float, *, clock: Clock, stop: Signal,
-        session: WebSocketSession, payload: Callable[[], str],
+        self,
+        interval: float,
+        jitter: float,
+        *,
+        clock: Clock,
+        stop: Signal,
+        session: WebSocketSession,
+        payload: Callable[[], str],
     ) -> None:
         self._lock = threading.Lock()
         self._schedule = HeartbeatSchedule(interval, clock.monotonic(), jitter)

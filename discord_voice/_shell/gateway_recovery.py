@@ -27,6 +27,7 @@ from discord_voice.errors import (
 
 __all__ = ["ServerAskedToReconnect", "Recovery", "default_plan"]
 
+
 class ServerAskedToReconnect(ConnectionClosed):
     """op 7 Reconnect or op 9 Invalid Session: end this websocket and come back.
 

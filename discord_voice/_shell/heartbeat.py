@@ -123,8 +123,14 @@ class HeartbeatLoop:
         `make_frame(nonce)` runs under `lock` (which must also guard `pacemaker`); `send`
         runs with no lock held. `on_failure` gets `HeartbeatTimeout` or the send's error, once.
         """
-        beat = Heartbeat(self, pacemaker=pacemaker, lock=lock, make_frame=make_frame,
-                         send=send, on_failure=on_failure)
+        beat = Heartbeat(
+            self,
+            pacemaker=pacemaker,
+            lock=lock,
+            make_frame=make_frame,
+            send=send,
+            on_failure=on_failure,
+        )
         self._worker.acquire(self._join_timeout)
         with lock:
             due = pacemaker.next_due

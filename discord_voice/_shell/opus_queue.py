@@ -153,4 +153,3 @@ class OpusQueue(queue.Queue[Any]):
             if isinstance(error, ConnectionClosed):
                 raise error
             raise ConnectionClosed(f"the voice connection failed: {error}") from error
-

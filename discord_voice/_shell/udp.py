@@ -54,8 +54,9 @@ def discover_ip(
         while True:
             now = clock.monotonic()
             if now >= deadline:
-                raise JoinTimeout("ip_discovery", timeout,
-                                  "no reply from the voice server over UDP")
+                raise JoinTimeout(
+                    "ip_discovery", timeout, "no reply from the voice server over UDP"
+                )
             try:
                 sock.send(request)
             except OSError as exc:

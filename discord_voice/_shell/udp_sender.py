@@ -147,9 +147,26 @@ class OutboundStream:
 
     # slots: the sender touches every stream at every tick; fewer cache lines per stream
     __slots__ = (
-        "_bytes_sent", "_discarded", "_finished", "_frames", "_in_hand", "_lock",
-        "_on_failure", "_pending", "_post", "_released", "_requests", "_retry_at", "_state",
-        "_taken", "_token", "_transports", "_unacked", "idle", "name", "order",
+        "_bytes_sent",
+        "_discarded",
+        "_finished",
+        "_frames",
+        "_in_hand",
+        "_lock",
+        "_on_failure",
+        "_pending",
+        "_post",
+        "_released",
+        "_requests",
+        "_retry_at",
+        "_state",
+        "_taken",
+        "_token",
+        "_transports",
+        "_unacked",
+        "idle",
+        "name",
+        "order",
     )
 
     def __init__(
@@ -286,8 +303,7 @@ class UdpSender:
         on_failure: Callable[[BaseException], None],
     ) -> OutboundStream:
         """Start pacing `frames` onto `transport`; the first stream starts the thread."""
-        stream = OutboundStream(name, frames, transport, on_failure, next(self._order),
-                                self._post)
+        stream = OutboundStream(name, frames, transport, on_failure, next(self._order), self._post)
         frames.set_consumer(stream.notify)
         self._worker.acquire()
         self._post(stream)
@@ -350,7 +366,9 @@ class UdpSender:
             self._finish(stream)
 
     def _attend(
-        self, stream: OutboundStream, now: float,
+        self,
+        stream: OutboundStream,
+        now: float,
         heap: list[tuple[float, int, int, OutboundStream]],
     ) -> None:
         """Apply the owner's requests, take and prepare the next frame, schedule the stream."""
@@ -358,8 +376,14 @@ class UdpSender:
             return
         closing, hold, transport = stream._requests
         state = stream._state
-        if (not closing and not hold and stream._in_hand is None and not stream._pending
-                and stream._taken is None and state.phase is Phase.PLAYING):
+        if (
+            not closing
+            and not hold
+            and stream._in_hand is None
+            and not stream._pending
+            and stream._taken is None
+            and state.phase is Phase.PLAYING
+        ):
             # the steady case, once per packet: the next frame from the queue, prepared now
             sent, stream._unacked = stream._unacked, 0
             item = stream._frames.take_nowait(sent)
@@ -387,7 +411,9 @@ class UdpSender:
         self._schedule(stream, now, heap)
 
     def _schedule(
-        self, stream: OutboundStream, now: float,
+        self,
+        stream: OutboundStream,
+        now: float,
         heap: list[tuple[float, int, int, OutboundStream]],
     ) -> None:
         """Put the stream's next due time (if any) on the heap, replacing its old entry."""
@@ -456,7 +482,8 @@ class UdpSender:
             if payload is EncryptBlocked.NO_KEY:
                 stream._state.no_key()
                 if transport.e2ee is not None and transport.e2ee.on_media_ready(
-                        lambda: self._post(stream)):
+                    lambda: self._post(stream)
+                ):
                     return
                 payload = EncryptBlocked.BUSY  # the key came meanwhile: look again very soon
                 stream._state.key_ready(now)

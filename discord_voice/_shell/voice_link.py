@@ -70,8 +70,10 @@ class VoiceLink:
         self.ssrc: int | None = None
 
     def __repr__(self) -> str:
-        return f"<VoiceLink guild={self.info.guild_id} endpoint={self.info.endpoint} " \
-               f"ssrc={self.ssrc} mode={self.mode}>"
+        return (
+            f"<VoiceLink guild={self.info.guild_id} endpoint={self.info.endpoint} "
+            f"ssrc={self.ssrc} mode={self.mode}>"
+        )
 
     @property
     def socket_number(self) -> int:
@@ -90,10 +92,12 @@ class VoiceLink:
         self.ssrc = ready.ssrc
         mode = crypto.choose_mode(ready.modes)
         self.udp = open_udp(ready.ip, ready.port)
-        address, port = discover_ip(self.udp, ready.ssrc, clock=self._clock, deadline=deadline,
-                                    timeout=timeout)
-        description = session.select_protocol(address, port, mode, deadline=deadline,
-                                              timeout=timeout)
+        address, port = discover_ip(
+            self.udp, ready.ssrc, clock=self._clock, deadline=deadline, timeout=timeout
+        )
+        description = session.select_protocol(
+            address, port, mode, deadline=deadline, timeout=timeout
+        )
         session.await_e2ee(deadline, timeout)  # at once when the call has no DAVE
         self.mode = description.mode
         packetizer = Packetizer(
@@ -165,10 +169,14 @@ class VoiceLink:
         number = next(_socket_numbers)
         threads: list[ServiceThread] = []
         session = VoiceSocketSession(
-            self.info, clock=self._clock, heartbeats=self._heartbeats,
+            self.info,
+            clock=self._clock,
+            heartbeats=self._heartbeats,
             max_dave_protocol_version=self._max_dave,
             on_failure=lambda exc: self._on_failure(self, number, exc),
-            threads=threads, dave=self.dave, resume_from=resume_from,
+            threads=threads,
+            dave=self.dave,
+            resume_from=resume_from,
         )
         with self._lock:
             self._threads[session] = threads

@@ -120,8 +120,10 @@ class VoiceSocketSession:
             self._info.url, timeout=remaining, what="voice websocket"
         )
         reader = self._ws.make_reader(
-            f"dv-voice-reader:{self._info.guild_id}", on_message=self._receive,
-            on_end=self._on_end, on_failure=self._on_failure,
+            f"dv-voice-reader:{self._info.guild_id}",
+            on_message=self._receive,
+            on_end=self._on_end,
+            on_failure=self._on_failure,
         )
         self._threads.append(reader)
         reader.start()
@@ -202,8 +204,10 @@ class VoiceSocketSession:
         if heartbeat is not None:
             heartbeat.cancel()
         reason: BaseException = (
-            error if isinstance(error, VoiceError)
-            else ConnectionClosed(f"the voice connection ended: {error}") if error is not None
+            error
+            if isinstance(error, VoiceError)
+            else ConnectionClosed(f"the voice connection ended: {error}")
+            if error is not None
             else ConnectionClosed("the voice connection was closed")
         )
         self._fail_futures(reason)
@@ -305,8 +309,11 @@ class VoiceSocketSession:
                 return
             pacemaker = self._pacemaker = Pacemaker(interval, self._clock.monotonic())
         heartbeat = self._heartbeats.add(
-            pacemaker=pacemaker, lock=self._lock, make_frame=self._protocol.heartbeat,
-            send=self.send_text, on_failure=self._on_beat_failure,
+            pacemaker=pacemaker,
+            lock=self._lock,
+            make_frame=self._protocol.heartbeat,
+            send=self.send_text,
+            on_failure=self._on_beat_failure,
         )
         with self._lock:
             self._heartbeat = heartbeat

@@ -92,8 +92,11 @@ class VoiceSessions:
         self._on_link_lost = on_link_lost
         self._on_send_failure = on_send_failure
         self._lock = threading.Lock()  # guards the fields below; never held for I/O
-        self.updates = VoiceUpdates(StateUpdate(info.channel_id, info.session_id),
-                                    ServerUpdate(info.endpoint, info.token), clock=clock)
+        self.updates = VoiceUpdates(
+            StateUpdate(info.channel_id, info.session_id),
+            ServerUpdate(info.endpoint, info.token),
+            clock=clock,
+        )
         self._link = self._new_link(info)
         self._link_generation = 0  # the server update the current link was made from
         self._retired: list[VoiceLink] = []  # threads not joined in time: at `join`
@@ -149,8 +152,9 @@ class VoiceSessions:
             return
         transport, self._transport = self._transport, None
         assert transport is not None, "resume_audio before the join's handshake"
-        stream = self._sender.attach(self.link.info.guild_id, self._frames, transport,
-                                     self._on_send_failure)
+        stream = self._sender.attach(
+            self.link.info.guild_id, self._frames, transport, self._on_send_failure
+        )
         with self._lock:
             self._stream, self._attached = stream, True
             ended = self._ended
@@ -166,8 +170,11 @@ class VoiceSessions:
         discarded = self._frames.close(as_connection_closed(error))
         if discarded:
             self.discarded += len(discarded)
-            log.warning("voice connection (guild %s): %d queued frames discarded at close",
-                        link.info.guild_id, len(discarded))
+            log.warning(
+                "voice connection (guild %s): %d queued frames discarded at close",
+                link.info.guild_id,
+                len(discarded),
+            )
         if self._stream is not None:
             self._stream.close()
         self.updates.close()
@@ -223,16 +230,23 @@ class VoiceSessions:
         state, server = self.updates.state, self.updates.server
         link = self.link
         channel = state.channel_id or link.info.channel_id
-        self._voice_states.update_voice_state(link.info.guild_id, channel,
-                                              self_mute=self._mute_deaf[0],
-                                              self_deaf=self._mute_deaf[1])
+        self._voice_states.update_voice_state(
+            link.info.guild_id, channel, self_mute=self._mute_deaf[0], self_deaf=self._mute_deaf[1]
+        )
         got = self.updates.wait(
-            lambda st, sv: st.generation > state.generation
-            and sv.generation > server.generation and sv.endpoint is not None,
-            deadline)
+            lambda st, sv: (
+                st.generation > state.generation
+                and sv.generation > server.generation
+                and sv.endpoint is not None
+            ),
+            deadline,
+        )
         if got is None:
-            stage = ("voice_state_update" if self.updates.state.generation == state.generation
-                     else "voice_server_update")
+            stage = (
+                "voice_state_update"
+                if self.updates.state.generation == state.generation
+                else "voice_server_update"
+            )
             raise JoinTimeout(stage, timeout, "while reconnecting")
         return self._switch_link(got[0], got[1], deadline, timeout)
 
@@ -241,23 +255,29 @@ class VoiceSessions:
         generation = self._link_generation
         got = self.updates.wait(
             lambda st, sv: sv.generation > generation and sv.endpoint is not None,
-            self._clock.monotonic() + timeout)
+            self._clock.monotonic() + timeout,
+        )
         return got is not None
 
     def move(self) -> tuple[int, int]:
         """A new session from the newest updates (a move, or a new voice server)."""
         timeout = self._step_timeout
-        return self._switch_link(self.updates.state, self.updates.server,
-                                 self._clock.monotonic() + timeout, timeout)
+        return self._switch_link(
+            self.updates.state, self.updates.server, self._clock.monotonic() + timeout, timeout
+        )
 
-    def _switch_link(self, state: StateUpdate, server: ServerUpdate, deadline: float,
-                     timeout: float) -> tuple[int, int]:
+    def _switch_link(
+        self, state: StateUpdate, server: ServerUpdate, deadline: float, timeout: float
+    ) -> tuple[int, int]:
         """Replace the link with a new session and hand it to the sender (still held)."""
         assert server.endpoint is not None
         old = self.link
         info = VoiceServerInfo(
-            guild_id=old.info.guild_id, channel_id=state.channel_id or old.info.channel_id,
-            user_id=old.info.user_id, session_id=state.session_id, token=server.token,
+            guild_id=old.info.guild_id,
+            channel_id=state.channel_id or old.info.channel_id,
+            user_id=old.info.user_id,
+            session_id=state.session_id,
+            token=server.token,
             endpoint=server.endpoint,
         )
         new = self._new_link(info)
@@ -272,15 +292,24 @@ class VoiceSessions:
             self._stream.set_transport(transport)  # held: `resume_audio` sends Speaking first
         with self._lock:
             self.reconnects += 1
-        log.info("voice connection (guild %s): new voice session on %s (channel %s)",
-                 info.guild_id, info.endpoint, info.channel_id)
+        log.info(
+            "voice connection (guild %s): new voice session on %s (channel %s)",
+            info.guild_id,
+            info.endpoint,
+            info.channel_id,
+        )
         return new.socket_number, server.generation
 
     # -- links ---------------------------------------------------------------------------------
 
     def _new_link(self, info: VoiceServerInfo) -> VoiceLink:
-        return VoiceLink(info, clock=self._clock, heartbeats=self._heartbeats,
-                         max_dave_protocol_version=self._max_dave, on_failure=self._link_failed)
+        return VoiceLink(
+            info,
+            clock=self._clock,
+            heartbeats=self._heartbeats,
+            max_dave_protocol_version=self._max_dave,
+            on_failure=self._link_failed,
+        )
 
     def _link_failed(self, link: VoiceLink, socket: int, exc: BaseException) -> None:
         """A websocket of `link` ended: only the current, live one is a loss."""
@@ -321,4 +350,3 @@ class VoiceSessions:
             self._sender.detach(stream, timeout)
         for link in links:
             link.release()
-

@@ -125,8 +125,9 @@ class VoiceSupervisor:
         """Block (real seconds) until ``ready(state)`` holds or the connection is closed."""
         with self.state_changed:
             return self.state_changed.wait_for(
-                lambda: ready(self._machine.state)
-                or self._machine.state is ConnectionState.CLOSED, timeout)
+                lambda: ready(self._machine.state) or self._machine.state is ConnectionState.CLOSED,
+                timeout,
+            )
 
     # -- listeners -------------------------------------------------------------------------------
 
@@ -231,8 +232,7 @@ class VoiceSupervisor:
             try:
                 listener(change.old, change.new, change.reason)
             except Exception as exc:
-                log.exception("state listener of voice connection (guild %s) failed",
-                              self._guild)
+                log.exception("state listener of voice connection (guild %s) failed", self._guild)
                 self.fail(exc)  # never only logged (absorbed once closed)
 
     def _tell_attempt(self, attempt: Attempt) -> None:
@@ -242,8 +242,7 @@ class VoiceSupervisor:
             try:
                 listener(attempt)
             except Exception as exc:
-                log.exception("attempt listener of voice connection (guild %s) failed",
-                              self._guild)
+                log.exception("attempt listener of voice connection (guild %s) failed", self._guild)
                 self.fail(exc)
 
     def _start(self, name: str, body: Callable[[], None]) -> None:

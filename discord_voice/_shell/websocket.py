@@ -23,7 +23,9 @@ from discord_voice.errors import ConnectionClosed
 __all__ = ["Binary", "Close", "Text", "Timeout", "WebSocketChannel", "timed_out"]
 
 _DATA_OPCODES = (
-    websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT,
+    websocket.ABNF.OPCODE_TEXT,
+    websocket.ABNF.OPCODE_BINARY,
+    websocket.ABNF.OPCODE_CONT,
 )
 
 
@@ -75,7 +77,12 @@ class WebSocketChannel:
 
     @classmethod
     def connect(
-        cls, url: str, *, timeout: float, io_timeout: float = 5.0, what: str = "websocket",
+        cls,
+        url: str,
+        *,
+        timeout: float,
+        io_timeout: float = 5.0,
+        what: str = "websocket",
         max_message_size: int = 1 << 20,
     ) -> WebSocketChannel:
         """Open `url` within `timeout` seconds.
@@ -85,7 +92,9 @@ class WebSocketChannel:
         """
         try:
             ws = websocket.create_connection(
-                url, timeout=max(timeout, 0.001), enable_multithread=True,
+                url,
+                timeout=max(timeout, 0.001),
+                enable_multithread=True,
                 skip_utf8_validation=False,
             )
         except (websocket.WebSocketException, OSError, ssl.SSLError, ValueError) as exc:
@@ -152,8 +161,9 @@ class WebSocketChannel:
                 data = bytes(frame.data)
                 self._echo_close(data[:2])
                 if len(data) >= 2:
-                    return Close(int.from_bytes(data[:2], "big"),
-                                 data[2:].decode("utf-8", "replace"))
+                    return Close(
+                        int.from_bytes(data[:2], "big"), data[2:].decode("utf-8", "replace")
+                    )
                 return Close(None, "close frame without a code")
             if opcode == websocket.ABNF.OPCODE_PING:
                 try:

@@ -87,7 +87,10 @@ class WebSocketSession:
                 `..websocket.timed_out` tells a timeout).
         """
         channel = WebSocketChannel.connect(
-            url, timeout=timeout, io_timeout=io_timeout, what=what,
+            url,
+            timeout=timeout,
+            io_timeout=io_timeout,
+            what=what,
             max_message_size=max_message_size,
         )
         return cls(channel, handshake_timeout=handshake_timeout)

@@ -117,8 +117,16 @@ class _RtpSizeAead:
     with a cipher (the packetizer's owner); `open` keeps no state.
     """
 
-    __slots__ = ("_buffer", "_decrypt", "_encrypt", "_key", "_nonce", "_nonce_view", "_raw",
-                 "_view")
+    __slots__ = (
+        "_buffer",
+        "_decrypt",
+        "_encrypt",
+        "_key",
+        "_nonce",
+        "_nonce_view",
+        "_raw",
+        "_view",
+    )
 
     mode: ClassVar[str]
     _full_nonce: ClassVar[struct.Struct]
@@ -176,8 +184,15 @@ class _RtpSizeAead:
             view[0:header_size] = header
             # Ciphertext and tag go right after the header, which is also the AAD.
             failed = raw(
-                buffer + header_size, _ffi.NULL, payload, len(payload),
-                buffer, header_size, _ffi.NULL, self._nonce, self._key,
+                buffer + header_size,
+                _ffi.NULL,
+                payload,
+                len(payload),
+                buffer,
+                header_size,
+                _ffi.NULL,
+                self._nonce,
+                self._key,
             )
         except TypeError as err:
             raise EncryptionError(f"{self.mode} encryption failed: {err}") from err

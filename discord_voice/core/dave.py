@@ -148,39 +148,57 @@ class DaveyEngine:
             try:
                 self._session = self._davey.DaveSession(protocol_version, user_id, channel_id)
             except (ValueError, OverflowError) as exc:
-                raise RemoteProtocolError(f"dave: cannot start version {protocol_version}: "
-                                          f"{exc}") from None
+                raise RemoteProtocolError(
+                    f"dave: cannot start version {protocol_version}: {exc}"
+                ) from None
             return
-        self._call(RemoteProtocolError, f"cannot start version {protocol_version}",
-                   lambda s: s.reinit(protocol_version, user_id, channel_id))
+        self._call(
+            RemoteProtocolError,
+            f"cannot start version {protocol_version}",
+            lambda s: s.reinit(protocol_version, user_id, channel_id),
+        )
 
     def set_external_sender(self, package: bytes) -> None:
-        self._call(RemoteProtocolError, "op 25 external sender refused",
-                   lambda s: s.set_external_sender(package))
+        self._call(
+            RemoteProtocolError,
+            "op 25 external sender refused",
+            lambda s: s.set_external_sender(package),
+        )
 
     def key_package(self) -> bytes:
-        return self._call(EncryptionError, "cannot create a key package",
-                          lambda s: s.get_serialized_key_package())
+        return self._call(
+            EncryptionError, "cannot create a key package", lambda s: s.get_serialized_key_package()
+        )
 
     def process_proposals(
         self, revoke: bool, proposals: bytes, expected_user_ids: Iterable[int]
     ) -> tuple[bytes, bytes | None] | None:
-        kind = self._davey.ProposalsOperationType.revoke if revoke else (
-            self._davey.ProposalsOperationType.append)
-        result = self._call(RemoteProtocolError, "op 27 proposals refused",
-                            lambda s: s.process_proposals(kind, proposals, list(expected_user_ids)))
+        kind = (
+            self._davey.ProposalsOperationType.revoke
+            if revoke
+            else (self._davey.ProposalsOperationType.append)
+        )
+        result = self._call(
+            RemoteProtocolError,
+            "op 27 proposals refused",
+            lambda s: s.process_proposals(kind, proposals, list(expected_user_ids)),
+        )
         return None if result is None else (result.commit, result.welcome)
 
     def process_commit(self, commit: bytes) -> None:
         self._call(RemoteProtocolError, "op 29 commit refused", lambda s: s.process_commit(commit))
 
     def process_welcome(self, welcome: bytes) -> None:
-        self._call(RemoteProtocolError, "op 30 welcome refused",
-                   lambda s: s.process_welcome(welcome))
+        self._call(
+            RemoteProtocolError, "op 30 welcome refused", lambda s: s.process_welcome(welcome)
+        )
 
     def set_passthrough(self, enabled: bool, expiry: int) -> None:
-        self._call(LocalProtocolError, "passthrough refused",
-                   lambda s: s.set_passthrough_mode(enabled, expiry))
+        self._call(
+            LocalProtocolError,
+            "passthrough refused",
+            lambda s: s.set_passthrough_mode(enabled, expiry),
+        )
 
     def encrypt_opus(self, frame: bytes) -> bytes:
         # once per packet on the sender thread: no closure, one call into davey
@@ -195,12 +213,18 @@ class DaveyEngine:
 
     def decrypt_opus(self, user_id: int, frame: bytes) -> bytes:
         audio = self._davey.MediaType.audio
-        return self._call(EncryptionError, f"cannot decrypt a frame of {user_id}",
-                          lambda s: s.decrypt(user_id, audio, frame))
+        return self._call(
+            EncryptionError,
+            f"cannot decrypt a frame of {user_id}",
+            lambda s: s.decrypt(user_id, audio, frame),
+        )
 
     def verification_code(self, user_id: int) -> str:
-        return self._call(EncryptionError, f"no verification code for {user_id}",
-                          lambda s: s.get_verification_code(user_id))
+        return self._call(
+            EncryptionError,
+            f"no verification code for {user_id}",
+            lambda s: s.get_verification_code(user_id),
+        )
 
 
 def _snowflake(name: str, value: int | str) -> int:
@@ -234,8 +258,9 @@ class DaveProtocol:
     `client_disconnect`; send every returned frame in order.
     """
 
-    def __init__(self, user_id: int | str, channel_id: int | str,
-                 engine: Engine | None = None) -> None:
+    def __init__(
+        self, user_id: int | str, channel_id: int | str, engine: Engine | None = None
+    ) -> None:
         self._user_id = _snowflake("user id", user_id)
         self._channel_id = _snowflake("channel id", channel_id)
         self._engine: Engine = DaveyEngine() if engine is None else engine
@@ -247,8 +272,10 @@ class DaveProtocol:
         self._connected: set[int] = set()
 
     def __repr__(self) -> str:
-        return (f"DaveProtocol(protocol_version={self._version}, ready={self.ready}, "
-                f"epoch={self.epoch})")
+        return (
+            f"DaveProtocol(protocol_version={self._version}, ready={self.ready}, "
+            f"epoch={self.epoch})"
+        )
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -275,8 +302,13 @@ class DaveProtocol:
         member), so this is as ready as a call can be until someone joins.
         """
         others = self._connected - {self._user_id}
-        return (self.active and not self._engine.ready and not others
-                and self._group_version > 0 and self._external_sender is not None)
+        return (
+            self.active
+            and not self._engine.ready
+            and not others
+            and self._group_version > 0
+            and self._external_sender is not None
+        )
 
     @property
     def epoch(self) -> int | None:
@@ -300,8 +332,10 @@ class DaveProtocol:
         """Begin with the Session Description's ``dave_protocol_version`` (0: DAVE is off)."""
         if self._started:
             raise LocalProtocolError("dave protocol already started")
-        if isinstance(protocol_version, bool) or not isinstance(protocol_version, int) or (
-            protocol_version < 0
+        if (
+            isinstance(protocol_version, bool)
+            or not isinstance(protocol_version, int)
+            or (protocol_version < 0)
         ):
             raise LocalProtocolError(f"dave protocol version must be >= 0: {protocol_version!r}")
         self._started = True

@@ -200,8 +200,10 @@ def decode(message: BinaryMessage | DaveMessage) -> DaveEvent:
 
 
 def _check_transition_id(transition_id: int) -> int:
-    if isinstance(transition_id, bool) or not isinstance(transition_id, int) or not (
-        0 <= transition_id <= _U16
+    if (
+        isinstance(transition_id, bool)
+        or not isinstance(transition_id, int)
+        or not (0 <= transition_id <= _U16)
     ):
         raise LocalProtocolError(f"transition id must be in 0..{_U16}, got {transition_id!r}")
     return transition_id
@@ -219,11 +221,14 @@ def commit_welcome(commit: bytes, welcome: bytes | None) -> bytes:
 
 def transition_ready(transition_id: int) -> str:
     """The op 23 JSON text: we are ready to execute ``transition_id``."""
-    return encode(VoiceOp.DAVE_TRANSITION_READY,
-                  {"transition_id": _check_transition_id(transition_id)})
+    return encode(
+        VoiceOp.DAVE_TRANSITION_READY, {"transition_id": _check_transition_id(transition_id)}
+    )
 
 
 def invalid_commit_welcome(transition_id: int) -> str:
     """The op 31 JSON text: the commit or welcome of ``transition_id`` could not be processed."""
-    return encode(VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME,
-                  {"transition_id": _check_transition_id(transition_id)})
+    return encode(
+        VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME,
+        {"transition_id": _check_transition_id(transition_id)},
+    )

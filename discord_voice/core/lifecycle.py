@@ -149,10 +149,10 @@ def default_voice_plan() -> ReconnectPlan[Action]:
     a move is waited for 10 s."""
     return ReconnectPlan(
         ClosePolicy.voice_default(),
-        resume=RetryBudget(max_attempts=3, base_delay=0.25, max_delay=5.0,
-                           immediate_first=True),
-        new_session=RetryBudget(max_attempts=5, base_delay=0.5, max_delay=8.0,
-                                immediate_first=True),
+        resume=RetryBudget(max_attempts=3, base_delay=0.25, max_delay=5.0, immediate_first=True),
+        new_session=RetryBudget(
+            max_attempts=5, base_delay=0.5, max_delay=8.0, immediate_first=True
+        ),
         move_timeout=10.0,
     )
 
@@ -227,8 +227,9 @@ class End:
     leave: bool
 
 
-LifecycleAction = ChangeState | HoldFrames | StopLink | ReportAttempt | StartAttempt | \
-    ResumeAudio | End
+LifecycleAction = (
+    ChangeState | HoldFrames | StopLink | ReportAttempt | StartAttempt | ResumeAudio | End
+)
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -355,9 +356,14 @@ class Lifecycle:
         """Our VOICE_STATE_UPDATE with no channel: kicked, or the channel was deleted."""
         if self._phase is Phase.CLOSED:
             return []
-        return self._end(Disconnected(
-            "kicked", "disconnected from the voice channel by Discord (kicked, or the "
-            "channel was deleted)"), leave=False)  # Discord has removed us already
+        return self._end(
+            Disconnected(
+                "kicked",
+                "disconnected from the voice channel by Discord (kicked, or the "
+                "channel was deleted)",
+            ),
+            leave=False,
+        )  # Discord has removed us already
 
     def fail(self, error: BaseException) -> list[LifecycleAction]:
         """Something that cannot be recovered from (a failed join, sending, a listener)."""
@@ -376,8 +382,10 @@ class Lifecycle:
     def _ready(self, reason: BaseException | None) -> list[LifecycleAction]:
         old = self._phase
         self._phase, self._held = Phase.READY, False
-        actions: list[LifecycleAction] = [ChangeState(old.public, Phase.READY.public, reason),
-                                          ResumeAudio()]
+        actions: list[LifecycleAction] = [
+            ChangeState(old.public, Phase.READY.public, reason),
+            ResumeAudio(),
+        ]
         if self._latest_server > self._session_server:
             actions += self._move("a new voice server was assigned meanwhile")
         return actions

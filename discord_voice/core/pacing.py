@@ -60,8 +60,19 @@ class Pacer:
     """Decides when each frame is sent; the sender thread does the waiting and sending."""
 
     __slots__ = (
-        "_due", "_elapsed", "_late", "_max_lateness", "_next", "_not_before", "_origin",
-        "_sent", "_stalls", "_underruns", "frame_duration", "grid", "late_threshold",
+        "_due",
+        "_elapsed",
+        "_late",
+        "_max_lateness",
+        "_next",
+        "_not_before",
+        "_origin",
+        "_sent",
+        "_stalls",
+        "_underruns",
+        "frame_duration",
+        "grid",
+        "late_threshold",
         "max_catch_up",
     )
 

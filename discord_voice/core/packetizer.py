@@ -134,8 +134,7 @@ class Packetizer:
         nonce = self._nonce
         if nonce > _U32:
             raise EncryptionError(
-                "transport nonce counter exhausted after 2**32 packets; "
-                "a new session key is needed"
+                "transport nonce counter exhausted after 2**32 packets; a new session key is needed"
             )
         if samples.__class__ is not int or not 0 < samples <= _U32:
             raise LocalProtocolError(f"samples per frame must be in 1..{_U32}, got {samples!r}")

@@ -99,10 +99,17 @@ GatewayName = Literal["voice", "main"]
 
 _NORMAL_CLOSES = (1000, 1001)
 _TRANSPORT_CLOSES = {
-    1000: "normal closure", 1001: "going away", 1002: "protocol error",
-    1003: "unsupported data", 1006: "abnormal closure", 1007: "invalid payload data",
-    1008: "policy violation", 1009: "message too big", 1011: "internal server error",
-    1012: "service restart", 1013: "try again later",
+    1000: "normal closure",
+    1001: "going away",
+    1002: "protocol error",
+    1003: "unsupported data",
+    1006: "abnormal closure",
+    1007: "invalid payload data",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "internal server error",
+    1012: "service restart",
+    1013: "try again later",
 }
 
 
@@ -145,31 +152,52 @@ class ClosePolicy(Generic[A]):
             values.append(action)
         for action in values:
             if not isinstance(action, kind):
-                raise TypeError(f"the {self.gateway} gateway policy takes {kind.__name__} "
-                                f"values, not {action!r}")
+                raise TypeError(
+                    f"the {self.gateway} gateway policy takes {kind.__name__} "
+                    f"values, not {action!r}"
+                )
         object.__setattr__(self, "table", MappingProxyType(dict(self.table)))
 
     @staticmethod
     def voice_default() -> ClosePolicy[Action]:
         """The voice gateway policy documented in this module's table."""
-        table = {code: Action.FATAL for code in (4001, 4002, 4003, 4004, 4005, 4012, 4016,
-                                                  4017, 4020, 4021)}
-        table.update({4006: Action.RECONNECT, 4009: Action.RECONNECT, 4011: Action.RECONNECT,
-                      4014: Action.WAIT_FOR_MOVE, 4022: Action.WAIT_FOR_MOVE,
-                      4015: Action.RESUME})
-        return ClosePolicy("voice", table, dropped=Action.RESUME, normal_by_us=Action.FATAL,
-                           below_4000=Action.RESUME, unknown=Action.RECONNECT)
+        table = {
+            code: Action.FATAL
+            for code in (4001, 4002, 4003, 4004, 4005, 4012, 4016, 4017, 4020, 4021)
+        }
+        table.update(
+            {
+                4006: Action.RECONNECT,
+                4009: Action.RECONNECT,
+                4011: Action.RECONNECT,
+                4014: Action.WAIT_FOR_MOVE,
+                4022: Action.WAIT_FOR_MOVE,
+                4015: Action.RESUME,
+            }
+        )
+        return ClosePolicy(
+            "voice",
+            table,
+            dropped=Action.RESUME,
+            normal_by_us=Action.FATAL,
+            below_4000=Action.RESUME,
+            unknown=Action.RECONNECT,
+        )
 
     @staticmethod
     def main_default() -> ClosePolicy[GatewayAction]:
         """The main gateway policy documented in this module's docstring."""
         table = {code: GatewayAction.RESUME for code in (4000, 4001, 4002, 4003, 4005, 4008)}
-        table.update({code: GatewayAction.FATAL for code in (4004, 4010, 4011, 4012, 4013,
-                                                             4014)})
+        table.update({code: GatewayAction.FATAL for code in (4004, 4010, 4011, 4012, 4013, 4014)})
         table.update({4007: GatewayAction.REIDENTIFY, 4009: GatewayAction.REIDENTIFY})
-        return ClosePolicy("main", table, dropped=GatewayAction.RESUME,
-                           normal_by_us=GatewayAction.FATAL, below_4000=GatewayAction.RESUME,
-                           unknown=GatewayAction.RESUME)
+        return ClosePolicy(
+            "main",
+            table,
+            dropped=GatewayAction.RESUME,
+            normal_by_us=GatewayAction.FATAL,
+            below_4000=GatewayAction.RESUME,
+            unknown=GatewayAction.RESUME,
+        )
 
     def with_overrides(self, overrides: Mapping[int, A]) -> ClosePolicy[A]:
         """A new policy whose table has `overrides` on top of this one's."""
@@ -291,12 +319,14 @@ class ReconnectPlan(Generic[A]):
 
     policy: ClosePolicy[A]
     resume: RetryBudget = field(
-        default_factory=lambda: RetryBudget(max_attempts=3, base_delay=0.25, immediate_first=True))
+        default_factory=lambda: RetryBudget(max_attempts=3, base_delay=0.25, immediate_first=True)
+    )
     new_session: RetryBudget = field(default_factory=lambda: RetryBudget(immediate_first=True))
     move_timeout: float = 10.0
 
-    def first(self, code: int | None, reason: str = "", *,
-              we_closed: bool = False) -> Attempt | GiveUp:
+    def first(
+        self, code: int | None, reason: str = "", *, we_closed: bool = False
+    ) -> Attempt | GiveUp:
         """The first step after the websocket closed."""
         kind = self._kind(self.policy.decide(code, we_closed=we_closed))
         if kind is None:
@@ -304,8 +334,9 @@ class ReconnectPlan(Generic[A]):
             return GiveUp(StopCause.CLOSED_BY_US if normal else StopCause.FATAL_CODE, code, reason)
         return self._step(kind, 1, code, reason)
 
-    def after_failure(self, previous: Attempt, code: int | None,
-                      reason: str = "") -> Attempt | GiveUp:
+    def after_failure(
+        self, previous: Attempt, code: int | None, reason: str = ""
+    ) -> Attempt | GiveUp:
         """The next step after the connection made for `previous` failed."""
         kind = self._kind(self.policy.decide(code))
         if kind is None:
@@ -331,8 +362,9 @@ class ReconnectPlan(Generic[A]):
             return AttemptKind.WAIT_FOR_MOVE
         return self._new_session_kind()
 
-    def _step(self, kind: AttemptKind, number: int, code: int | None,
-              reason: str) -> Attempt | GiveUp:
+    def _step(
+        self, kind: AttemptKind, number: int, code: int | None, reason: str
+    ) -> Attempt | GiveUp:
         if kind is AttemptKind.WAIT_FOR_MOVE:
             return Attempt(kind, 1, self.move_timeout, code, reason)
         if kind is AttemptKind.RESUME:

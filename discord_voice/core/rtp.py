@@ -154,8 +154,7 @@ class RtpHeader:
         if length < size:
             what = f"{csrc_count} csrcs" + (" and extension preamble" if extension else "")
             raise InvalidPacket(
-                f"rtp packet is {length} bytes, too short for a header with {what} "
-                f"({size} bytes)",
+                f"rtp packet is {length} bytes, too short for a header with {what} ({size} bytes)",
                 data,
             )
         csrcs = struct.unpack_from(f">{csrc_count}I", data, RTP_HEADER_SIZE)

@@ -119,25 +119,31 @@ class VoiceGatewayProtocol:
         if not self._resuming:
             raise LocalProtocolError("resume needs a protocol made by continue_from")
         self.state = VoiceState.RESUMING
-        return vp.encode(VoiceOp.RESUME, {
-            "server_id": self.info.guild_id,
-            "session_id": self.info.session_id,
-            "token": self.info.token,
-            "seq_ack": self.seq_ack,
-        })
+        return vp.encode(
+            VoiceOp.RESUME,
+            {
+                "server_id": self.info.guild_id,
+                "session_id": self.info.session_id,
+                "token": self.info.token,
+                "seq_ack": self.seq_ack,
+            },
+        )
 
     # -- frames to send ---------------------------------------------------------------------
 
     def identify(self) -> str:
         self._require(VoiceState.NEW, "identify")
         self.state = VoiceState.IDENTIFYING
-        return vp.encode(VoiceOp.IDENTIFY, {
-            "server_id": self.info.guild_id,
-            "user_id": self.info.user_id,
-            "session_id": self.info.session_id,
-            "token": self.info.token,
-            "max_dave_protocol_version": self.max_dave_protocol_version,
-        })
+        return vp.encode(
+            VoiceOp.IDENTIFY,
+            {
+                "server_id": self.info.guild_id,
+                "user_id": self.info.user_id,
+                "session_id": self.info.session_id,
+                "token": self.info.token,
+                "max_dave_protocol_version": self.max_dave_protocol_version,
+            },
+        )
 
     def select_protocol(self, address: str, port: int, mode: str) -> str:
         self._require(VoiceState.READY, "select_protocol")
@@ -146,10 +152,13 @@ class VoiceGatewayProtocol:
             raise LocalProtocolError(f"mode {mode!r} was not offered by the server")
         self.state = VoiceState.SELECTING
         self._selected_mode = mode
-        return vp.encode(VoiceOp.SELECT_PROTOCOL, {
-            "protocol": "udp",
-            "data": {"address": address, "port": port, "mode": mode},
-        })
+        return vp.encode(
+            VoiceOp.SELECT_PROTOCOL,
+            {
+                "protocol": "udp",
+                "data": {"address": address, "port": port, "mode": mode},
+            },
+        )
 
     def heartbeat(self, nonce: int) -> str:
         if self.state in (VoiceState.NEW, VoiceState.CLOSED):
@@ -159,9 +168,14 @@ class VoiceGatewayProtocol:
     def speaking(self, flags: SpeakingFlag | int) -> str:
         self._require(VoiceState.ACTIVE, "speaking")
         assert self.ready is not None
-        return vp.encode(VoiceOp.SPEAKING, {
-            "speaking": int(flags), "delay": 0, "ssrc": self.ready.ssrc,
-        })
+        return vp.encode(
+            VoiceOp.SPEAKING,
+            {
+                "speaking": int(flags),
+                "delay": 0,
+                "ssrc": self.ready.ssrc,
+            },
+        )
 
     # -- input ------------------------------------------------------------------------------
 

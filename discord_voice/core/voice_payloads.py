@@ -198,8 +198,9 @@ def _decode_session(d: Mapping[str, Any]) -> SessionDescription:
         version = 0
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise RemoteProtocolError("voice op 4: dave_protocol_version must be an integer")
-    return SessionDescription(mode=_str(d, "mode", 4), secret_key=bytes(key),
-                              dave_protocol_version=version)
+    return SessionDescription(
+        mode=_str(d, "mode", 4), secret_key=bytes(key), dave_protocol_version=version
+    )
 
 
 def _decode_ack(d: object) -> HeartbeatAck:
@@ -267,8 +268,11 @@ def decode_text(text: str | bytes) -> tuple[int | None, ServerMessage]:
     elif op == VoiceOp.CLIENT_DISCONNECT:
         user = _mapping(d, op).get("user_id")
         message = ClientDisconnect(user_id=_snowflake(user, op, "user_id"))
-    elif op in (VoiceOp.DAVE_PREPARE_TRANSITION, VoiceOp.DAVE_EXECUTE_TRANSITION,
-                VoiceOp.DAVE_PREPARE_EPOCH):
+    elif op in (
+        VoiceOp.DAVE_PREPARE_TRANSITION,
+        VoiceOp.DAVE_EXECUTE_TRANSITION,
+        VoiceOp.DAVE_PREPARE_EPOCH,
+    ):
         message = DaveMessage(op=op, data=_mapping(d, op))
     else:
         message = UnknownMessage(op=op)

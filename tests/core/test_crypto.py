@@ -166,9 +166,7 @@ def test_seal_rejects_nonce_outside_32_bits(mode: str, counter: int) -> None:
         nacl.exceptions.TypeError("Input message type must be bytes"),
     ],
 )
-def test_seal_wraps_pynacl_errors(
-    mode: str, error: Exception, public_binding_only: None
-) -> None:
+def test_seal_wraps_pynacl_errors(mode: str, error: Exception, public_binding_only: None) -> None:
     cipher = make_cipher(mode, KEY)
 
     def failing(*args: object) -> bytes:
@@ -216,8 +214,11 @@ def test_the_direct_path_is_used_when_pynacl_exposes_libsodium(mode: str) -> Non
     from nacl._sodium import lib
 
     cipher = make_cipher(mode, KEY)
-    name = "crypto_aead_aes256gcm_encrypt" if mode == AES else (
-        "crypto_aead_xchacha20poly1305_ietf_encrypt")
+    name = (
+        "crypto_aead_aes256gcm_encrypt"
+        if mode == AES
+        else ("crypto_aead_xchacha20poly1305_ietf_encrypt")
+    )
     assert cipher._raw is getattr(lib, name)  # type: ignore[attr-defined]
 
 

@@ -128,6 +128,7 @@ def joined_by_welcome(sender: ExternalSender, transition_id: int = 5) -> tuple[D
 
 # -- alone ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sender_first", [False, True])
 def test_alone_client_sends_key_package_and_has_no_key(
     sender: ExternalSender, sender_first: bool
@@ -159,6 +160,7 @@ def test_dave_off_is_passthrough(sender: ExternalSender) -> None:
 
 # -- welcome path and media ------------------------------------------------------------------
 
+
 def test_join_by_welcome_then_media_both_ways(sender: ExternalSender) -> None:
     client, peer = joined_by_welcome(sender)
     assert client.ready and client.active and client.epoch == 1
@@ -186,6 +188,7 @@ def test_ignores_proposals_before_external_sender() -> None:
 
 
 # -- commit path: a member joins and leaves -----------------------------------------------------
+
 
 def test_member_joins_by_our_commit_and_leaves(sender: ExternalSender) -> None:
     client, peer = joined_by_welcome(sender)
@@ -254,6 +257,7 @@ def test_revoked_proposal_is_not_committed(sender: ExternalSender) -> None:
 
 # -- failures and recovery ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("op", [29, 30])
 def test_invalid_commit_or_welcome_sends_op31_and_a_fresh_key_package(
     sender: ExternalSender, op: int
@@ -293,6 +297,7 @@ def test_commit_for_another_epoch_is_invalid(sender: ExternalSender) -> None:
 
 
 # -- transitions: id 0, downgrade and upgrade ----------------------------------------------------
+
 
 def test_transition_id_zero_executes_at_once(sender: ExternalSender) -> None:
     client, key_package = started(sender)
@@ -371,6 +376,7 @@ def test_duplicate_prepare_is_acknowledged_once(sender: ExternalSender) -> None:
 
 # -- local misuse ------------------------------------------------------------------------------
 
+
 def test_local_misuse() -> None:
     with pytest.raises(LocalProtocolError, match="user id"):
         DaveProtocol("me", CHANNEL)
@@ -388,6 +394,7 @@ def test_local_misuse() -> None:
 
 
 # -- garbage from the server -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def member() -> DaveProtocol:
@@ -421,6 +428,7 @@ def test_garbage_commit_or_welcome_always_recovers(op: int, data: bytes) -> None
 
 
 # -- the engine is replaceable -------------------------------------------------------------------
+
 
 class ScriptedEngine:
     """An `Engine` without MLS: records calls, refuses what it is told to."""
@@ -481,9 +489,7 @@ def test_scripted_engine_sees_the_expected_users_and_the_rules() -> None:
     assert client.receive(dm.AnnounceCommit(2, b"c")) == [dm.transition_ready(2)]
     assert client.transform(b"op") == b"E(op)"
     engine.refuse_commit = True
-    assert client.receive(dm.AnnounceCommit(3, b"c")) == [
-        dm.invalid_commit_welcome(3), b"\x1aKP5"
-    ]
+    assert client.receive(dm.AnnounceCommit(3, b"c")) == [dm.invalid_commit_welcome(3), b"\x1aKP5"]
     assert engine.calls[-2:] == [("reinit", 1, ME, CHANNEL), ("external_sender", b"ES")]
     assert client.receive(dm.PrepareTransition(0, 4)) == [dm.transition_ready(4)]
     assert engine.calls[5:] == [("passthrough", True, 10)]

@@ -26,6 +26,7 @@ def text(op: int, d: object) -> DaveMessage:
 
 # -- binary server ops -------------------------------------------------------------------------
 
+
 def test_external_sender_package() -> None:
     package = b"\x40\x41" + b"\x04" * 65 + b"\x00\x01\x01\x00"
     assert dm.decode(binary(25, package)) == dm.ExternalSenderPackage(package=package)
@@ -96,6 +97,7 @@ def test_any_binary_frame_decodes_or_raises_the_protocol_error(op: int, payload:
 
 # -- JSON server ops ---------------------------------------------------------------------------
 
+
 def test_json_ops() -> None:
     assert dm.decode(text(21, {"protocol_version": 0, "transition_id": 10})) == (
         dm.PrepareTransition(protocol_version=0, transition_id=10)
@@ -131,21 +133,28 @@ def test_json_op_that_is_not_dave() -> None:
         dm.decode(DaveMessage(op=23, data={"transition_id": 1}))
 
 
-@given(st.dictionaries(st.sampled_from(["protocol_version", "transition_id", "epoch"]),
-                       st.one_of(st.integers(), st.text(), st.none(), st.booleans(),
-                                 st.floats(allow_nan=False))),
-       st.sampled_from([21, 22, 24]))
+@given(
+    st.dictionaries(
+        st.sampled_from(["protocol_version", "transition_id", "epoch"]),
+        st.one_of(st.integers(), st.text(), st.none(), st.booleans(), st.floats(allow_nan=False)),
+    ),
+    st.sampled_from([21, 22, 24]),
+)
 def test_any_json_op_decodes_or_raises_the_protocol_error(d: dict[str, Any], op: int) -> None:
     try:
         dm.decode(DaveMessage(op=op, data=d))
     except RemoteProtocolError:
         return
-    for key in {21: ("protocol_version", "transition_id"), 22: ("transition_id",),
-                24: ("protocol_version", "epoch")}[op]:
+    for key in {
+        21: ("protocol_version", "transition_id"),
+        22: ("transition_id",),
+        24: ("protocol_version", "epoch"),
+    }[op]:
         assert type(d[key]) is int and d[key] >= 0
 
 
 # -- client frames -----------------------------------------------------------------------------
+
 
 def test_client_binary_frames() -> None:
     assert dm.key_package(b"KP") == b"\x1aKP"

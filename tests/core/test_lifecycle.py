@@ -46,8 +46,14 @@ from discord_voice.errors import (
     VoiceGatewayClosed,
 )
 
-J, R, RS, RC, AM, C = (Phase.JOINING, Phase.READY, Phase.RESUMING, Phase.RECONNECTING,
-                       Phase.AWAITING_MOVE, Phase.CLOSED)
+J, R, RS, RC, AM, C = (
+    Phase.JOINING,
+    Phase.READY,
+    Phase.RESUMING,
+    Phase.RECONNECTING,
+    Phase.AWAITING_MOVE,
+    Phase.CLOSED,
+)
 
 
 def plan(resumes: int = 3, sessions: int = 5) -> ReconnectPlan[Action]:
@@ -101,32 +107,60 @@ Outcome = tuple[Phase, tuple[str, ...]] | str
 TABLE: Final[dict[tuple[Phase, str], Outcome]] = {
     # joining
     (J, "joined"): TO_READY,
-    (J, "lost_resumable"): ENDS, (J, "lost_zombie"): ENDS, (J, "lost_4006"): ENDS,
-    (J, "lost_4014"): ENDS, (J, "lost_fatal"): ENDS, (J, "lost_bug"): ENDS,
-    (J, "succeeded"): ERROR, (J, "failed"): ERROR, (J, "failed_fatal"): ERROR,
+    (J, "lost_resumable"): ENDS,
+    (J, "lost_zombie"): ENDS,
+    (J, "lost_4006"): ENDS,
+    (J, "lost_4014"): ENDS,
+    (J, "lost_fatal"): ENDS,
+    (J, "lost_bug"): ENDS,
+    (J, "succeeded"): ERROR,
+    (J, "failed"): ERROR,
+    (J, "failed_fatal"): ERROR,
     (J, "move_expired"): ERROR,
     (J, "server_update"): (J, ()),
-    (J, "kicked"): ENDS, (J, "fail"): ENDS, (J, "close"): ENDS,
+    (J, "kicked"): ENDS,
+    (J, "fail"): ENDS,
+    (J, "close"): ENDS,
     # ready
     (R, "joined"): ERROR,
-    (R, "lost_resumable"): (RS, BEGIN_RESUME), (R, "lost_zombie"): (RS, BEGIN_RESUME),
-    (R, "lost_4006"): (RC, BEGIN_HELD), (R, "lost_4014"): (AM, BEGIN_HELD),
-    (R, "lost_fatal"): ENDS, (R, "lost_bug"): ENDS,
-    (R, "succeeded"): ERROR, (R, "failed"): ERROR, (R, "failed_fatal"): ERROR,
+    (R, "lost_resumable"): (RS, BEGIN_RESUME),
+    (R, "lost_zombie"): (RS, BEGIN_RESUME),
+    (R, "lost_4006"): (RC, BEGIN_HELD),
+    (R, "lost_4014"): (AM, BEGIN_HELD),
+    (R, "lost_fatal"): ENDS,
+    (R, "lost_bug"): ENDS,
+    (R, "succeeded"): ERROR,
+    (R, "failed"): ERROR,
+    (R, "failed_fatal"): ERROR,
     (R, "move_expired"): ERROR,
     (R, "server_update"): (AM, BEGIN_HELD),
-    (R, "kicked"): ENDS, (R, "fail"): ENDS, (R, "close"): ENDS,
+    (R, "kicked"): ENDS,
+    (R, "fail"): ENDS,
+    (R, "close"): ENDS,
 }
 for _phase, _hold in ((RS, ()), (RC, ()), (AM, ())):
-    TABLE.update({
-        (_phase, "joined"): ERROR,
-        **{(_phase, e): (_phase, _hold) for e in ("lost_resumable", "lost_zombie", "lost_4006",
-                                                 "lost_4014", "lost_fatal", "lost_bug")},
-        (_phase, "succeeded"): TO_READY,
-        (_phase, "failed_fatal"): ENDS,
-        (_phase, "server_update"): (_phase, ()),
-        (_phase, "kicked"): ENDS, (_phase, "fail"): ENDS, (_phase, "close"): ENDS,
-    })
+    TABLE.update(
+        {
+            (_phase, "joined"): ERROR,
+            **{
+                (_phase, e): (_phase, _hold)
+                for e in (
+                    "lost_resumable",
+                    "lost_zombie",
+                    "lost_4006",
+                    "lost_4014",
+                    "lost_fatal",
+                    "lost_bug",
+                )
+            },
+            (_phase, "succeeded"): TO_READY,
+            (_phase, "failed_fatal"): ENDS,
+            (_phase, "server_update"): (_phase, ()),
+            (_phase, "kicked"): ENDS,
+            (_phase, "fail"): ENDS,
+            (_phase, "close"): ENDS,
+        }
+    )
 # a failed resume is resume 2/3; a failed reconnect is reconnect 2/5 (frames already held);
 # a failed move falls back to a fresh session, which the public state already shows
 TABLE[(RS, "failed")] = (RS, NEXT_SAME_STATE)
@@ -175,8 +209,9 @@ def kinds(actions: list[LifecycleAction]) -> list[str]:
 def test_state_changes_name_the_public_states_and_the_cause() -> None:
     machine = Lifecycle(plan())
     assert machine.phase.public is ConnectionState.CONNECTING
-    assert machine.joined()[0] == ChangeState(ConnectionState.CONNECTING,
-                                              ConnectionState.READY, None)
+    assert machine.joined()[0] == ChangeState(
+        ConnectionState.CONNECTING, ConnectionState.READY, None
+    )
     cause = VoiceGatewayClosed(4014, "disconnected")
     change = [a for a in machine.link_lost(cause) if isinstance(a, ChangeState)]
     assert change == [ChangeState(ConnectionState.READY, ConnectionState.RECONNECTING, cause)]
@@ -186,15 +221,20 @@ def test_state_changes_name_the_public_states_and_the_cause() -> None:
 def test_attempts_follow_the_plan_and_give_up_with_the_last_error() -> None:
     machine = Lifecycle(plan(resumes=2, sessions=2))
     machine.joined()
-    started = [a.attempt for a in machine.link_lost(ConnectionClosed("dropped"))
-               if isinstance(a, StartAttempt)]
+    started = [
+        a.attempt
+        for a in machine.link_lost(ConnectionClosed("dropped"))
+        if isinstance(a, StartAttempt)
+    ]
     last = VoiceGatewayClosed(4006, "still invalid")
     for error in (ConnectionClosed("a"), ConnectionClosed("b"), VoiceGatewayClosed(4006, "c")):
-        started += [a.attempt for a in machine.attempt_failed(error)
-                    if isinstance(a, StartAttempt)]
+        started += [a.attempt for a in machine.attempt_failed(error) if isinstance(a, StartAttempt)]
     assert [(a.kind, a.number) for a in started] == [
-        (AttemptKind.RESUME, 1), (AttemptKind.RESUME, 2),
-        (AttemptKind.RECONNECT, 1), (AttemptKind.RECONNECT, 2)]
+        (AttemptKind.RESUME, 1),
+        (AttemptKind.RESUME, 2),
+        (AttemptKind.RECONNECT, 1),
+        (AttemptKind.RECONNECT, 2),
+    ]
     assert [a.delay for a in started] == [0.0, 0.25, 0.0, 0.5]
     actions = machine.attempt_failed(last)
     assert actions[0] == End(last, leave=True) and machine.error is last
@@ -263,11 +303,12 @@ def test_a_server_update_during_a_recovery_moves_once_it_succeeded() -> None:
     assert machine.server_update(1) == []  # the reconnect's own update, say
     assert machine.server_update(2) == []  # and a move after it
     assert kinds(machine.attempt_succeeded(server_generation=1))[:2] == [
-        "ChangeState", "ResumeAudio"]
+        "ChangeState",
+        "ResumeAudio",
+    ]
     assert machine.phase is AM
     # the move's session is made from update 2: nothing newer, so READY and done
-    assert kinds(machine.attempt_succeeded(server_generation=2)) == [
-        "ChangeState", "ResumeAudio"]
+    assert kinds(machine.attempt_succeeded(server_generation=2)) == ["ChangeState", "ResumeAudio"]
     assert machine.phase is R
 
 
@@ -301,13 +342,20 @@ def test_frames_are_held_once_and_released_at_ready() -> None:
 
 # -- random sequences against the invariants ----------------------------------------------------
 
-ERRORS = st.sampled_from([
-    ConnectionClosed("dropped"), HeartbeatTimeout("no ack", 1.0),
-    VoiceGatewayClosed(4006, "invalid"), VoiceGatewayClosed(4009, "timeout"),
-    VoiceGatewayClosed(4014, "disconnected"), VoiceGatewayClosed(4015, "crashed"),
-    VoiceGatewayClosed(4022, "terminated"), VoiceGatewayClosed(4021, "rate limited"),
-    VoiceGatewayClosed(1006, "abnormal"), DaveRequired(),
-])
+ERRORS = st.sampled_from(
+    [
+        ConnectionClosed("dropped"),
+        HeartbeatTimeout("no ack", 1.0),
+        VoiceGatewayClosed(4006, "invalid"),
+        VoiceGatewayClosed(4009, "timeout"),
+        VoiceGatewayClosed(4014, "disconnected"),
+        VoiceGatewayClosed(4015, "crashed"),
+        VoiceGatewayClosed(4022, "terminated"),
+        VoiceGatewayClosed(4021, "rate limited"),
+        VoiceGatewayClosed(1006, "abnormal"),
+        DaveRequired(),
+    ]
+)
 
 
 class LifecycleMachine(RuleBasedStateMachine):

@@ -51,15 +51,18 @@ def wire(op: int, d: Any = None, s: int | None = None, t: str | None = None) -> 
 # --- urls -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("given_url", "expected"), [
-    (None, "wss://gateway.discord.gg/?v=10&encoding=json"),
-    ("wss://gateway.discord.gg", "wss://gateway.discord.gg/?v=10&encoding=json"),
-    ("wss://gateway.discord.gg/", "wss://gateway.discord.gg/?v=10&encoding=json"),
-    ("ws://127.0.0.1:5000", "ws://127.0.0.1:5000/?v=10&encoding=json"),
-    ("wss://example.com/gw", "wss://example.com/gw?v=10&encoding=json"),
-    ("wss://example.com/?v=9&encoding=json", "wss://example.com/?v=9&encoding=json"),
-    ("wss://example.com/?", "wss://example.com/?v=10&encoding=json"),
-])
+@pytest.mark.parametrize(
+    ("given_url", "expected"),
+    [
+        (None, "wss://gateway.discord.gg/?v=10&encoding=json"),
+        ("wss://gateway.discord.gg", "wss://gateway.discord.gg/?v=10&encoding=json"),
+        ("wss://gateway.discord.gg/", "wss://gateway.discord.gg/?v=10&encoding=json"),
+        ("ws://127.0.0.1:5000", "ws://127.0.0.1:5000/?v=10&encoding=json"),
+        ("wss://example.com/gw", "wss://example.com/gw?v=10&encoding=json"),
+        ("wss://example.com/?v=9&encoding=json", "wss://example.com/?v=9&encoding=json"),
+        ("wss://example.com/?", "wss://example.com/?v=10&encoding=json"),
+    ],
+)
 def test_normalize_gateway_url(given_url: str | None, expected: str) -> None:
     assert normalize_gateway_url(given_url) == expected
 
@@ -68,8 +71,9 @@ def test_default_url_is_v10_json() -> None:
     assert DEFAULT_GATEWAY_URL == "wss://gateway.discord.gg/?v=10&encoding=json"
 
 
-@pytest.mark.parametrize("bad", ["https://gateway.discord.gg", "gateway.discord.gg", "wss://",
-                                 "ws://[::1"])
+@pytest.mark.parametrize(
+    "bad", ["https://gateway.discord.gg", "gateway.discord.gg", "wss://", "ws://[::1"]
+)
 def test_normalize_rejects_non_websocket_urls(bad: str) -> None:
     with pytest.raises(LocalProtocolError):
         normalize_gateway_url(bad)
@@ -88,8 +92,9 @@ def test_encode_is_compact_json() -> None:
     op=st.integers(1, 50),  # op 0 (dispatch) needs a "t", which clients never send
     d=st.recursive(
         st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                     max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
         max_leaves=20,
     ),
 )
@@ -120,12 +125,28 @@ def test_decode_keeps_dispatch_fields() -> None:
     assert payload == Payload(op=0, d={"a": 1}, s=7, t="GUILD_CREATE")
 
 
-@pytest.mark.parametrize("raw", [
-    "", "{", "not json", "[]", "42", "null", '"text"',
-    b"\xff\xfe", '{"d": null}', '{"op": "1"}', '{"op": true}', '{"op": 1.5}',
-    '{"op": 0, "d": {}, "s": 1}', '{"op": 0, "t": 5, "s": 1}', '{"op": 0, "t": "X", "s": "1"}',
-    '{"op": 0, "t": "X", "s": true}', "[" * 100000,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "{",
+        "not json",
+        "[]",
+        "42",
+        "null",
+        '"text"',
+        b"\xff\xfe",
+        '{"d": null}',
+        '{"op": "1"}',
+        '{"op": true}',
+        '{"op": 1.5}',
+        '{"op": 0, "d": {}, "s": 1}',
+        '{"op": 0, "t": 5, "s": 1}',
+        '{"op": 0, "t": "X", "s": "1"}',
+        '{"op": 0, "t": "X", "s": true}',
+        "[" * 100000,
+    ],
+)
 def test_decode_rejects_malformed_messages(raw: str | bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_payload(raw)
@@ -158,18 +179,35 @@ def test_parse_dispatch_with_null_data_gives_an_empty_mapping() -> None:
     assert event == Dispatch(name="RESUMED", seq=3, data={})
 
 
-@pytest.mark.parametrize("hello", [None, {}, {"heartbeat_interval": 0},
-                                   {"heartbeat_interval": -5}, {"heartbeat_interval": True},
-                                   {"heartbeat_interval": "41250"}, [41250]])
+@pytest.mark.parametrize(
+    "hello",
+    [
+        None,
+        {},
+        {"heartbeat_interval": 0},
+        {"heartbeat_interval": -5},
+        {"heartbeat_interval": True},
+        {"heartbeat_interval": "41250"},
+        [41250],
+    ],
+)
 def test_parse_rejects_bad_hello(hello: Any) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_event(decode_payload(wire(10, hello)))
 
 
-@pytest.mark.parametrize("change", [
-    {"user": None}, {"user": {}}, {"user": {"id": 123}}, {"user": {"id": "12a"}},
-    {"session_id": None}, {"session_id": ""}, {"resume_gateway_url": 5},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"user": None},
+        {"user": {}},
+        {"user": {"id": 123}},
+        {"user": {"id": "12a"}},
+        {"session_id": None},
+        {"session_id": ""},
+        {"resume_gateway_url": 5},
+    ],
+)
 def test_parse_rejects_bad_ready(change: dict[str, Any]) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_event(decode_payload(wire(0, {**READY_DATA, **change}, 1, "READY")))
@@ -197,8 +235,11 @@ def test_session_identify_payload() -> None:
         "d": {
             "token": TOKEN,
             "intents": 129,
-            "properties": {"os": sys.platform, "browser": "discord-voice",
-                           "device": "discord-voice"},
+            "properties": {
+                "os": sys.platform,
+                "browser": "discord-voice",
+                "device": "discord-voice",
+            },
         },
     }
     custom = identify_payload(TOKEN, 1, {"os": "x", "browser": "b", "device": "d"})
@@ -237,17 +278,31 @@ def test_session_receive_raises_only_remote_protocol_errors() -> None:
 
 def test_voice_state_update_payload() -> None:
     text = voice_state_update_payload("41771983423143937", None, self_mute=False, self_deaf=True)
-    assert json.loads(text) == {"op": 4, "d": {"guild_id": "41771983423143937",
-                                               "channel_id": None, "self_mute": False,
-                                               "self_deaf": True}}
+    assert json.loads(text) == {
+        "op": 4,
+        "d": {
+            "guild_id": "41771983423143937",
+            "channel_id": None,
+            "self_mute": False,
+            "self_deaf": True,
+        },
+    }
     moved = voice_state_update_payload("1", "2", self_mute=True, self_deaf=False)
     assert json.loads(moved)["d"]["channel_id"] == "2"
 
 
-@pytest.mark.parametrize(("guild", "channel", "mute"), [
-    ("", None, False), ("12a", None, False), (12, None, False), ("1", "x", False),
-    ("1", 2, False), ("1", None, 1), ("١٢", None, False),
-])
+@pytest.mark.parametrize(
+    ("guild", "channel", "mute"),
+    [
+        ("", None, False),
+        ("12a", None, False),
+        (12, None, False),
+        ("1", "x", False),
+        ("1", 2, False),
+        ("1", None, 1),
+        ("١٢", None, False),
+    ],
+)
 def test_voice_state_update_rejects_bad_arguments(guild: Any, channel: Any, mute: Any) -> None:
     with pytest.raises(LocalProtocolError):
         voice_state_update_payload(guild, channel, self_mute=mute, self_deaf=False)

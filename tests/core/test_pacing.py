@@ -206,8 +206,9 @@ def test_pacemaker_rejects_nonpositive_interval() -> None:
         Pacemaker(0.0, now=0.0)
 
 
-@pytest.mark.parametrize("item", [b"\xf8\xff\xfe", bytearray(b"\x01" * 200),
-                                  memoryview(b"\x02" * MAX_OPUS_PACKET_SIZE)])
+@pytest.mark.parametrize(
+    "item", [b"\xf8\xff\xfe", bytearray(b"\x01" * 200), memoryview(b"\x02" * MAX_OPUS_PACKET_SIZE)]
+)
 def test_valid_frames_are_returned_as_immutable_bytes(item: bytes | bytearray | memoryview) -> None:
     frame = check_opus_frame(item)
     assert type(frame) is bytes and frame == bytes(item)
@@ -215,9 +216,14 @@ def test_valid_frames_are_returned_as_immutable_bytes(item: bytes | bytearray | 
 
 @pytest.mark.parametrize(
     ("item", "match"),
-    [("text", "must be bytes.*str"), (None, "NoneType"), (123, "int"), (b"", "empty"),
-     (b"\x00" * (MAX_OPUS_PACKET_SIZE + 1), "larger than any Opus packet"),
-     ([b"\xf8"], "list")],
+    [
+        ("text", "must be bytes.*str"),
+        (None, "NoneType"),
+        (123, "int"),
+        (b"", "empty"),
+        (b"\x00" * (MAX_OPUS_PACKET_SIZE + 1), "larger than any Opus packet"),
+        ([b"\xf8"], "list"),
+    ],
 )
 def test_invalid_frames_are_rejected_with_a_clear_message(item: object, match: str) -> None:
     with pytest.raises(InvalidFrame, match=match):

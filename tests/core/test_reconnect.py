@@ -24,18 +24,38 @@ from discord_voice.core.reconnect import (
 )
 
 VOICE_TABLE = {
-    4001: Action.FATAL, 4002: Action.FATAL, 4003: Action.FATAL, 4004: Action.FATAL,
-    4005: Action.FATAL, 4006: Action.RECONNECT, 4009: Action.RECONNECT,
-    4011: Action.RECONNECT, 4012: Action.FATAL, 4014: Action.WAIT_FOR_MOVE,
-    4015: Action.RESUME, 4016: Action.FATAL, 4017: Action.FATAL, 4020: Action.FATAL,
-    4021: Action.FATAL, 4022: Action.WAIT_FOR_MOVE,
+    4001: Action.FATAL,
+    4002: Action.FATAL,
+    4003: Action.FATAL,
+    4004: Action.FATAL,
+    4005: Action.FATAL,
+    4006: Action.RECONNECT,
+    4009: Action.RECONNECT,
+    4011: Action.RECONNECT,
+    4012: Action.FATAL,
+    4014: Action.WAIT_FOR_MOVE,
+    4015: Action.RESUME,
+    4016: Action.FATAL,
+    4017: Action.FATAL,
+    4020: Action.FATAL,
+    4021: Action.FATAL,
+    4022: Action.WAIT_FOR_MOVE,
 }
 MAIN_TABLE = {
-    4000: GatewayAction.RESUME, 4001: GatewayAction.RESUME, 4002: GatewayAction.RESUME,
-    4003: GatewayAction.RESUME, 4004: GatewayAction.FATAL, 4005: GatewayAction.RESUME,
-    4007: GatewayAction.REIDENTIFY, 4008: GatewayAction.RESUME,
-    4009: GatewayAction.REIDENTIFY, 4010: GatewayAction.FATAL, 4011: GatewayAction.FATAL,
-    4012: GatewayAction.FATAL, 4013: GatewayAction.FATAL, 4014: GatewayAction.FATAL,
+    4000: GatewayAction.RESUME,
+    4001: GatewayAction.RESUME,
+    4002: GatewayAction.RESUME,
+    4003: GatewayAction.RESUME,
+    4004: GatewayAction.FATAL,
+    4005: GatewayAction.RESUME,
+    4007: GatewayAction.REIDENTIFY,
+    4008: GatewayAction.RESUME,
+    4009: GatewayAction.REIDENTIFY,
+    4010: GatewayAction.FATAL,
+    4011: GatewayAction.FATAL,
+    4012: GatewayAction.FATAL,
+    4013: GatewayAction.FATAL,
+    4014: GatewayAction.FATAL,
 }
 
 
@@ -163,9 +183,7 @@ def test_policy_rejects_the_other_gateways_actions() -> None:
 @given(st.one_of(st.none(), st.integers()), st.booleans())
 def test_decide_never_raises(code: int | None, we_closed: bool) -> None:
     assert isinstance(ClosePolicy.voice_default().decide(code, we_closed=we_closed), Action)
-    assert isinstance(
-        ClosePolicy.main_default().decide(code, we_closed=we_closed), GatewayAction
-    )
+    assert isinstance(ClosePolicy.main_default().decide(code, we_closed=we_closed), GatewayAction)
     assert describe(code) and describe(code, gateway="main")
 
 
@@ -201,8 +219,13 @@ def test_policy_describe_uses_its_gateway() -> None:
 
 
 def test_backoff_sequence_is_exact_with_a_fixed_rng() -> None:
-    budget = RetryBudget(max_attempts=5, base_delay=0.5, max_delay=30.0, jitter=0.2,
-                         rng=fixed_rng(0.0, 1.0, 0.5, 0.25, 0.0))
+    budget = RetryBudget(
+        max_attempts=5,
+        base_delay=0.5,
+        max_delay=30.0,
+        jitter=0.2,
+        rng=fixed_rng(0.0, 1.0, 0.5, 0.25, 0.0),
+    )
     delays = [budget.next_delay(n) for n in range(1, 6)]
     assert delays == pytest.approx([0.5, 0.8, 1.8, 3.8, 8.0])
 
@@ -247,8 +270,13 @@ def test_budget_exhaustion() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": -1}, {"base_delay": -0.1}, {"base_delay": 40.0}, {"jitter": 1.5},
-     {"jitter": -0.1}],
+    [
+        {"max_attempts": -1},
+        {"base_delay": -0.1},
+        {"base_delay": 40.0},
+        {"jitter": 1.5},
+        {"jitter": -0.1},
+    ],
 )
 def test_budget_rejects_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -343,7 +371,11 @@ def test_default_plan_resumes_without_delay() -> None:
     first = ReconnectPlan(ClosePolicy.voice_default()).first(4015)
     assert isinstance(first, Attempt)
     assert (first.kind, first.number, first.delay, first.max_attempts) == (
-        AttemptKind.RESUME, 1, 0.0, 3)
+        AttemptKind.RESUME,
+        1,
+        0.0,
+        3,
+    )
 
 
 def test_attempt_summary() -> None:

@@ -19,8 +19,12 @@ from discord_voice.core.voice_gateway import (
 from discord_voice.errors import LocalProtocolError, RemoteProtocolError
 
 INFO = VoiceServerInfo(
-    guild_id="41771983423143937", channel_id="127121515262115840", user_id="104694319306248192",
-    session_id="sess-secret", token="voice-token-secret", endpoint="smart.loyal.discord.gg:443",
+    guild_id="41771983423143937",
+    channel_id="127121515262115840",
+    user_id="104694319306248192",
+    session_id="sess-secret",
+    token="voice-token-secret",
+    endpoint="smart.loyal.discord.gg:443",
 )
 KEY = list(range(32))
 
@@ -41,8 +45,13 @@ def state(proto: VoiceGatewayProtocol) -> VoiceState:
 def handshake(proto: VoiceGatewayProtocol, mode: str = "aead_xchacha20_poly1305_rtpsize") -> None:
     proto.identify()
     proto.receive_text(msg(8, {"heartbeat_interval": 13750, "v": 8}))
-    proto.receive_text(msg(2, {"ssrc": 7, "ip": "127.0.0.1", "port": 50004,
-                               "modes": [mode], "heartbeat_interval": 1}, seq=1))
+    proto.receive_text(
+        msg(
+            2,
+            {"ssrc": 7, "ip": "127.0.0.1", "port": 50004, "modes": [mode], "heartbeat_interval": 1},
+            seq=1,
+        )
+    )
     proto.select_protocol("1.2.3.4", 5000, mode)
     proto.receive_text(msg(4, {"mode": mode, "secret_key": KEY, "dave_protocol_version": 0}, 2))
 
@@ -69,11 +78,16 @@ def test_voice_url_rejects_bad_endpoints(endpoint: str) -> None:
 def test_identify_payload_is_exact_and_secrets_stay_out_of_repr() -> None:
     proto = VoiceGatewayProtocol(INFO, max_dave_protocol_version=0)
     frame = json.loads(proto.identify())
-    assert frame == {"op": 0, "d": {
-        "server_id": "41771983423143937", "user_id": "104694319306248192",
-        "session_id": "sess-secret", "token": "voice-token-secret",
-        "max_dave_protocol_version": 0,
-    }}
+    assert frame == {
+        "op": 0,
+        "d": {
+            "server_id": "41771983423143937",
+            "user_id": "104694319306248192",
+            "session_id": "sess-secret",
+            "token": "voice-token-secret",
+            "max_dave_protocol_version": 0,
+        },
+    }
     assert "secret" not in repr(INFO) and "secret" not in repr(proto)
 
 
@@ -87,17 +101,25 @@ def test_full_handshake_reaches_active_and_builds_frames() -> None:
     assert proto.seq_ack == 2
     assert json.loads(proto.heartbeat(1234)) == {"op": 3, "d": {"t": 1234, "seq_ack": 2}}
     assert json.loads(proto.speaking(SpeakingFlag.MICROPHONE | SpeakingFlag.PRIORITY)) == {
-        "op": 5, "d": {"speaking": 5, "delay": 0, "ssrc": 7}}
+        "op": 5,
+        "d": {"speaking": 5, "delay": 0, "ssrc": 7},
+    }
 
 
 def test_select_protocol_payload() -> None:
     proto = VoiceGatewayProtocol(INFO)
     proto.identify()
-    proto.receive_text(msg(2, {"ssrc": 7, "ip": "127.0.0.1", "port": 9,
-                               "modes": ["aead_aes256_gcm_rtpsize"]}))
+    proto.receive_text(
+        msg(2, {"ssrc": 7, "ip": "127.0.0.1", "port": 9, "modes": ["aead_aes256_gcm_rtpsize"]})
+    )
     frame = json.loads(proto.select_protocol("203.0.113.9", 50004, "aead_aes256_gcm_rtpsize"))
-    assert frame == {"op": 1, "d": {"protocol": "udp", "data": {
-        "address": "203.0.113.9", "port": 50004, "mode": "aead_aes256_gcm_rtpsize"}}}
+    assert frame == {
+        "op": 1,
+        "d": {
+            "protocol": "udp",
+            "data": {"address": "203.0.113.9", "port": 50004, "mode": "aead_aes256_gcm_rtpsize"},
+        },
+    }
 
 
 def test_seq_ack_starts_at_minus_one_and_follows_json_and_binary() -> None:
@@ -125,9 +147,17 @@ def test_out_of_order_messages_are_remote_errors() -> None:
 def test_session_description_must_name_the_selected_mode() -> None:
     proto = VoiceGatewayProtocol(INFO)
     proto.identify()
-    proto.receive_text(msg(2, {"ssrc": 7, "ip": "127.0.0.1", "port": 9,
-                               "modes": ["aead_aes256_gcm_rtpsize",
-                                         "aead_xchacha20_poly1305_rtpsize"]}))
+    proto.receive_text(
+        msg(
+            2,
+            {
+                "ssrc": 7,
+                "ip": "127.0.0.1",
+                "port": 9,
+                "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
+            },
+        )
+    )
     proto.select_protocol("1.2.3.4", 1, "aead_xchacha20_poly1305_rtpsize")
     with pytest.raises(RemoteProtocolError, match="was selected"):
         proto.receive_text(msg(4, {"mode": "aead_aes256_gcm_rtpsize", "secret_key": KEY}))
@@ -161,16 +191,26 @@ def test_unknown_and_undocumented_opcodes_are_ignored_and_counted() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "not json", "[]", '{"d": {}}', '{"op": "2"}', '{"op": true}',
-        msg(8, {"heartbeat_interval": -5}), msg(8, None), msg(8, {"heartbeat_interval": "1"}),
+        "not json",
+        "[]",
+        '{"d": {}}',
+        '{"op": "2"}',
+        '{"op": true}',
+        msg(8, {"heartbeat_interval": -5}),
+        msg(8, None),
+        msg(8, {"heartbeat_interval": "1"}),
         msg(2, {"ssrc": 1, "ip": "h", "port": 70000, "modes": []}),
         msg(2, {"ssrc": -1, "ip": "h", "port": 1, "modes": []}),
         msg(2, {"ssrc": 1, "ip": "h", "port": 1, "modes": "aead"}),
         msg(4, {"mode": "m", "secret_key": [1, 2, 3]}),
         msg(4, {"mode": "m", "secret_key": [256] * 32}),
         msg(4, {"mode": "m", "secret_key": KEY, "dave_protocol_version": "1"}),
-        msg(6, {"nonce": 1}), msg(5, {"ssrc": 1}), msg(11, {"user_ids": "1"}),
-        msg(13, {"user_id": "abc"}), msg(21, [1]), '{"op": 3, "d": null, "seq": -1}',
+        msg(6, {"nonce": 1}),
+        msg(5, {"ssrc": 1}),
+        msg(11, {"user_ids": "1"}),
+        msg(13, {"user_id": "abc"}),
+        msg(21, [1]),
+        '{"op": 3, "d": null, "seq": -1}',
     ],
 )
 def test_malformed_server_messages_raise_remote_protocol_error(text: str) -> None:
@@ -182,13 +222,15 @@ def test_message_decoding_examples() -> None:
     assert vp.decode_text(msg(6, {"t": 99}))[1] == vp.HeartbeatAck(99)
     assert vp.decode_text(msg(6, 99))[1] == vp.HeartbeatAck(99)  # pre-v8 bare nonce
     assert vp.decode_text(msg(5, {"user_id": "5", "ssrc": 9, "speaking": 1}))[1] == vp.Speaking(
-        "5", 9, 1)
+        "5", 9, 1
+    )
     assert vp.decode_text(msg(13, {"user_id": "42"}, 3)) == (3, vp.ClientDisconnect("42"))
     assert vp.decode_text(msg(9, None))[1] == vp.Resumed()
     seq, dave = vp.decode_text(msg(21, {"protocol_version": 1, "transition_id": 4}, 8))
     assert seq == 8 and dave == vp.DaveMessage(21, {"protocol_version": 1, "transition_id": 4})
-    session = vp.decode_text(msg(4, {"mode": "m", "secret_key": KEY,
-                                     "dave_protocol_version": None}))[1]
+    session = vp.decode_text(
+        msg(4, {"mode": "m", "secret_key": KEY, "dave_protocol_version": None})
+    )[1]
     assert isinstance(session, vp.SessionDescription) and session.dave_protocol_version == 0
 
 
@@ -206,12 +248,20 @@ def test_decode_text_only_raises_remote_protocol_error(data: str | bytes) -> Non
         pass
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=5),
-    max_leaves=12,
-), st.integers(min_value=0, max_value=40))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+        ),
+        max_leaves=12,
+    ),
+    st.integers(min_value=0, max_value=40),
+)
 def test_decode_structured_garbage_only_raises_remote_protocol_error(d: object, op: int) -> None:
     try:
         vp.decode_text(json.dumps({"op": op, "d": d}))
@@ -225,9 +275,15 @@ def test_resume_carries_the_session_and_seq_ack() -> None:
     old.receive_text(msg(5, {"user_id": "9", "ssrc": 9, "speaking": 1}, seq=7))
     old.receive_close()
     new = VoiceGatewayProtocol.continue_from(old)
-    assert json.loads(new.resume()) == {"op": 7, "d": {
-        "server_id": INFO.guild_id, "session_id": "sess-secret", "token": "voice-token-secret",
-        "seq_ack": 7}}
+    assert json.loads(new.resume()) == {
+        "op": 7,
+        "d": {
+            "server_id": INFO.guild_id,
+            "session_id": "sess-secret",
+            "token": "voice-token-secret",
+            "seq_ack": 7,
+        },
+    }
     assert state(new) is VoiceState.RESUMING
     new.receive_text(msg(8, {"heartbeat_interval": 13750}))
     new.receive_text(msg(9, None))

@@ -26,8 +26,9 @@ SILENCE = b"\xf8\xff\xfe"
 
 
 def frames_of(count: int, start: int = 0) -> list[bytes]:
-    return [opus_frame(bytes([(start + i) % 250 + 1]) * (19 + (start + i) % 200))
-            for i in range(count)]
+    return [
+        opus_frame(bytes([(start + i) % 250 + 1]) * (19 + (start + i) % 200)) for i in range(count)
+    ]
 
 
 def stream(world: World, conn: Connection, frames: list[bytes]) -> None:
@@ -126,18 +127,24 @@ class SecondBot:
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler)
 
-    def update_voice_state(self, guild_id: str, channel_id: str | None, *,
-                           self_mute: bool, self_deaf: bool) -> None:
+    def update_voice_state(
+        self, guild_id: str, channel_id: str | None, *, self_mute: bool, self_deaf: bool
+    ) -> None:
         if channel_id is None:
             return
         issued = self._fake.issue_voice(int(guild_id), int(channel_id), self.user_id)
         for handler in self._handlers:
-            handler.on_voice_state_update({
-                "guild_id": guild_id, "channel_id": channel_id, "user_id": str(self.user_id),
-                "session_id": issued.session_id})
-            handler.on_voice_server_update({
-                "guild_id": guild_id, "token": issued.token,
-                "endpoint": self._fake.voice_endpoint})
+            handler.on_voice_state_update(
+                {
+                    "guild_id": guild_id,
+                    "channel_id": channel_id,
+                    "user_id": str(self.user_id),
+                    "session_id": issued.session_id,
+                }
+            )
+            handler.on_voice_server_update(
+                {"guild_id": guild_id, "token": issued.token, "endpoint": self._fake.voice_endpoint}
+            )
 
 
 def test_two_of_our_clients_and_a_libdave_member(make_world: MakeWorld) -> None:
@@ -151,8 +158,8 @@ def test_two_of_our_clients_and_a_libdave_member(make_world: MakeWorld) -> None:
     a, b = frames_of(60), frames_of(60, start=100)
     epoch = conn_a.dave_epoch or 0
     for step in range(6):  # both stream while the group changes twice under them
-        stream(w, conn_a, a[step * 10:(step + 1) * 10])
-        stream(w, conn_b, b[step * 10:(step + 1) * 10])
+        stream(w, conn_a, a[step * 10 : (step + 1) * 10])
+        stream(w, conn_b, b[step * 10 : (step + 1) * 10])
         if step == 1:
             w.fake.remove_member(member)
         elif step == 3:
@@ -171,8 +178,12 @@ def test_invalid_commit_recovers_with_op_31(make_world: MakeWorld) -> None:
     w.fake.send_invalid_commit(CHANNEL)
     w.fake.add_member(CHANNEL)  # the next commit announcement is garbage
     assert w.fake.wait_until(
-        lambda f: any(m.op == VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME and m.direction == "client"
-                      for m in f.voice_messages), LONG)
+        lambda f: any(
+            m.op == VoiceOp.DAVE_MLS_INVALID_COMMIT_WELCOME and m.direction == "client"
+            for m in f.voice_messages
+        ),
+        LONG,
+    )
     sent = frames_of(20)
     stream(w, conn, sent)  # held while the group is rebuilt, then sent, never in plaintext
     got = w.fake.wait_for_frames(20, timeout=LONG, ssrc=conn.ssrc)
@@ -186,7 +197,8 @@ def test_downgrade_and_upgrade(make_world: MakeWorld) -> None:
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     assert w.fake.wait_until(  # the server's group is settled (no transition in flight)
         lambda f: f.dave_state(CHANNEL).epoch >= 1 and f.dave_state(CHANNEL).transition_id is None,
-        LONG)
+        LONG,
+    )
     w.fake.downgrade(CHANNEL)
     assert conn.wait_for_e2ee(LONG, encrypted=False)  # our side executed the downgrade
     assert not conn.e2ee_active and conn.dave_protocol_version == 0

@@ -31,15 +31,23 @@ MakeWorld = Callable[..., World]
 
 def main_ops(fake: FakeDiscord, op: int) -> list[dict[str, Any]]:
     """The ``d`` of every main-gateway message the client sent with opcode `op`."""
-    return [m.data["d"] for m in fake.main_messages if m.direction == "client" and m.op == op
-            and m.data is not None]
+    return [
+        m.data["d"]
+        for m in fake.main_messages
+        if m.direction == "client" and m.op == op and m.data is not None
+    ]
 
 
 def leaves(fake: FakeDiscord) -> list[int]:
     """The main connection numbers that carried a Voice State Update leaving voice."""
-    return [m.connection for m in fake.main_messages if m.direction == "client"
-            and m.op == GatewayOp.VOICE_STATE_UPDATE and m.data is not None
-            and m.data["d"]["channel_id"] is None]
+    return [
+        m.connection
+        for m in fake.main_messages
+        if m.direction == "client"
+        and m.op == GatewayOp.VOICE_STATE_UPDATE
+        and m.data is not None
+        and m.data["d"]["channel_id"] is None
+    ]
 
 
 def left(fake: FakeDiscord) -> bool:
@@ -100,7 +108,11 @@ def test_dropped_connection_resumes_and_missed_dispatches_arrive_once(
     dispatch(w.fake, "AFTER_RESUME")
     seen.wait_for("AFTER_RESUME")
     assert [n for n in seen.names if n != "RESUMED"] == [
-        "BEFORE_DROP_0", "BEFORE_DROP_1", "BEFORE_DROP_2", "AFTER_RESUME"]
+        "BEFORE_DROP_0",
+        "BEFORE_DROP_1",
+        "BEFORE_DROP_2",
+        "AFTER_RESUME",
+    ]
     session = w.fake.main_sessions[-1]
     assert session.session_id == first_session and session.identify is None
     assert session.path.endswith("?v=10&encoding=json")
@@ -113,11 +125,15 @@ def test_dropped_connection_resumes_and_missed_dispatches_arrive_once(
     assert_still_usable(w)
 
 
-@pytest.mark.parametrize("breaks", [
-    lambda fake: fake.send_main({"op": GatewayOp.RECONNECT, "d": None}),
-    lambda fake: fake.invalid_session(True),
-    lambda fake: fake.close_main(4000, "unknown error"),
-], ids=["op7", "op9-resumable", "close-4000"])
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        lambda fake: fake.send_main({"op": GatewayOp.RECONNECT, "d": None}),
+        lambda fake: fake.invalid_session(True),
+        lambda fake: fake.close_main(4000, "unknown error"),
+    ],
+    ids=["op7", "op9-resumable", "close-4000"],
+)
 def test_reconnect_requests_and_resumable_closes_resume(
     make_world: MakeWorld, breaks: Callable[[FakeDiscord], None]
 ) -> None:
@@ -236,9 +252,14 @@ def test_attempts_are_bounded_logged_and_the_last_failure_is_raised(
             assert gw.closed and not isinstance(info.value, MainGatewayClosed)
         finally:
             gw.close(timeout=LONG)
-    attempts = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.INFO and r.getMessage().startswith("main gateway ")
-                and " in " in r.getMessage() and "lost" not in r.getMessage()]
+    attempts = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO
+        and r.getMessage().startswith("main gateway ")
+        and " in " in r.getMessage()
+        and "lost" not in r.getMessage()
+    ]
     kinds = [m.split()[2] for m in attempts]
     assert kinds == ["resume", "resume", "reidentify", "reidentify"], attempts
     assert all(fake.token not in r.getMessage() for r in caplog.records)

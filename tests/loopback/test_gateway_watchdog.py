@@ -31,8 +31,9 @@ from tests.timeouts import LONG
 TIMEOUT = 15.0  #: the reconnect timeout of the FakeClock tests (logical seconds)
 #: Attempt 1 at once, later ones after 1 logical second: the recovering thread then parks on
 #: the FakeClock, so a test can change the fake's script before the next attempt.
-STEPPED = RetryBudget(max_attempts=3, base_delay=1.0, max_delay=1.0, jitter=0.0,
-                      immediate_first=True)
+STEPPED = RetryBudget(
+    max_attempts=3, base_delay=1.0, max_delay=1.0, jitter=0.0, immediate_first=True
+)
 
 
 class FixedRandom:
@@ -100,8 +101,11 @@ def open_world() -> Iterator[MakeWorld]:
 
 def main_ops(fake: FakeDiscord, op: int) -> list[dict[str, Any]]:
     """The ``d`` of every main-gateway message the client sent with opcode `op`."""
-    return [m.data["d"] for m in fake.main_messages if m.direction == "client" and m.op == op
-            and m.data is not None]
+    return [
+        m.data["d"]
+        for m in fake.main_messages
+        if m.direction == "client" and m.op == op and m.data is not None
+    ]
 
 
 def sent(op: int, count: int) -> Callable[[FakeDiscord], bool]:
@@ -200,8 +204,13 @@ def test_heartbeats_do_not_keep_an_unanswered_resume_alive(open_world: MakeWorld
     """ACKed heartbeats on the new connection neither reset nor extend the watchdog."""
     plan = ReconnectPlan(ClosePolicy.main_default(), resume=STEPPED, new_session=STEPPED)
     clock = FakeClock()
-    w = open_world(fake_options={"main_heartbeat_interval": 4.0}, clock=clock, plan=plan,
-                   reconnect_timeout=TIMEOUT, rng=FixedRandom(0.5))
+    w = open_world(
+        fake_options={"main_heartbeat_interval": 4.0},
+        clock=clock,
+        plan=plan,
+        reconnect_timeout=TIMEOUT,
+        rng=FixedRandom(0.5),
+    )
     seen = Seen()
     w.gateway.add_dispatch_listener(seen)
     w.fake.withhold("main_resumed")
@@ -217,8 +226,9 @@ def test_heartbeats_do_not_keep_an_unanswered_resume_alive(open_world: MakeWorld
         seen.wait_for(tick)
     assert clock.monotonic() == pytest.approx(start + 14.0, abs=0.01)
     assert not w.fake.main_sessions[1].closed and w.gateway.latency == 0.0
-    assert clock.wait_for_sleepers(2, LONG) == pytest.approx([start + TIMEOUT, start + 18.0],
-                                                             abs=0.01)
+    assert clock.wait_for_sleepers(2, LONG) == pytest.approx(
+        [start + TIMEOUT, start + 18.0], abs=0.01
+    )
     clock.advance_to_next()  # the watchdog's deadline, unmoved by four ACKed beats
     assert w.fake.wait_until(closed(1), LONG)
     assert w.fake.main_sessions[1].close_code == 4000
@@ -250,7 +260,9 @@ def test_every_attempt_unanswered_ends_with_gateway_timeout() -> None:
             assert len(main_ops(fake, GatewayOp.RESUME)) == 1  # one resume, then
             assert len(main_ops(fake, GatewayOp.IDENTIFY)) == 2  # one fresh identify
             assert [(s.close_code, s.closed_by) for s in fake.main_sessions[1:]] == [
-                (4000, "client"), (4000, "client")]
+                (4000, "client"),
+                (4000, "client"),
+            ]
         finally:
             gw.close(timeout=LONG)
         assert library_threads() == []
@@ -259,8 +271,12 @@ def test_every_attempt_unanswered_ends_with_gateway_timeout() -> None:
 def test_a_healthy_gateway_never_trips_the_watchdog(open_world: MakeWorld) -> None:
     """After a resume, heartbeats stream for twice the reconnect timeout: no reconnect."""
     clock = FakeClock()
-    w = open_world(fake_options={"main_heartbeat_interval": 5.0}, clock=clock,
-                   reconnect_timeout=TIMEOUT, rng=FixedRandom(0.5))
+    w = open_world(
+        fake_options={"main_heartbeat_interval": 5.0},
+        clock=clock,
+        reconnect_timeout=TIMEOUT,
+        rng=FixedRandom(0.5),
+    )
     seen = Seen()
     w.gateway.add_dispatch_listener(seen)
     w.fake.send_main({"op": GatewayOp.RECONNECT, "d": None})
@@ -300,8 +316,9 @@ def garbage(rng: random.Random) -> tuple[str | bytes, str]:
         return json.dumps({"op": op, "d": rng.choice(values)}), "ignored"
     if kind == 1:  # a dispatch nobody listens to
         name = "".join(rng.choice("ABCXYZ_") for _ in range(8))
-        return json.dumps({"op": 0, "t": f"GARBAGE_{name}", "d": {"k": rng.choice(values)}}), \
-            "ignored"
+        return json.dumps(
+            {"op": 0, "t": f"GARBAGE_{name}", "d": {"k": rng.choice(values)}}
+        ), "ignored"
     if kind == 2:  # not JSON
         return "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(20)), "malformed"
     if kind == 3:  # random binary frames, any length
@@ -309,12 +326,18 @@ def garbage(rng: random.Random) -> tuple[str | bytes, str]:
     if kind == 4:  # JSON that is not an object, or an object without an integer op
         return json.dumps(rng.choice([*values, {"op": "1"}, {"op": True}])), "malformed"
     if kind == 5:  # a dispatch with a bad name or body
-        bad = rng.choice([{"op": 0, "t": 5, "d": {}}, {"op": 0, "d": {}},
-                          {"op": 0, "t": "GARBAGE", "d": rng.choice([1, "x", [1]])},
-                          {"op": 0, "t": "GARBAGE", "s": "1", "d": {}}])
+        bad = rng.choice(
+            [
+                {"op": 0, "t": 5, "d": {}},
+                {"op": 0, "d": {}},
+                {"op": 0, "t": "GARBAGE", "d": rng.choice([1, "x", [1]])},
+                {"op": 0, "t": "GARBAGE", "s": "1", "d": {}},
+            ]
+        )
         return json.dumps(bad), "malformed"
-    return json.dumps({"op": 10, "d": rng.choice([{"heartbeat_interval": 5}, None])}), \
-        "malformed"  # a second (or broken) Hello
+    return json.dumps(
+        {"op": 10, "d": rng.choice([{"heartbeat_interval": 5}, None])}
+    ), "malformed"  # a second (or broken) Hello
 
 
 @pytest.mark.parametrize("seed", [7, 2024])

@@ -40,8 +40,11 @@ def rig() -> Iterator[Rig]:
 
 
 def heartbeats(fake: FakeDiscord) -> list[dict[str, int]]:
-    return [m.data["d"] for m in fake.voice_messages
-            if m.direction == "client" and m.op == VoiceOp.HEARTBEAT and m.data]
+    return [
+        m.data["d"]
+        for m in fake.voice_messages
+        if m.direction == "client" and m.op == VoiceOp.HEARTBEAT and m.data
+    ]
 
 
 def heartbeats_sent(count: int) -> Callable[[FakeDiscord], bool]:
@@ -50,8 +53,11 @@ def heartbeats_sent(count: int) -> Callable[[FakeDiscord], bool]:
 
 
 def acks(fake: FakeDiscord) -> list[dict[str, int]]:
-    return [m.data["d"] for m in fake.voice_messages
-            if m.direction == "server" and m.op == VoiceOp.HEARTBEAT_ACK and m.data]
+    return [
+        m.data["d"]
+        for m in fake.voice_messages
+        if m.direction == "server" and m.op == VoiceOp.HEARTBEAT_ACK and m.data
+    ]
 
 
 def server_seq(message: RecordedMessage) -> int | None:
@@ -69,11 +75,16 @@ def test_heartbeats_follow_the_hello_interval_and_carry_seq_ack(rig: Rig) -> Non
     clock.advance(2.0)
     assert fake.wait_until(lambda f: len(heartbeats(f)) == 1, LONG)
     beat = next(m for m in fake.voice_messages if m.direction == "client" and m.op == 3)
-    sent_before = [seq for m in fake.voice_messages if m.direction == "server"
-                   and m.index < beat.index and (seq := server_seq(m)) is not None]
-    session_seq = next(m.data["seq"] for m in fake.voice_messages
-                       if m.direction == "server" and m.op == VoiceOp.SESSION_DESCRIPTION
-                       and m.data)
+    sent_before = [
+        seq
+        for m in fake.voice_messages
+        if m.direction == "server" and m.index < beat.index and (seq := server_seq(m)) is not None
+    ]
+    session_seq = next(
+        m.data["seq"]
+        for m in fake.voice_messages
+        if m.direction == "server" and m.op == VoiceOp.SESSION_DESCRIPTION and m.data
+    )
     assert heartbeats(fake)[0]["t"] == 502000
     # seq_ack: at least what join_channel waited for, at most what the server had sent
     assert session_seq <= heartbeats(fake)[0]["seq_ack"] <= max(sent_before)
@@ -103,12 +114,15 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig: Rig) -> None:
     clock.advance(2.0)  # +8 s: the first beat is 6 s (3 intervals) old: dead -> resume
     session = fake.voice_sessions[-1]
     assert fake.wait_until(lambda f: session.resumes == 1 and len(session.speaking) == 2, LONG)
-    resume = [m.data["d"] for m in fake.voice_messages
-              if m.direction == "client" and m.op == 7 and m.data]
+    resume = [
+        m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == 7 and m.data
+    ]
     assert len(resume) == 1 and resume[0]["session_id"] == session.session_id
     conn.opus_send.put(after)  # same SSRC and key on the same UDP socket
     assert [f.opus for f in fake.wait_for_frames(2, timeout=LONG, ssrc=conn.ssrc)] == [
-        before, after]
+        before,
+        after,
+    ]
     assert conn.error is None
     conn.disconnect()
     assert conn.resumes == 1
@@ -116,8 +130,11 @@ def test_missing_acks_make_the_client_resume_on_a_new_socket(rig: Rig) -> None:
 
 def library_threads() -> list[str]:
     """Names of the library's voice threads alive now (the main gateway's are not counted)."""
-    return sorted(t.name for t in threading.enumerate()
-                  if t.name.startswith("dv-") and not t.name.startswith("dv-gateway"))
+    return sorted(
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("dv-") and not t.name.startswith("dv-gateway")
+    )
 
 
 def test_connections_of_one_voice_share_one_heartbeat_thread(rig: Rig) -> None:
@@ -125,9 +142,14 @@ def test_connections_of_one_voice_share_one_heartbeat_thread(rig: Rig) -> None:
     first = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     second = voice.join_channel(GUILD + 1, CHANNEL + 1, timeout=LONG)
     # the thread model: per Voice one heartbeat and one sender thread, per connection a reader
-    assert library_threads() == sorted([
-        "dv-heartbeat", "dv-udp-sender", f"dv-voice-reader:{GUILD}",
-        f"dv-voice-reader:{GUILD + 1}"])
+    assert library_threads() == sorted(
+        [
+            "dv-heartbeat",
+            "dv-udp-sender",
+            f"dv-voice-reader:{GUILD}",
+            f"dv-voice-reader:{GUILD + 1}",
+        ]
+    )
     clock.advance(2.0)  # both websockets are due: one thread beats both
     assert fake.wait_until(lambda f: [s.heartbeats for s in f.voice_sessions] == [1, 1], LONG)
     assert [beat["t"] for beat in heartbeats(fake)] == [502000, 502000]
@@ -155,8 +177,13 @@ def test_a_dead_socket_is_reported_off_the_shared_heartbeat_thread() -> None:
         try:
             conn = voice.join_channel(GUILD, CHANNEL, timeout=LONG)
             closed_on: list[str] = []
-            conn.add_state_listener(lambda old, new, reason: closed_on.append(
-                threading.current_thread().name) if new is conn.state.CLOSED else None)
+            conn.add_state_listener(
+                lambda old, new, reason: (
+                    closed_on.append(threading.current_thread().name)
+                    if new is conn.state.CLOSED
+                    else None
+                )
+            )
             for beat in range(4):  # +2, +4, +6 unanswered; at +8 the first is 3 intervals old
                 clock.wait_for_deadline(502.0 + 2 * beat, LONG)
                 clock.advance(2.0)

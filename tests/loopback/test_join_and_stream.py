@@ -45,14 +45,20 @@ def frames_of(count: int) -> list[bytes]:
 
 def client_ops(fake: FakeDiscord, op: int) -> list[dict[str, object]]:
     """The ``d`` of every voice message the client sent with opcode `op`."""
-    return [m.data["d"] for m in fake.voice_messages if m.direction == "client" and m.op == op
-            and m.data is not None]
+    return [
+        m.data["d"]
+        for m in fake.voice_messages
+        if m.direction == "client" and m.op == op and m.data is not None
+    ]
 
 
 def main_ops(fake: FakeDiscord, op: int) -> list[dict[str, object]]:
     """The ``d`` of every main-gateway message the client sent with opcode `op`."""
-    return [m.data["d"] for m in fake.main_messages if m.direction == "client" and m.op == op
-            and m.data is not None]
+    return [
+        m.data["d"]
+        for m in fake.main_messages
+        if m.direction == "client" and m.op == op and m.data is not None
+    ]
 
 
 def left(fake: FakeDiscord) -> bool:
@@ -102,14 +108,21 @@ def test_identify_and_select_protocol_are_what_discord_expects(world: World) -> 
     ]
     session = world.fake.voice_sessions[-1]
     identify = client_ops(world.fake, VoiceOp.IDENTIFY)[0]
-    assert identify == {"server_id": str(GUILD), "user_id": str(world.fake.user_id),
-                        "session_id": session.session_id, "token": identify["token"],
-                        "max_dave_protocol_version": 1}
+    assert identify == {
+        "server_id": str(GUILD),
+        "user_id": str(world.fake.user_id),
+        "session_id": session.session_id,
+        "token": identify["token"],
+        "max_dave_protocol_version": 1,
+    }
     select = client_ops(world.fake, VoiceOp.SELECT_PROTOCOL)[0]
     assert select["protocol"] == "udp"
     assert session.client_address is not None
-    assert select["data"] == {"address": session.client_address[0],
-                              "port": session.client_address[1], "mode": conn.mode}
+    assert select["data"] == {
+        "address": session.client_address[0],
+        "port": session.client_address[1],
+        "mode": conn.mode,
+    }
     assert conn.ssrc == session.ssrc
     conn.disconnect()
 
@@ -134,15 +147,20 @@ def test_disconnect_sends_leave_closes_everything_and_is_idempotent(world: World
     assert errors == []
     conn.disconnect()  # once more, from here
     assert world.fake.wait_until(left, LONG)
-    leaves = [d for d in main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE)
-              if d["channel_id"] is None]
-    assert leaves == [{"guild_id": str(GUILD), "channel_id": None, "self_mute": False,
-                       "self_deaf": False}]
+    leaves = [
+        d for d in main_ops(world.fake, GatewayOp.VOICE_STATE_UPDATE) if d["channel_id"] is None
+    ]
+    assert leaves == [
+        {"guild_id": str(GUILD), "channel_id": None, "self_mute": False, "self_deaf": False}
+    ]
     assert world.fake.wait_until(lambda f: f.voice_sessions[-1].closed, LONG)
     assert world.fake.voice_sessions[-1].close_code == 1000
     assert world.fake.voice_sessions[-1].closed_by == "client"
-    assert not [t for t in threading.enumerate() if t.name.startswith("dv-voice")
-                or t.name.startswith("dv-udp")]
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("dv-voice") or t.name.startswith("dv-udp")
+    ]
     with pytest.raises(ConnectionClosed):
         conn.opus_send.put(opus_frame(b"\x01"))
     with pytest.raises(ConnectionClosed):
@@ -153,8 +171,14 @@ def test_disconnect_sends_leave_closes_everything_and_is_idempotent(world: World
 
 def confirmed_leaves(fake: FakeDiscord) -> list[dict[str, object]]:
     """The VOICE_STATE_UPDATE dispatches with no channel that the fake sent (leave confirmed)."""
-    return [m.data["d"] for m in fake.main_messages if m.direction == "server" and m.data
-            and m.data.get("t") == "VOICE_STATE_UPDATE" and m.data["d"]["channel_id"] is None]
+    return [
+        m.data["d"]
+        for m in fake.main_messages
+        if m.direction == "server"
+        and m.data
+        and m.data.get("t") == "VOICE_STATE_UPDATE"
+        and m.data["d"]["channel_id"] is None
+    ]
 
 
 def test_disconnect_returns_once_discord_confirmed_the_leave(world: World) -> None:
@@ -196,8 +220,11 @@ def test_joining_another_channel_moves_the_connection(world: World) -> None:
     second.opus_send.put(new)  # the same queue goes on, into the new session
     assert world.fake.wait_for_frames(1, timeout=LONG, ssrc=second.ssrc)[0].opus == new
     assert world.voice.connection(GUILD) is second
-    joins = [m.data["d"]["channel_id"] for m in world.fake.main_messages
-             if m.direction == "client" and m.op == 4 and m.data is not None]
+    joins = [
+        m.data["d"]["channel_id"]
+        for m in world.fake.main_messages
+        if m.direction == "client" and m.op == 4 and m.data is not None
+    ]
     assert joins == [str(CHANNEL), str(CHANNEL + 1)]  # a move, not a leave and a rejoin
     second.disconnect()
 
@@ -236,8 +263,14 @@ def test_no_common_mode_is_a_clear_error(make_world: MakeWorld) -> None:
 
 @pytest.mark.parametrize(
     "stage",
-    ["voice_state_update", "voice_server_update", "hello", "ready", "ip_discovery",
-     "session_description"],
+    [
+        "voice_state_update",
+        "voice_server_update",
+        "hello",
+        "ready",
+        "ip_discovery",
+        "session_description",
+    ],
 )
 def test_join_timeout_names_the_stage_and_leaves(world: World, stage: str) -> None:
     world.fake.withhold(stage)
@@ -305,7 +338,10 @@ def test_the_voice_websocket_is_resumed_without_losing_a_frame(world: World, fau
     conn.disconnect()
     assert conn.resumes == 1
     assert [(old, new) for old, new, _ in changes] == [
-        ("ready", "resuming"), ("resuming", "ready"), ("ready", "closed")]
+        ("ready", "resuming"),
+        ("resuming", "ready"),
+        ("ready", "closed"),
+    ]
     assert isinstance(changes[0][2], VoiceGatewayClosed) and changes[-1][2] is None
 
 
@@ -359,8 +395,9 @@ def test_secrets_never_reach_logs_reprs_or_errors(
     voice_token = client_ops(w.fake, VoiceOp.IDENTIFY)[0]["token"]
 
     def library_logs() -> str:  # the fake's own logs are not the library's
-        return "\n".join(r.getMessage() for r in caplog.records
-                         if not r.name.startswith("discord_voice.testing"))
+        return "\n".join(
+            r.getMessage() for r in caplog.records if not r.name.startswith("discord_voice.testing")
+        )
 
     texts = [library_logs(), repr(conn), repr(w.voice), repr(w.gateway), repr(conn.stats)]
     w.fake.close_voice(4006, "bye")  # a full reconnect: new session, token and key
@@ -372,8 +409,13 @@ def test_secrets_never_reach_logs_reprs_or_errors(
         conn.wait(timeout=LONG)
     texts += [str(info.value), repr(info.value), library_logs()]
     assert session.secret_key is not None and session.session_id is not None
-    secrets = ["SECRET-BOT-TOKEN", str(voice_token), session.session_id,
-               session.secret_key.hex(), str(list(session.secret_key))[1:-1]]
+    secrets = [
+        "SECRET-BOT-TOKEN",
+        str(voice_token),
+        session.session_id,
+        session.secret_key.hex(),
+        str(list(session.secret_key))[1:-1],
+    ]
     assert new.secret_key is not None and new.session_id is not None
     secrets += [new.session_id, new.secret_key.hex(), str(client_ops(w.fake, 0)[-1]["token"])]
     for text in texts:
@@ -388,8 +430,9 @@ def test_garbage_from_the_voice_server_is_survived_and_counted(world: World) -> 
     for _ in range(40):
         kind = rng.randrange(4)
         if kind == 0:  # JSON of the right envelope with garbage inside, any opcode
-            world.fake.send_voice_raw(json.dumps({"op": rng.randrange(40),
-                                                  "d": rng.choice(values), "seq": 10**9}))
+            world.fake.send_voice_raw(
+                json.dumps({"op": rng.randrange(40), "d": rng.choice(values), "seq": 10**9})
+            )
         elif kind == 1:  # not JSON at all
             world.fake.send_voice_raw("".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(20)))
         elif kind == 2:  # binary frames of any length, including shorter than the prefix

@@ -34,9 +34,11 @@ def frames_of(count: int) -> list[bytes]:
 
 
 def op4_channels(fake: FakeDiscord) -> list[object]:
-    return [m.data["d"]["channel_id"] for m in fake.main_messages
-            if m.direction == "client" and m.op == GatewayOp.VOICE_STATE_UPDATE
-            and m.data is not None]
+    return [
+        m.data["d"]["channel_id"]
+        for m in fake.main_messages
+        if m.direction == "client" and m.op == GatewayOp.VOICE_STATE_UPDATE and m.data is not None
+    ]
 
 
 def watch(conn: Connection) -> tuple[list[tuple[str, str]], list[Attempt]]:
@@ -47,8 +49,9 @@ def watch(conn: Connection) -> tuple[list[tuple[str, str]], list[Attempt]]:
     return changes, attempts
 
 
-def stream_across(world: World, conn: Connection, fault: Callable[[], object],
-                  count: int = 40) -> list[bytes]:
+def stream_across(
+    world: World, conn: Connection, fault: Callable[[], object], count: int = 40
+) -> list[bytes]:
     """Put half the frames, cause `fault`, put the rest (blocking while the connection
     recovers); return what was sent."""
     sent = frames_of(count)
@@ -58,7 +61,7 @@ def stream_across(world: World, conn: Connection, fault: Callable[[], object],
     assert world.fake.wait_until(lambda f: bool(session.speaking), LONG)
     world.fake.wait_for_frames(1, timeout=LONG)  # and audio: the fault comes mid-stream
     fault()
-    for frame in sent[count // 4:]:
+    for frame in sent[count // 4 :]:
         conn.opus_send.put(frame, timeout=LONG)
     conn.opus_send.join()  # every frame handed to the socket
     return sent
@@ -78,9 +81,7 @@ def assert_sessions_carried(fake: FakeDiscord, sent: list[bytes], ssrcs: list[in
 
 
 @pytest.mark.parametrize("code", [4006, 4009, 4011, 4999])
-def test_codes_that_need_a_new_session_reconnect_with_a_fresh_op_4(
-    world: World, code: int
-) -> None:
+def test_codes_that_need_a_new_session_reconnect_with_a_fresh_op_4(world: World, code: int) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     changes, attempts = watch(conn)
     old_ssrc = conn.ssrc
@@ -108,9 +109,14 @@ def test_a_failed_resume_becomes_a_full_reconnect(make_world: MakeWorld) -> None
     assert conn.ssrc is not None
     assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
     assert [(a.kind, a.code) for a in attempts] == [
-        (AttemptKind.RESUME, None), (AttemptKind.RECONNECT, 4006)]
-    assert changes == [("ready", "resuming"), ("resuming", "reconnecting"),
-                       ("reconnecting", "ready")]
+        (AttemptKind.RESUME, None),
+        (AttemptKind.RECONNECT, 4006),
+    ]
+    assert changes == [
+        ("ready", "resuming"),
+        ("resuming", "reconnecting"),
+        ("reconnecting", "ready"),
+    ]
     assert (conn.resumes, conn.reconnects) == (0, 1)
     conn.disconnect()
 
@@ -135,8 +141,7 @@ def test_a_moderator_moving_the_bot_to_another_channel_is_followed(world: World)
     conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
     old_ssrc = conn.ssrc
     assert old_ssrc is not None
-    sent = stream_across(
-        world, conn, lambda: world.fake.move_user(CHANNEL + 7, new_server=False))
+    sent = stream_across(world, conn, lambda: world.fake.move_user(CHANNEL + 7, new_server=False))
     assert conn.channel_id == str(CHANNEL + 7) and conn.ssrc is not None
     assert_sessions_carried(world.fake, sent, [old_ssrc, conn.ssrc])
     assert world.fake.voice_sessions[-1].channel_id == CHANNEL + 7
@@ -202,10 +207,14 @@ def test_reconnect_attempts_are_bounded_and_the_last_reason_is_raised(
         conn.wait(timeout=LONG)
     assert info.value.code == 4006
     assert [(a.kind, a.number) for a in attempts] == [
-        (AttemptKind.RECONNECT, 1), (AttemptKind.RECONNECT, 2), (AttemptKind.RECONNECT, 3)]
+        (AttemptKind.RECONNECT, 1),
+        (AttemptKind.RECONNECT, 2),
+        (AttemptKind.RECONNECT, 3),
+    ]
     assert all(0 < a.delay <= 0.02 for a in attempts[1:])  # backoff, capped, with jitter
     assert world.fake.wait_until(  # 4 joins, then the leave
-        lambda f: op4_channels(f) == [str(CHANNEL)] * 4 + [None], LONG)
+        lambda f: op4_channels(f) == [str(CHANNEL)] * 4 + [None], LONG
+    )
 
 
 @pytest.mark.parametrize("code", [4017, 4021, 4004])
@@ -244,8 +253,11 @@ def test_repeated_reconnects_leave_no_threads_or_sockets_behind(world: World) ->
         # the recovery thread of this round may still be on its way out
         assert all(t.name.startswith(("dv-voice-reader", "dv-voice-recover")) for t in live)
         # the old websocket's heartbeat was handed back, the new one's registered: one thread
-        assert [t.name for t in threading.enumerate() if "heartbeat" in t.name
-                and not t.name.startswith("dv-gateway")] == ["dv-heartbeat"]
+        assert [
+            t.name
+            for t in threading.enumerate()
+            if "heartbeat" in t.name and not t.name.startswith("dv-gateway")
+        ] == ["dv-heartbeat"]
         return len(os.listdir("/proc/self/fd")), len(conn._supervisor.threads())
 
     reconnect(1)

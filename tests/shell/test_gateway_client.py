@@ -42,7 +42,8 @@ USER_ID = 80351110224678912
 Message = dict[str, Any]
 #: These tests see how a connection ends; tests/loopback/test_gateway_resume.py sees recovery.
 NO_RETRY = ReconnectPlan(
-    ClosePolicy.main_default(), resume=RetryBudget(max_attempts=0),
+    ClosePolicy.main_default(),
+    resume=RetryBudget(max_attempts=0),
     new_session=RetryBudget(max_attempts=0),
 )
 
@@ -115,13 +116,16 @@ class ScriptedDiscord:
             if self.identify_close is not None:
                 conn.close(*self.identify_close)
             elif self.ready:
-                self.dispatch("READY", {
-                    "v": 10,
-                    "user": {"id": str(USER_ID), "username": "bot", "bot": True},
-                    "guilds": [],
-                    "session_id": "session-1",
-                    "resume_gateway_url": "wss://resume.example/",
-                })
+                self.dispatch(
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": {"id": str(USER_ID), "username": "bot", "bot": True},
+                        "guilds": [],
+                        "session_id": "session-1",
+                        "resume_gateway_url": "wss://resume.example/",
+                    },
+                )
         elif message["op"] == 1 and self.ack:
             if self.ack_gate is not None:
                 assert self.ack_gate.wait(LONG)
@@ -308,9 +312,7 @@ def test_authentication_failure_names_the_token_without_showing_it(harness: Harn
 
 
 @pytest.mark.parametrize(("hello", "stage"), [(True, "READY"), (False, "Hello")])
-def test_connect_timeout_names_the_missing_stage(
-    harness: Harness, hello: bool, stage: str
-) -> None:
+def test_connect_timeout_names_the_missing_stage(harness: Harness, hello: bool, stage: str) -> None:
     fake = harness.fake(hello=hello, ready=False)
     clock = FakeClock(start=100.0)
     gw = harness.gateway(fake.url, clock=clock)
@@ -557,10 +559,13 @@ def test_server_close_after_ready_is_main_gateway_closed(harness: Harness) -> No
     assert fake.wait_closed() == 4009  # the client echoed the code
 
 
-@pytest.mark.parametrize(("payload", "text"), [
-    ({"op": 7, "d": None}, "op 7"),
-    ({"op": 9, "d": False}, "op 9"),
-])
+@pytest.mark.parametrize(
+    ("payload", "text"),
+    [
+        ({"op": 7, "d": None}, "op 7"),
+        ({"op": 9, "d": False}, "op 9"),
+    ],
+)
 def test_reconnect_and_invalid_session_end_the_gateway(
     harness: Harness, payload: Message, text: str
 ) -> None:
@@ -660,10 +665,14 @@ def test_update_voice_state_sends_op_4(harness: Harness) -> None:
     with pytest.raises(LocalProtocolError, match="4096"):
         gw.update_voice_state("1" * 5000, None, self_mute=False, self_deaf=False)
     assert fake.wait_ops(4, 2) == [
-        {"op": 4, "d": {"guild_id": "1234", "channel_id": "5678", "self_mute": False,
-                        "self_deaf": True}},
-        {"op": 4, "d": {"guild_id": "1234", "channel_id": None, "self_mute": True,
-                        "self_deaf": False}},
+        {
+            "op": 4,
+            "d": {"guild_id": "1234", "channel_id": "5678", "self_mute": False, "self_deaf": True},
+        },
+        {
+            "op": 4,
+            "d": {"guild_id": "1234", "channel_id": None, "self_mute": True, "self_deaf": False},
+        },
     ]
     assert gw.error is None
 
@@ -714,8 +723,9 @@ def test_gateway_against_fake_discord(harness: Harness) -> None:
         gw.add_voice_handler(handler)
         gw.connect(timeout=LONG)
         assert gw.user_id == USER_ID
-        gw.update_voice_state("41771983423143937", "127121515262115840", self_mute=False,
-                              self_deaf=True)
+        gw.update_voice_state(
+            "41771983423143937", "127121515262115840", self_mute=False, self_deaf=True
+        )
         handler.wait_for("voice_server")
         kinds = [name for name, _ in handler.events]
         assert kinds == ["voice_state", "voice_server"]
@@ -724,5 +734,7 @@ def test_gateway_against_fake_discord(harness: Harness) -> None:
         gw.close()
         assert fake.wait_until(lambda f: all(s.closed for s in f.main_sessions), LONG)
         assert [(s.close_code, s.closed_by) for s in fake.main_sessions] == [
-            (4004, "server"), (1000, "client")]
+            (4004, "server"),
+            (1000, "client"),
+        ]
         assert len(fake.violations) == 1 and "main#1: authentication failed" in fake.violations[0]

@@ -32,7 +32,10 @@ class Socket:
 
     def register(self) -> Socket:
         self.heartbeat = self.rig.loop.add(
-            pacemaker=self.pacemaker, lock=self.lock, make_frame=self.frame, send=self.send,
+            pacemaker=self.pacemaker,
+            lock=self.lock,
+            make_frame=self.frame,
+            send=self.send,
             on_failure=self.failed,
         )
         return self
@@ -108,8 +111,10 @@ def grid(interval: float, end: float) -> list[float]:
 
 
 def test_many_intervals_beat_on_their_own_grids_in_time_order(rig: Rig) -> None:
-    sockets = [Socket(rig, name, interval).register()
-               for name, interval in (("a", 2.0), ("b", 3.0), ("c", 5.0), ("d", 0.5))]
+    sockets = [
+        Socket(rig, name, interval).register()
+        for name, interval in (("a", 2.0), ("b", 3.0), ("c", 5.0), ("d", 0.5))
+    ]
     rig.run_until(START + 30.0)
     for socket in sockets:
         assert socket.beats() == grid(socket.pacemaker.interval, START + 30.0), socket.name
@@ -240,8 +245,13 @@ def test_release_from_the_loop_thread_itself_then_close_joins_it(rig: Rig) -> No
         a.heartbeat.release()
         rig.changed()
 
-    a.heartbeat = rig.loop.add(pacemaker=Pacemaker(1.0, START), lock=a.lock,
-                               make_frame=a.frame, send=a.send, on_failure=failed)
+    a.heartbeat = rig.loop.add(
+        pacemaker=Pacemaker(1.0, START),
+        lock=a.lock,
+        make_frame=a.frame,
+        send=a.send,
+        on_failure=failed,
+    )
     assert a.heartbeat is not None
     thread = rig.loop.thread
     assert thread is not None

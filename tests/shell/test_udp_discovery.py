@@ -35,6 +35,7 @@ def test_replies_from_other_addresses_are_ignored(server: socket.socket) -> None
     client = open_udp(*server.getsockname())
     intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+
         def answer() -> None:
             request, address = server.recvfrom(100)
             assert len(request) == 74
@@ -46,8 +47,10 @@ def test_replies_from_other_addresses_are_ignored(server: socket.socket) -> None
         thread = threading.Thread(target=answer, name="fake-discovery")
         thread.start()
         deadline = time.monotonic() + LONG
-        assert discover_ip(client, SSRC, clock=SystemClock(), deadline=deadline,
-                           timeout=LONG) == ("203.0.113.7", 50004)
+        assert discover_ip(client, SSRC, clock=SystemClock(), deadline=deadline, timeout=LONG) == (
+            "203.0.113.7",
+            50004,
+        )
         thread.join(LONG)
     finally:
         intruder.close()
@@ -59,8 +62,9 @@ def test_no_reply_is_a_join_timeout_after_bounded_resends(server: socket.socket)
     try:
         deadline = time.monotonic() + 0.25
         with pytest.raises(JoinTimeout) as info:
-            discover_ip(client, SSRC, clock=SystemClock(), deadline=deadline, timeout=0.25,
-                        resend_every=0.1)
+            discover_ip(
+                client, SSRC, clock=SystemClock(), deadline=deadline, timeout=0.25, resend_every=0.1
+            )
         assert info.value.stage == "ip_discovery"
         requests = 0
         server.settimeout(0.05)

@@ -29,8 +29,12 @@ from discord_voice.errors import (
 from discord_voice.testing import FakeClock
 from tests.timeouts import LONG
 
-READY, RESUMING, RECONNECTING, CLOSED = (ConnectionState.READY, ConnectionState.RESUMING,
-                                         ConnectionState.RECONNECTING, ConnectionState.CLOSED)
+READY, RESUMING, RECONNECTING, CLOSED = (
+    ConnectionState.READY,
+    ConnectionState.RESUMING,
+    ConnectionState.RECONNECTING,
+    ConnectionState.CLOSED,
+)
 
 
 def plan(resumes: int = 2, sessions: int = 2, move_timeout: float = 0.5) -> ReconnectPlan[Action]:
@@ -111,8 +115,13 @@ class Run:
 
 def start(script: Script, p: ReconnectPlan[Action] | None = None) -> Run:
     ended: list[tuple[BaseException | None, bool]] = []
-    supervisor = VoiceSupervisor(Lifecycle(p or plan()), script, clock=script.clock,
-                                 guild_id="1", on_ended=lambda e, leave: ended.append((e, leave)))
+    supervisor = VoiceSupervisor(
+        Lifecycle(p or plan()),
+        script,
+        clock=script.clock,
+        guild_id="1",
+        on_ended=lambda e, leave: ended.append((e, leave)),
+    )
     run = Run(script, supervisor, ended, [], [])
     supervisor.add_state_listener(lambda old, new, _: run.states.append((old, new)))
     supervisor.add_attempt_listener(run.attempts.append)
@@ -129,8 +138,7 @@ def test_4015_resumes_once_and_is_done() -> None:
     run.supervisor.link_lost(VoiceGatewayClosed(4015, "crash"), 1)
     assert run.settled() is READY
     assert run.script.calls == ["audio", "stop", "resume", "audio"]
-    assert run.states == [(ConnectionState.CONNECTING, READY), (READY, RESUMING),
-                          (RESUMING, READY)]
+    assert run.states == [(ConnectionState.CONNECTING, READY), (READY, RESUMING), (RESUMING, READY)]
     assert run.ended == []
 
 
@@ -144,8 +152,9 @@ def test_a_resume_refused_with_4006_becomes_a_reconnect_with_frames_held() -> No
 
 def test_resumes_used_up_escalate_then_sessions_used_up_give_up_with_the_last_error() -> None:
     last = JoinTimeout("voice_server_update", 10)
-    run = start(Script([ConnectionClosed("a"), ConnectionClosed("b"), JoinTimeout("hello", 1),
-                        last]))
+    run = start(
+        Script([ConnectionClosed("a"), ConnectionClosed("b"), JoinTimeout("hello", 1), last])
+    )
     run.supervisor.link_lost(HeartbeatTimeout("zombie", 1.0), 1)
     assert run.settled() is CLOSED
     assert steps(run) == ["resume", "resume", "reconnect", "reconnect"]
@@ -197,8 +206,12 @@ def test_a_loss_of_the_new_socket_during_the_attempt_starts_the_next_one() -> No
     run.supervisor.link_lost(VoiceGatewayClosed(4015, "crash"), 1)
     assert run.settled() is READY
     assert steps(run) == ["resume", "reconnect"]
-    assert run.states == [(ConnectionState.CONNECTING, READY), (READY, RESUMING),
-                          (RESUMING, RECONNECTING), (RECONNECTING, READY)]
+    assert run.states == [
+        (ConnectionState.CONNECTING, READY),
+        (READY, RESUMING),
+        (RESUMING, RECONNECTING),
+        (RECONNECTING, READY),
+    ]
 
 
 def test_closing_during_a_step_ends_without_a_second_error() -> None:
@@ -251,8 +264,14 @@ def test_a_stale_socket_is_not_a_loss() -> None:
 def capped_plan() -> ReconnectPlan[Action]:
     """The default voice plan's new-session ladder with its cap reached within the budget and
     a fixed jitter draw, so every delay is exact: 0, 0.45, 0.9, 1.35, 1.35 s."""
-    budget = RetryBudget(max_attempts=5, base_delay=0.5, max_delay=1.5, jitter=0.2,
-                         rng=lambda: 0.5, immediate_first=True)
+    budget = RetryBudget(
+        max_attempts=5,
+        base_delay=0.5,
+        max_delay=1.5,
+        jitter=0.2,
+        rng=lambda: 0.5,
+        immediate_first=True,
+    )
     return ReconnectPlan(ClosePolicy.voice_default(), new_session=budget)
 
 

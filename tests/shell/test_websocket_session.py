@@ -88,8 +88,12 @@ class Owner:
             self.exited.set()
 
         reader = session.make_reader(
-            "dv-test-reader", on_message=self.on_message, on_end=self.on_end,
-            on_failure=self.failures.append, on_exit=on_exit, **kwargs,
+            "dv-test-reader",
+            on_message=self.on_message,
+            on_end=self.on_end,
+            on_failure=self.failures.append,
+            on_exit=on_exit,
+            **kwargs,
         )
         reader.start()
         return reader

@@ -254,10 +254,13 @@ def test_more_events_than_the_rate_limit_close_4008(limit: int) -> None:
     with FakeDiscord(main_rate_limit=limit) as fake:
         ws, _ = main_ready(fake)  # Identify is the first event
         for _ in range(limit - 1):  # presence updates: counted, not answered
-            send_json(ws, {"op": 3, "d": {"since": None, "activities": [], "status": "online",
-                                          "afk": False}})
-        send_json(ws, {"op": 3, "d": {"since": None, "activities": [], "status": "online",
-                                      "afk": False}})  # one over the limit
+            send_json(
+                ws,
+                {"op": 3, "d": {"since": None, "activities": [], "status": "online", "afk": False}},
+            )
+        send_json(
+            ws, {"op": 3, "d": {"since": None, "activities": [], "status": "online", "afk": False}}
+        )  # one over the limit
         code, reason = recv_close(ws)
         assert code == 4008 and f"more than {limit} events" in reason
         ws.close()

@@ -136,8 +136,12 @@ def test_captured_packets_are_recorded_when_the_capture_ends(fake: FakeDiscord) 
     client.send_audio(4, b"\xfcafter", counter=4)
     frames = fake.wait_for_frames(4, timeout=LONG)
     assert [f.sequence for f in frames] == [1, 2, 3, 4]  # the backlog before anything newer
-    assert [f.opus for f in frames] == [b"\xfcbefore", b"\xfccaptured-1", b"\xfccaptured-2",
-                                        b"\xfcafter"]
+    assert [f.opus for f in frames] == [
+        b"\xfcbefore",
+        b"\xfccaptured-1",
+        b"\xfccaptured-2",
+        b"\xfcafter",
+    ]
     assert frames[1].arrival <= frames[2].arrival <= frames[3].arrival  # stamped on arrival
     assert fake.udp_errors == []
     client.close()

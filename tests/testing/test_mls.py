@@ -57,6 +57,7 @@ def sender() -> Iterator[ExternalSender]:
 
 # -- varints -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("encoded", "value"),
     [(b"\x25", 37), (b"\x7b\xbd", 15293), (b"\x9d\x7f\x3e\x7d", 494878333), (b"\x00", 0)],
@@ -73,8 +74,18 @@ def test_varint_roundtrip(value: int) -> None:
     assert decode_varint(b"\xaa" + encoded + b"\xbb", 1) == (value, 1 + len(encoded))
 
 
-@pytest.mark.parametrize("data", [b"", b"\x40", b"\x80\x00\x01", b"\xc0" + b"\x00" * 7,
-                                  b"\x40\x25", b"\x80\x00\x00\x25", b"\x80\x00\x3f\xff"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x40",
+        b"\x80\x00\x01",
+        b"\xc0" + b"\x00" * 7,
+        b"\x40\x25",
+        b"\x80\x00\x00\x25",
+        b"\x80\x00\x3f\xff",
+    ],
+)
 def test_varint_rejects_truncated_reserved_and_non_minimal(data: bytes) -> None:
     with pytest.raises(MLSDecodeError):
         decode_varint(data)
@@ -86,6 +97,7 @@ def test_varint_encode_out_of_range() -> None:
 
 
 # -- op 25 / op 27 bodies ------------------------------------------------------------------------
+
 
 def test_package_layout(sender: ExternalSender) -> None:
     package = sender.package()
@@ -110,6 +122,7 @@ def test_both_stacks_accept_package(sender: ExternalSender) -> None:
 
 
 # -- proposals: accepted, and refused when wrong --------------------------------------------------
+
 
 def test_davey_commits_external_add_and_splitter_recovers_it(sender: ExternalSender) -> None:
     committer = davey_member(sender, 111)
@@ -181,8 +194,12 @@ def _bad_adds(sender: ExternalSender, key_package: bytes) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     ("case", "davey_error"),
-    [("signature", "InvalidSignature"), ("foreign key", "InvalidSignature"),
-     ("epoch", "WrongEpoch"), ("group", "WrongGroupId")],
+    [
+        ("signature", "InvalidSignature"),
+        ("foreign key", "InvalidSignature"),
+        ("epoch", "WrongEpoch"),
+        ("group", "WrongGroupId"),
+    ],
 )
 def test_davey_rejects_wrong_proposals(sender: ExternalSender, case: str, davey_error: str) -> None:
     member = davey_member(sender, 111)
@@ -193,8 +210,12 @@ def test_davey_rejects_wrong_proposals(sender: ExternalSender, case: str, davey_
 
 @pytest.mark.parametrize(
     ("case", "libdave_error"),
-    [("signature", "signature"), ("foreign key", "signature"),
-     ("epoch", "not for this epoch"), ("group", "not for this group")],
+    [
+        ("signature", "signature"),
+        ("foreign key", "signature"),
+        ("epoch", "not for this epoch"),
+        ("group", "not for this group"),
+    ],
 )
 def test_libdave_rejects_wrong_proposals(
     sender: ExternalSender, case: str, libdave_error: str
@@ -206,6 +227,7 @@ def test_libdave_rejects_wrong_proposals(
 
 
 # -- the op 28 splitter on malformed input -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def op28_body() -> bytes:
@@ -228,8 +250,12 @@ def test_splitter_rejects_every_truncated_commit(op28_body: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("offset", "value", "message"),
-    [(1, 2, "version"), (3, 2, "wire_format"), (21, 9, "sender_type"),
-     (27, 2, "content_type is 2")],
+    [
+        (1, 2, "version"),
+        (3, 2, "wire_format"),
+        (21, 9, "sender_type"),
+        (27, 2, "content_type is 2"),
+    ],
 )
 def test_splitter_names_the_bad_field(
     op28_body: bytes, offset: int, value: int, message: str

@@ -228,7 +228,7 @@ class FakeUdpServer:
             for start in range(0, len(backlog), _MAX_BATCH):
                 opened: list[_Decoded] = []
                 refused: list[str] = []
-                for data, arrival, where in backlog[start:start + _MAX_BATCH]:
+                for data, arrival, where in backlog[start : start + _MAX_BATCH]:
                     self._decode(data, arrival, where, opened, refused)
                 opened = self._impair(opened)
                 if opened or refused:
@@ -262,7 +262,11 @@ class FakeUdpServer:
             self._commit(decoded, errors)
 
     def _decode(
-        self, data: bytes, arrival: float, where: str, decoded: list[_Decoded],
+        self,
+        data: bytes,
+        arrival: float,
+        where: str,
+        decoded: list[_Decoded],
         errors: list[str],
     ) -> None:
         try:
