@@ -9,7 +9,9 @@ sends, closes with a code, aborts and releases.
 The reader, in order:
 
 1. hands every complete message (`Text` or `Binary`) to ``on_message``, on the reader thread,
-   in arrival order, until the session is stopped or the connection ends;
+   in arrival order, until the session is stopped or the connection ends; after our own
+   `close`, until the peer answers it (what the peer sent before its answer is still handled:
+   a heartbeat ACK already on the wire is matched);
 2. reports how the connection ended, as a value, to ``on_end``: the `Close` (the peer's close
    frame with its code, a dropped TCP connection, a broken frame), or the exception that
    ``on_message`` raised (which ends the connection: it is the protocol's verdict). Nothing is
@@ -68,6 +70,7 @@ class WebSocketSession:
         self.stopped = Signal()
         self._released = threading.Event()  # the reader has closed the socket
         self._reader: ServiceThread | None = None  # written once, by make_reader
+        self._closing = False  # `close` sent our close frame: read on until the peer answers
 
     @classmethod
     def connect(
@@ -132,12 +135,18 @@ class WebSocketSession:
         try:
             end: Close | Exception | None = None
             try:
-                while not self.stopped.is_set():
+                while True:
+                    if self.stopped.is_set() and not self._closing:
+                        break  # stopped without a close frame: the owner cuts the socket
                     frame = channel.recv()
                     if isinstance(frame, Timeout):
+                        if self._closing:
+                            break  # no answer to our close yet: the drain below waits, bounded
                         continue
                     if isinstance(frame, Close):
-                        over, end = not frame.violation, frame
+                        over = not frame.violation
+                        if not self._closing:  # the peer's answer to our close is no news
+                            end = frame
                         break
                     on_message(frame)
             except Exception as exc:  # noqa: BLE001 - the protocol's verdict: reported as the end
@@ -179,6 +188,7 @@ class WebSocketSession:
     def close(self, code: int) -> None:
         """`stop`, and send a close frame with `code` once (best effort; on failure the socket
         is aborted). The reader waits for the peer's answer, then closes the socket."""
+        self._closing = True
         self.stop()
         self._channel.close(code)
 

@@ -184,6 +184,35 @@ def test_close_sends_our_code_once_and_the_reader_finishes_the_handshake(
     assert all(isinstance(end, Close) and end.code == 1000 for end in owner.ends)
 
 
+def test_messages_the_peer_sent_before_answering_our_close_are_still_handled(
+    make_server: Callable[[Script], ScriptedServer],
+) -> None:
+    def script(conn: ServerConnection) -> None:
+        for text in ("hello", "late-1", "late-2"):  # on the wire before our close arrives
+            conn.send(text)
+
+    server = make_server(script)
+    session = connect(server)
+    gate, inside = threading.Event(), threading.Event()
+
+    class HeldOwner(Owner):
+        def on_message(self, message: Message) -> None:
+            super().on_message(message)
+            if message == Text("hello"):
+                inside.set()
+                gate.wait(LONG)  # the reader is busy while the owner closes
+
+    owner = HeldOwner()
+    owner.start(session)
+    assert inside.wait(LONG)
+    session.close(ClientCloseCode.NORMAL)
+    gate.set()
+    assert owner.exited.wait(LONG)
+    assert owner.messages == [Text("hello"), Text("late-1"), Text("late-2")]
+    assert owner.ends == []  # the peer's answer to our close is not reported as an end
+    assert server.done.wait(LONG) and server.close_code == ClientCloseCode.NORMAL
+
+
 def test_abort_wakes_a_blocked_reader_which_reports_a_drop(
     make_server: Callable[[Script], ScriptedServer],
 ) -> None:
