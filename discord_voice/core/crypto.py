@@ -110,6 +110,12 @@ class TransportCipher(Protocol):
         ...
 
 
+def _bad_counter(nonce: object) -> EncryptionError:
+    return EncryptionError(
+        f"transport nonce counter must be an integer in 0..{_U32}, got {nonce!r}"
+    )
+
+
 class _RtpSizeAead:
     """Shared seal/open of the rtpsize modes; subclasses set the mode, nonce size and functions.
 
@@ -169,9 +175,7 @@ class _RtpSizeAead:
         try:
             _COUNTER.pack_into(self._nonce_view, 0, nonce)
         except struct.error:
-            raise EncryptionError(
-                f"transport nonce counter must be an integer in 0..{_U32}, got {nonce!r}"
-            ) from None
+            raise _bad_counter(nonce) from None
         try:
             if type(payload) is not bytes:
                 payload = bytes(payload)
@@ -207,9 +211,7 @@ class _RtpSizeAead:
         try:
             full_nonce = self._full_nonce.pack(nonce)
         except struct.error:
-            raise EncryptionError(
-                f"transport nonce counter must be an integer in 0..{_U32}, got {nonce!r}"
-            ) from None
+            raise _bad_counter(nonce) from None
         try:
             if type(payload) is not bytes:
                 payload = bytes(payload)
