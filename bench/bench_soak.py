@@ -63,7 +63,10 @@ def _serve_soak(pipe: Pipe, dave: bool = True) -> None:
             request = pipe.recv()
             if request == "stop":
                 return
-            if request[0] == "count":
+            if request[0] == "capture":  # stamp packets now, decrypt them when it ends
+                fake.capture_udp(request[1])
+                pipe.send(None)
+            elif request[0] == "count":
                 pipe.send((len(fake.frames()), len(fake.udp_errors), len(fake.violations)))
             elif request[0] == "wait":
                 with contextlib.suppress(TimeoutError):
@@ -228,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
         for conn, used in zip(conns, ssrcs, strict=True):
             _watch_ssrcs(conn, used)
         joined = Usage.now()
+        if args.capture:
+            pipe.send(("capture", True))
+            pipe.recv()
         started, cpu0, sender0 = time.monotonic(), time.process_time(), _sender_cpu_ns()
         every = max(1, round(args.progress * 50))
         try:
@@ -259,7 +265,10 @@ def run(args: argparse.Namespace) -> int:
         stats = [c.stats for c in conns]
         end = Usage.now()
         sent = sum(s.frames_sent for s in stats)
-        pipe.send(("wait", sent, 10.0))
+        if args.capture:
+            pipe.send(("capture", False))
+            pipe.recv()
+        pipe.send(("wait", sent, 600.0 if args.capture else 10.0))
         pipe.recv()
         pipe.send(("frames",))
         report: dict[str, Any] = pipe.recv()
@@ -395,6 +404,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--progress", type=float, default=60.0, help="seconds between progress lines on stderr"
+    )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="the receiver only stamps packets while streaming and decrypts them at the end "
+        "(FakeDiscord.capture_udp): for many connections; progress lines then show 0 received",
     )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
