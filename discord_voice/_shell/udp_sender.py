@@ -271,6 +271,13 @@ class OutboundStream:
         return self._frames.take_nowait(sent)
 
 
+def _take_in_hand(stream: OutboundStream, frame: bytes, from_queue: bool, now: float) -> _InHand:
+    """Make `frame` the stream's frame in hand and tell its state (sender thread only)."""
+    in_hand = stream._in_hand = _InHand(frame, frame_samples(frame), from_queue)
+    stream._state.frame_ready(now, in_hand.samples)
+    return in_hand
+
+
 class UdpSender:
     """The ``dv-udp-sender`` thread of one `Voice` and the streams it paces.
 
@@ -385,13 +392,9 @@ class UdpSender:
             and state.phase is Phase.PLAYING
         ):
             # the steady case, once per packet: the next frame from the queue, prepared now
-            sent, stream._unacked = stream._unacked, 0
-            item = stream._frames.take_nowait(sent)
+            item = stream._take()
             if type(item) is bytes:
-                samples = frame_samples(item)
-                state.frame_ready(now, samples)
-                in_hand = stream._in_hand = _InHand(item, samples, True)
-                self._prepare(stream, in_hand, transport, now)
+                self._prepare(stream, _take_in_hand(stream, item, True, now), transport, now)
                 self._schedule(stream, now, heap)
                 return
             stream._taken = item  # a marker, the end, or nothing: the general path below
@@ -443,12 +446,9 @@ class UdpSender:
                         return
                 stream.idle = False
                 if type(item) is bytes:  # the common case: a frame from the queue
-                    in_hand = stream._in_hand = _InHand(item, frame_samples(item), True)
-                    state.frame_ready(now, in_hand.samples)
+                    in_hand = _take_in_hand(stream, item, True, now)
                 elif isinstance(item, tuple):  # a silence frame after stop_speaking
-                    frame, from_queue = item
-                    in_hand = stream._in_hand = _InHand(frame, frame_samples(frame), from_queue)
-                    state.frame_ready(now, in_hand.samples)
+                    in_hand = _take_in_hand(stream, item[0], item[1], now)
                 elif item is STOP:
                     self._finish(stream)
                     return
