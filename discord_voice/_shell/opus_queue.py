@@ -56,7 +56,7 @@ class OpusQueue(queue.Queue[Any]):
         frames taken earlier have been sent meanwhile: `mark_sent` in the same lock."""
         with self.mutex:
             if sent:
-                self._mark_sent_locked(sent)
+                self._done_locked(sent)
             queue = self.queue
             if not queue:
                 return None
@@ -68,9 +68,10 @@ class OpusQueue(queue.Queue[Any]):
     def mark_sent(self, count: int = 1) -> None:
         """`task_done` for `count` frames the sender has sent (one lock, no Condition call)."""
         with self.mutex:
-            self._mark_sent_locked(count)
+            self._done_locked(count)
 
-    def _mark_sent_locked(self, count: int) -> None:
+    def _done_locked(self, count: int) -> None:
+        """`count` tasks are done (sent, or discarded at close); `join` wakes at none left."""
         unfinished = self.unfinished_tasks - count
         self.unfinished_tasks = unfinished
         if unfinished <= 0:  # never below 0 here: the shared sender must not raise
@@ -123,11 +124,11 @@ class OpusQueue(queue.Queue[Any]):
             if self._error is None:
                 self._error = error or ConnectionClosed("the voice connection is closed")
             # a STOP left by an earlier close was never a task: counting it would steal the
-            # frame in hand's count, and the sender's task_done for that frame would raise
+            # frame in hand's count from the sender's `mark_sent`
             discarded = [item for item in self.queue if item is not STOP]
             self.queue.clear()
-            for _ in discarded:
-                self._task_done_locked()
+            if discarded:
+                self._done_locked(len(discarded))
             self.queue.append(STOP)
             self.not_empty.notify_all()
             self.not_full.notify_all()
@@ -135,12 +136,6 @@ class OpusQueue(queue.Queue[Any]):
         if consumer is not None:
             consumer()
         return discarded
-
-    def _task_done_locked(self) -> None:
-        if self.unfinished_tasks > 0:
-            self.unfinished_tasks -= 1
-            if self.unfinished_tasks == 0:
-                self.all_tasks_done.notify_all()
 
     @property
     def closed(self) -> bool:
