@@ -91,6 +91,7 @@ class ConnectionStats:
     stalls: int
     frames_discarded: int
     bytes_sent: int
+    send_retries: int  # UDP sends retried 1 ms later because the socket's buffer was full
     heartbeats_sent: int
     heartbeat_acks: int
     latency: float | None
@@ -258,6 +259,7 @@ class Connection:
             stalls=pacing.stalls,
             frames_discarded=sessions.discarded + (sent.held + sent.discarded if sent else 0),
             bytes_sent=sent.bytes_sent if sent else 0,
+            send_retries=sent.send_retries if sent else 0,
             heartbeats_sent=beats,
             heartbeat_acks=acks,
             latency=session.latency,

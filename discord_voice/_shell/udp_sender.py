@@ -11,8 +11,13 @@ heap of due times over all streams and, at each wake-up:
    happens at the due time;
 3. parks on the clock until the earliest due time or until woken.
 
-Runs start on a shared 10 ms grid (`GRID`), so the streams of a busy bot share a few instants
-and the thread wakes at most 100 times a second whatever the number of connections.
+Runs start on a shared 2.5 ms grid (`GRID`), so the streams of a busy bot share a few instants
+and the thread wakes at most 400 times a second whatever the number of connections. Up to
+`BURST` streams start on the same grid point; more go to the next ones of the 20 ms cycle
+(`core.pacing.StartSlots`): a hundred streams go out in bursts of about 13 packets every
+2.5 ms rather than 100 every 20 ms, so the last packet of a burst is not late by the time 99
+others took. Packets are sent with `datagram.send_datagram`, which keeps the GIL and never
+blocks (a full socket buffer retries the packet 1 ms later, like a busy DAVE lock).
 
 The thread never blocks on anything it does not own: it takes frames with
 `OpusQueue.take_nowait` (an idle stream is woken by the producer's ``put``; a sent frame's
@@ -31,6 +36,7 @@ import enum
 import heapq
 import itertools
 import logging
+import os
 import socket
 import threading
 from collections import deque
@@ -38,16 +44,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from discord_voice._shell.datagram import WOULD_BLOCK, send_datagram
 from discord_voice._shell.opus_queue import STOP, OpusQueue
 from discord_voice._shell.threads import SharedWorker
 from discord_voice.clock import Clock, Signal
 from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP, frame_samples
-from discord_voice.core.pacing import TOLERANCE, Pacer, PacingStats
+from discord_voice.core.pacing import TOLERANCE, Pacer, PacingStats, StartSlots
 from discord_voice.core.packetizer import Packetizer
 from discord_voice.core.send_state import Phase, SendState
 from discord_voice.errors import ConnectionClosed
 
 __all__ = [
+    "BURST",
+    "CYCLE",
     "GRID",
     "E2ee",
     "EncryptBlocked",
@@ -62,7 +71,13 @@ log = logging.getLogger(__name__)
 
 #: Runs start on multiples of this (seconds): every Opus frame duration (10-60 ms) keeps a
 #: stream on it, so all streams' due times fall on a few shared instants.
-GRID: Final = 0.010
+GRID: Final = 0.0025
+#: The start slots' cycle: a new run starts at one of the ``CYCLE / GRID`` grid points from
+#: its earliest start (`core.pacing.StartSlots`).
+CYCLE: Final = 0.020
+#: How many streams' runs share a grid point before new runs go to the next ones: bursts of up
+#: to about this many packets (~12 us each), whose last one is late by the time the others took.
+BURST: Final = 16
 #: How soon a packet is retried when the DAVE lock was busy (a commit being processed).
 BUSY_RETRY: Final = 0.001
 #: How long the thread parks when no stream has anything due (it is woken before that).
@@ -113,6 +128,7 @@ class StreamStats:
     held: int  # 1 while a frame taken from the queue is in hand, not yet sent
     discarded: int  # frames in hand when the stream closed
     transports: int  # how many transports (voice sessions) it has sent on
+    send_retries: int  # sends retried because the socket's send buffer was full
 
 
 @dataclass(eq=False)
@@ -159,6 +175,7 @@ class OutboundStream:
         "_released",
         "_requests",
         "_retry_at",
+        "_send_retries",
         "_state",
         "_taken",
         "_token",
@@ -177,6 +194,7 @@ class OutboundStream:
         on_failure: Callable[[BaseException], None],
         order: int,
         post: Callable[[OutboundStream], None],
+        pacer: Pacer,
     ) -> None:
         self.name = name
         self.order = order
@@ -188,7 +206,7 @@ class OutboundStream:
         self._lock = threading.Lock()
         self._requests: tuple[bool, bool, Transport] = (False, False, transport)
         # Sending state: the sender thread only.
-        self._state = SendState(Pacer(grid=GRID))
+        self._state = SendState(pacer)
         self._in_hand: _InHand | None = None
         self._taken: object | None = None  # an item taken from the queue, not looked at yet
         self._unacked = 0  # frames sent whose `mark_sent` rides on the next take
@@ -201,6 +219,7 @@ class OutboundStream:
         self._bytes_sent = 0
         self._discarded = 0
         self._transports = 1
+        self._send_retries = 0
         #: True while the stream waits for a frame: the producer's ``put`` wakes the sender.
         self.idle = False
 
@@ -254,6 +273,7 @@ class OutboundStream:
             held=int(self._in_hand is not None and self._in_hand.from_queue),
             discarded=self._discarded,
             transports=self._transports,
+            send_retries=self._send_retries,
         )
 
     # -- the sender thread's side ---------------------------------------------------------------
@@ -287,8 +307,19 @@ class UdpSender:
     Thread safety: `attach`, `detach`, `close` from any thread but the sender's own.
     """
 
-    def __init__(self, clock: Clock, *, name: str = "dv-udp-sender") -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        name: str = "dv-udp-sender",
+        grid: float = GRID,
+        burst: int | None = BURST,
+    ) -> None:
         self._clock = clock
+        self._grid = grid
+        # Spreads the streams' runs over the cycle (None: every run on the next grid point).
+        # Written by the sender thread only, through the streams' pacers.
+        self._slots = StartSlots(grid, CYCLE, burst) if burst is not None else None
         self._worker = SharedWorker(name, self._run, self._on_thread_failure)
         self._inbox: deque[OutboundStream] = deque()
         self._wake = Signal()
@@ -310,7 +341,10 @@ class UdpSender:
         on_failure: Callable[[BaseException], None],
     ) -> OutboundStream:
         """Start pacing `frames` onto `transport`; the first stream starts the thread."""
-        stream = OutboundStream(name, frames, transport, on_failure, next(self._order), self._post)
+        pacer = Pacer(grid=self._grid, slots=self._slots)
+        stream = OutboundStream(
+            name, frames, transport, on_failure, next(self._order), self._post, pacer
+        )
         frames.set_consumer(stream.notify)
         self._worker.acquire()
         self._post(stream)
@@ -513,13 +547,18 @@ class UdpSender:
                 return
         if not state.send_now(now):
             return
-        try:
-            transport.sock.send(in_hand.data)
-        except OSError as exc:
-            if stream._requests[:2] == (False, False) and stream._requests[2] is transport:
-                self._fail(stream, ConnectionClosed(f"udp send failed: {exc}"))
-            return  # an old session's socket closed under us: sent anew on the new one
+        error = send_datagram(transport.sock, in_hand.data)
+        if error:
+            if error in WOULD_BLOCK:  # the socket's send buffer is full: same packet, soon
+                stream._retry_at = now + BUSY_RETRY
+                stream._send_retries += 1
+            elif stream._requests[:2] == (False, False) and stream._requests[2] is transport:
+                reason = os.strerror(error)
+                self._fail(stream, ConnectionClosed(f"udp send failed: {reason}"))
+            return  # else an old session's socket closed under us: sent anew on the new one
         state.sent(now)
+        if stream._retry_at is not None:
+            stream._retry_at = None
         stream._in_hand = None
         stream._bytes_sent += len(in_hand.data)
         if in_hand.from_queue:

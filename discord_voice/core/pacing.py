@@ -8,6 +8,9 @@ Pure arithmetic on ``now`` values, so it is exact under a fake clock:
   scale), so the runs of many connections share a few instants and one thread can send their
   frames in one wake-up (a 10 ms grid keeps every frame duration on it). Without a grid a run
   starts at ``now``.
+* Start slots: runs of many streams paced by one thread may share a `StartSlots`; a new run then
+  starts at the least occupied of the grid points of the next cycle (the earliest on a tie), so
+  streams that start together spread over the cycle instead of all going out in one burst.
 * Underrun (nothing to send when a frame was due): the run ends; the next frame starts a new run
   at its arrival, so the sender never bursts to make up for the producer's gap.
 * A new run never starts before the last frame of the previous one has played out: a frame
@@ -30,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SAMPLE_RATE", "TOLERANCE", "PacingStats", "Pacer"]
+__all__ = ["SAMPLE_RATE", "TOLERANCE", "PacingStats", "Pacer", "StartSlots"]
 
 #: RTP clock rate of Opus: samples per second of audio.
 SAMPLE_RATE: Final = 48_000
@@ -56,6 +59,71 @@ class PacingStats:
     stalls: int = 0  # schedule resets because the sender fell too far behind
 
 
+class StartSlots:
+    """How many runs started on each phase of a cycle, so that new runs spread over it.
+
+    The cycle (20 ms, the usual frame duration) is cut into ``cycle / grid`` phases. A run
+    occupies the phase of its origin until it ends. A new run starts at the first grid point,
+    from its earliest start to one cycle later, whose phase has fewer than ``burst`` runs; if
+    every phase has that many, at the least occupied one (the earliest on a tie). So a lone
+    stream is never delayed, a small bot's streams share one wake-up, and a big bot's streams
+    go out in bursts of about ``burst`` packets instead of one burst of all of them (the last
+    packet of a burst is late by the time the others took, and that time varies). One thread
+    uses it: the sender whose streams share it.
+
+    Frames of 10 ms also land on the phase half a cycle later, and 40/60 ms frames skip cycles;
+    the count is a load estimate for spreading, not a schedule.
+    """
+
+    __slots__ = ("_counts", "burst", "grid")
+
+    def __init__(self, grid: float, cycle: float = 0.020, burst: int = 16) -> None:
+        phases = round(cycle / grid) if grid > 0 else 0
+        if phases < 1 or not math.isclose(phases * grid, cycle):
+            raise ValueError("the cycle must be a whole number of grid steps")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.grid = grid
+        self.burst = burst
+        self._counts = [0] * phases
+
+    def __repr__(self) -> str:
+        return f"StartSlots(grid={self.grid}, runs per phase={self._counts})"
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Runs in progress per phase, phase 0 being the multiples of the cycle."""
+        return tuple(self._counts)
+
+    def phase(self, instant: float) -> int:
+        """The phase of a grid point."""
+        return round(instant / self.grid) % len(self._counts)
+
+    def choose(self, earliest: float) -> float:
+        """Where a run that may start at grid point `earliest` starts (see the class)."""
+        counts = self._counts
+        phases = len(counts)
+        first = self.phase(earliest)
+        best = 0
+        for step in range(phases):
+            count = counts[(first + step) % phases]
+            if count < self.burst:
+                return earliest + step * self.grid
+            if count < counts[(first + best) % phases]:
+                best = step
+        return earliest + best * self.grid
+
+    def occupy(self, instant: float) -> int:
+        """A run starts at grid point `instant`; returns its phase (give it back to `vacate`)."""
+        phase = self.phase(instant)
+        self._counts[phase] += 1
+        return phase
+
+    def vacate(self, phase: int) -> None:
+        """The run that occupied `phase` ended."""
+        self._counts[phase] -= 1
+
+
 class Pacer:
     """Decides when each frame is sent; the sender thread does the waiting and sending."""
 
@@ -67,7 +135,9 @@ class Pacer:
         "_next",
         "_not_before",
         "_origin",
+        "_phase",
         "_sent",
+        "_slots",
         "_stalls",
         "_underruns",
         "frame_duration",
@@ -83,9 +153,12 @@ class Pacer:
         max_catch_up: int = 3,
         late_threshold: float = 0.002,
         grid: float = 0.0,
+        slots: StartSlots | None = None,
     ) -> None:
         if grid < 0:
             raise ValueError("grid must not be negative")
+        if slots is not None and not math.isclose(slots.grid, grid):
+            raise ValueError("start slots must use the pacer's grid")
         self.frame_duration = frame_duration
         self.max_catch_up = max_catch_up
         self.late_threshold = late_threshold
@@ -100,6 +173,13 @@ class Pacer:
         self._max_lateness = 0.0
         self._underruns = 0
         self._stalls = 0
+        self._slots = slots
+        self._phase: int | None = None  # the phase of `slots` the run occupies
+
+    @property
+    def origin(self) -> float | None:
+        """When the current run's first frame was due (None between runs)."""
+        return self._origin
 
     @property
     def running(self) -> bool:
@@ -108,8 +188,13 @@ class Pacer:
 
     def start(self, now: float) -> float:
         """Begin a new run; its first frame is due at the first grid point at or after `now`
-        (or after the end of the previous run's last frame, if that is later)."""
-        return self._restart(self._grid_ceil(max(now, self._not_before)))
+        (or after the end of the previous run's last frame, if that is later), or with start
+        slots at the least occupied grid point of the cycle from there."""
+        origin = self._grid_ceil(max(now, self._not_before))
+        if self._slots is not None:
+            self._vacate()
+            origin = self._slots.choose(_instant(origin))
+        return self._restart(origin)
 
     def next_due(self, now: float) -> float:
         """The due time of the next frame of the current run (starting one if needed).
@@ -164,9 +249,18 @@ class Pacer:
         if self._origin is not None:
             self._not_before = max(self._not_before, self._origin + self._elapsed / SAMPLE_RATE)
         self._origin = None
+        self._vacate()
+
+    def _vacate(self) -> None:
+        if self._phase is not None and self._slots is not None:
+            self._slots.vacate(self._phase)
+        self._phase = None
 
     def _restart(self, origin: float) -> float:
         origin = _instant(origin)
+        if self._slots is not None:
+            self._vacate()
+            self._phase = self._slots.occupy(origin)
         self._origin = origin
         self._elapsed = 0
         self._due = self._next = origin

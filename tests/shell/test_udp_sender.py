@@ -11,6 +11,8 @@ sleep, and a sender that cannot park (a busy loop) fails the test instead of pas
 from __future__ import annotations
 
 import errno
+import itertools
+import os
 import queue
 import select
 import socket
@@ -18,14 +20,17 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from discord_voice._shell import udp_sender
+from discord_voice._shell.datagram import WOULD_BLOCK, send_datagram
 from discord_voice._shell.opus_queue import OpusQueue
 from discord_voice._shell.udp_sender import (
+    BURST,
+    GRID,
     E2ee,
     EncryptBlocked,
     OutboundStream,
@@ -95,11 +100,24 @@ class Receiver:
         return got
 
 
-class FailingSocket(socket.socket):
-    """A UDP socket whose send fails the way a dead route or a full buffer does."""
+def fail_sends(
+    monkeypatch: pytest.MonkeyPatch, sock: socket.socket, errors: Iterator[int]
+) -> list[int]:
+    """Make the sender's sends on `sock` report the next of `errors` (0: really send) while
+    there are any; returns the errors reported, in order."""
+    real = send_datagram
+    reported: list[int] = []
 
-    def send(self, data: Any, flags: int = 0) -> int:
-        raise OSError(errno.ENOBUFS, "no buffer space available")
+    def send(target: socket.socket, data: bytes) -> int:
+        if target is sock:
+            error = next(errors, 0)
+            if error:
+                reported.append(error)
+                return error
+        return real(target, data)
+
+    monkeypatch.setattr(udp_sender, "send_datagram", send)
+    return reported
 
 
 @dataclass
@@ -181,9 +199,15 @@ class CountingClock(FakeClock):
 
 
 class Rig:
-    def __init__(self, start: float) -> None:
+    """A sender on a fake clock with loopback receivers.
+
+    By default on a 10 ms grid without start slots, so that the tests of pacing, ordering and
+    failures can place several streams on one instant; the spread has tests of its own.
+    """
+
+    def __init__(self, start: float, *, burst: int | None = None, grid: float = 0.010) -> None:
         self.clock = CountingClock(start)
-        self.sender = UdpSender(self.clock)
+        self.sender = UdpSender(self.clock, grid=grid, burst=burst)
         self.receivers: list[Receiver] = []
         self.socks: list[socket.socket] = []
         self.streams: list[Stream] = []
@@ -447,6 +471,46 @@ def test_streams_due_together_are_sent_in_attach_order_in_one_wakeup(rig: Rig) -
         assert stream.handle.stats().pacing.late_frames == 0
 
 
+def test_streams_started_together_spread_over_the_cycle_in_bursts() -> None:
+    """Start slots: up to `burst` streams start on a grid point, the next ones on the
+    following points of the 20 ms cycle; once every point has `burst`, on the least busy
+    (the earliest on a tie). Each stream keeps its point; streams due together go out in
+    attach order, in one wake-up."""
+    rig = Rig(start=1000.003, burst=2, grid=5 * MS)  # 4 points per cycle, 2 streams each
+    try:
+        receiver = rig.receiver()
+        audio = {i: frames(f"s{i}-", 3) for i in range(9)}
+        for i in range(9):  # each fed before the next is attached: they start in this order
+            stream = rig.attach(f"s{i}", rig.link(receiver, i, key(i)))
+            for frame in audio[i]:
+                stream.frames.put(frame)
+        groups = [[0, 1, 8], [2, 3], [4, 5], [6, 7]]  # s8: all full, the earliest least busy
+        received: dict[int, list[bytes]] = {i: [] for i in range(9)}
+        for k in range(12):
+            got = rig.step(1000.005 + k * 5 * MS)
+            assert [p.ssrc for p in got] == groups[k % 4], k
+            for packet in got:
+                received[packet.ssrc].append(packet.payload)
+        assert received == audio
+    finally:
+        rig.close()
+
+
+def test_a_lone_stream_is_never_delayed_by_the_start_slots() -> None:
+    """With the library's configuration a stream starts on the next 2.5 ms grid point."""
+    rig = Rig(start=1000.003, burst=BURST, grid=GRID)
+    try:
+        receiver = rig.receiver()
+        stream = rig.attach("a", rig.link(receiver, 1, key(1)))
+        audio = frames("a", 2)
+        for frame in audio:
+            stream.frames.put(frame)
+        assert [p.payload for p in rig.step(1000.005)] == audio[:1]
+        assert [p.payload for p in rig.step(1000.025)] == audio[1:]
+    finally:
+        rig.close()
+
+
 def test_a_producer_blocked_on_a_full_queue_never_delays_another_stream(rig: Rig) -> None:
     receiver_a, receiver_b = rig.receiver(), rig.receiver()
     a = rig.attach("a", rig.link(receiver_a, 1, key(1)), queue_size=1)
@@ -628,13 +692,44 @@ def test_a_closed_socket_fails_only_its_own_stream(rig: Rig) -> None:
     assert isinstance(failure, ConnectionClosed) and "udp send failed" in str(failure)
 
 
-def test_a_send_error_fails_only_its_own_stream(rig: Rig) -> None:
+def test_a_send_error_fails_only_its_own_stream(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     receiver_a = rig.receiver()
-    sock = FailingSocket(socket.AF_INET, socket.SOCK_DGRAM)
-    a, _, _ = _fail_one_of_two(rig, rig.link(receiver_a, 1, key(1), sock=sock), after=0)
+    link_a = rig.link(receiver_a, 1, key(1))
+    fail_sends(monkeypatch, link_a.sock, itertools.repeat(errno.ENETUNREACH))  # a dead route
+    a, _, _ = _fail_one_of_two(rig, link_a, after=0)
     (failure,) = a.failures
-    assert isinstance(failure, ConnectionClosed) and "no buffer space" in str(failure)
+    assert isinstance(failure, ConnectionClosed)
+    assert str(failure) == f"udp send failed: {os.strerror(errno.ENETUNREACH)}"
     assert a.handle.stats().discarded == 1  # the frame it could not send
+
+
+@pytest.mark.parametrize("error", sorted(WOULD_BLOCK))
+def test_a_full_send_buffer_retries_the_same_packet_a_millisecond_later(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """The kernel could not queue the datagram: the packet stays in hand and goes 1 ms later,
+    exactly once and in order, without blocking the thread; the other stream keeps its time."""
+    receiver = rig.receiver()
+    link_a = rig.link(receiver, 1, key(1))
+    reported = fail_sends(monkeypatch, link_a.sock, iter([error, error]))
+    a = rig.attach("a", link_a)
+    b = rig.attach("b", rig.link(receiver, 2, key(2)))
+    audio_a, audio_b = frames("a", 3), frames("b", 3)
+    for frame_a, frame_b in zip(audio_a, audio_b, strict=True):
+        a.frames.put(frame_a)
+        b.frames.put(frame_b)
+    got = rig.step(grid(1))
+    assert [(p.ssrc, p.payload) for p in got] == [(2, audio_b[0])]  # a's send would block
+    assert [p.payload for p in rig.step(grid(1) + MS)] == []  # blocked again
+    got = rig.step(grid(1) + 2 * MS)
+    assert [(p.ssrc, p.sequence, p.payload) for p in got] == [(1, 0, audio_a[0])]
+    # a's schedule did not move: its next frames are due with b's, a first (attach order)
+    for n in (1, 2):
+        got = rig.step(grid(1 + 2 * n))
+        assert [(p.ssrc, p.payload) for p in got] == [(1, audio_a[n]), (2, audio_b[n])]
+    assert reported == [error, error]
+    assert a.handle.stats().send_retries == 2 and b.handle.stats().send_retries == 0
+    assert a.failures == [] and a.handle.stats().pacing.frames_sent == 3
 
 
 def test_nonce_exhaustion_fails_only_its_own_stream(rig: Rig) -> None:
