@@ -9,7 +9,10 @@ heap of due times over all streams and, at each wake-up:
 2. then, while the thread is still warm, prepares each of those streams' next packet (takes the
    frame, DAVE-encrypts it, builds the RTP packet and seals it), so only the ``send`` syscall
    happens at the due time;
-3. parks on the clock until the earliest due time or until woken.
+3. then takes in new streams and the owners' requests (`hold`, a first frame after a pause...),
+   going back to step 1 as soon as something falls due: a hundred streams started together take
+   milliseconds to prepare, and the first of them must not wait for the last;
+4. parks on the clock until the earliest due time or until woken.
 
 Runs start on a shared 2.5 ms grid (`GRID`), so the streams of a busy bot share a few instants
 and the thread wakes at most 400 times a second whatever the number of connections. Up to
@@ -383,10 +386,6 @@ class UdpSender:
             if stop.is_set():
                 break
             now = clock.monotonic()
-            while inbox:
-                stream = inbox.popleft()
-                self._live[stream] = None
-                self._attend(stream, now, heap)
             due: list[OutboundStream] = []
             # within TOLERANCE: a retry at now + 1 ms may read back an ulp early on the clock,
             # and a deadline never counted as reached would be waited for again, forever
@@ -400,6 +399,17 @@ class UdpSender:
                 now = clock.monotonic()
                 for stream in due:  # prepare each one's next packet while warm
                     self._attend(stream, now, heap)
+            # New streams and requests, until something falls due: a hundred streams started
+            # at once take milliseconds to prepare, and the first ones must not wait for that.
+            while inbox:
+                stream = inbox.popleft()
+                self._live[stream] = None
+                self._attend(stream, now, heap)
+                now = clock.monotonic()
+                if heap and heap[0][0] <= now + TOLERANCE:
+                    break
+            if inbox or (heap and heap[0][0] <= now + TOLERANCE):
+                continue  # more to do at once (the signal is replaced first: no post is missed)
             clock.wait_until(heap[0][0] if heap else now + _IDLE_WAIT, wake)
         while inbox:  # attached and closed before the thread looked at them
             self._live[inbox.popleft()] = None

@@ -205,8 +205,15 @@ class Rig:
     failures can place several streams on one instant; the spread has tests of its own.
     """
 
-    def __init__(self, start: float, *, burst: int | None = None, grid: float = 0.010) -> None:
-        self.clock = CountingClock(start)
+    def __init__(
+        self,
+        start: float,
+        *,
+        burst: int | None = None,
+        grid: float = 0.010,
+        clock: CountingClock | None = None,
+    ) -> None:
+        self.clock = clock or CountingClock(start)
         self.sender = UdpSender(self.clock, grid=grid, burst=burst)
         self.receivers: list[Receiver] = []
         self.socks: list[socket.socket] = []
@@ -508,6 +515,66 @@ def test_a_lone_stream_is_never_delayed_by_the_start_slots() -> None:
         assert [p.payload for p in rig.step(1000.005)] == audio[:1]
         assert [p.payload for p in rig.step(1000.025)] == audio[1:]
     finally:
+        rig.close()
+
+
+class BusyClock(CountingClock):
+    """Once `busy` is set, every reading by the sender thread costs `busy` seconds of logical
+    time (as if the work between two readings took that long), and the first such reading
+    waits for `gate`, so that everything posted before the gate opens is in the inbox at once."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.busy = 0.0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.at_gate = threading.Event()  # the sender has woken and reached the gate
+
+    def monotonic(self) -> float:
+        if self.busy and threading.current_thread().name == SENDER:
+            self.at_gate.set()
+            assert self.gate.wait(LONG)
+            self.advance(self.busy)
+        return super().monotonic()
+
+
+def test_taking_in_new_streams_stops_when_a_packet_falls_due() -> None:
+    """Ten streams arrive 1 ms before another stream's packet is due, and preparing each
+    takes 0.4 ms: the sender sends that packet as soon as it falls due (0.6 ms late), not after
+    preparing all ten (3.4 ms late)."""
+    clock = BusyClock(1000.003)
+    rig = Rig(start=1000.003, clock=clock)
+    try:
+        receiver = rig.receiver()
+        a = rig.attach("a", rig.link(receiver, 1, key(1)))
+        audio_a = frames("a", 2)
+        for frame in audio_a:
+            a.frames.put(frame)
+        assert [p.payload for p in rig.step(grid(1))] == audio_a[:1]
+        clock.wait_for_deadline(grid(3), LONG)  # a's second packet is due at grid(3)
+        clock.advance(grid(3) - MS - clock.monotonic())
+        clock.gate.clear()
+        clock.busy = 0.4 * MS
+        for i in range(10):
+            stream = rig.attach(f"n{i}", rig.link(receiver, 10 + i, key(10 + i)))
+            stream.frames.put(opus_frame(b"n%d" % i))
+            if i == 0:  # the sender woke: from now on it cannot park before the gate opens
+                assert clock.at_gate.wait(LONG)
+        clock.gate.set()
+        clock.wait_for_sleepers(1, LONG)  # all taken in and due packets sent: parked again
+        clock.busy = 0.0
+        got = rig.received()  # a and the two taken in before it fell due, on grid(3)
+        assert [(p.ssrc, p.payload) for p in got] == [
+            (1, audio_a[1]),
+            (10, opus_frame(b"n0")),
+            (11, opus_frame(b"n1")),
+        ]
+        # the others were taken in after grid(3): they start on the next grid point
+        assert [p.ssrc for p in rig.step(grid(4))] == list(range(12, 20))
+        pacing = a.handle.stats().pacing
+        assert pacing.late_frames == 0 and pacing.max_lateness == pytest.approx(0.6 * MS)
+    finally:
+        clock.busy = 0.0
         rig.close()
 
 
