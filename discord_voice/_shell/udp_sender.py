@@ -81,7 +81,8 @@ CYCLE: Final = 0.020
 #: How many streams' runs share a grid point before new runs go to the next ones: bursts of up
 #: to about this many packets (~12 us each), whose last one is late by the time the others took.
 BURST: Final = 16
-#: How soon a packet is retried when the DAVE lock was busy (a commit being processed).
+#: How soon a packet is retried when the DAVE lock was busy (a commit being processed) or the
+#: socket's send buffer was full.
 BUSY_RETRY: Final = 0.001
 #: How long the thread parks when no stream has anything due (it is woken before that).
 _IDLE_WAIT: Final = 3600.0

@@ -6,11 +6,12 @@ Pure arithmetic on ``now`` values, so it is exact under a fake clock:
   a late send does not push later frames back (no drift). Frames may last 10, 20, 40 or 60 ms.
 * Grid: with ``grid`` > 0 a run starts on the next multiple of ``grid`` (seconds on the clock's
   scale), so the runs of many connections share a few instants and one thread can send their
-  frames in one wake-up (a 10 ms grid keeps every frame duration on it). Without a grid a run
-  starts at ``now``.
+  frames in one wake-up (a grid that divides 10 ms keeps every frame duration on it). Without a
+  grid a run starts at ``now``.
 * Start slots: runs of many streams paced by one thread may share a `StartSlots`; a new run then
-  starts at the least occupied of the grid points of the next cycle (the earliest on a tie), so
-  streams that start together spread over the cycle instead of all going out in one burst.
+  starts at the first grid point of the next cycle that has room (fewer than ``burst`` runs on
+  its phase), else at the least occupied one, so streams that start together spread over the
+  cycle instead of all going out in one burst.
 * Underrun (nothing to send when a frame was due): the run ends; the next frame starts a new run
   at its arrival, so the sender never bursts to make up for the producer's gap.
 * A new run never starts before the last frame of the previous one has played out: a frame
@@ -188,8 +189,8 @@ class Pacer:
 
     def start(self, now: float) -> float:
         """Begin a new run; its first frame is due at the first grid point at or after `now`
-        (or after the end of the previous run's last frame, if that is later), or with start
-        slots at the least occupied grid point of the cycle from there."""
+        (or after the end of the previous run's last frame, if that is later); with start slots,
+        at the point of the cycle from there that `StartSlots.choose` picks."""
         origin = self._grid_ceil(max(now, self._not_before))
         if self._slots is not None:
             self._vacate()
