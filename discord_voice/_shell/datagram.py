@@ -7,9 +7,10 @@ millisecond: every packet behind it goes out late. Where libc's ``send(2)`` can 
 through `ctypes.PyDLL` (which keeps the GIL), the sender keeps it for the few microseconds the
 kernel takes to queue a datagram; elsewhere `socket.send` is used, with the same results.
 
-Either way the call never blocks (``MSG_DONTWAIT``): a full socket send buffer is reported as
-`WOULD_BLOCK` for the caller to retry later, instead of stalling the one thread that paces
-every connection.
+Where ``MSG_DONTWAIT`` exists (POSIX systems) the call never blocks: a full socket send buffer
+is reported as `WOULD_BLOCK` for the caller to retry later, instead of stalling the one thread
+that paces every connection. Elsewhere (Windows) `socket.send` may wait for buffer space, at
+most the socket's timeout.
 """
 
 from __future__ import annotations
