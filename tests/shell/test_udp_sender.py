@@ -267,19 +267,15 @@ class Rig:
     def received(self) -> list[Packet]:
         return [packet for receiver in self.receivers for packet in receiver.drain()]
 
-    def step(self, t: float, *, one_wakeup: bool = True) -> list[Packet]:
-        """Move the clock to `t`, the sender's next deadline; return what was sent at `t`.
-
-        `one_wakeup`: also check that the sender woke once for `t` (not where another thread's
-        put may legitimately wake it meanwhile)."""
+    def step(self, t: float) -> list[Packet]:
+        """Move the clock to `t`, the sender's next deadline; return what was sent at `t`."""
         parked = self.clock.wait_for_deadline(t, LONG)
         assert round(parked[0], 9) == round(t, 9), f"parked until {parked}, expected {t}"
         assert self.received() == [], f"sent before {t}"
         parks = self.clock.parks
         assert round(self.clock.advance_to_next(LONG), 9) == round(t, 9)
         self.clock.wait_for_sleepers(1, LONG)
-        if one_wakeup:
-            assert self.clock.parks == parks + 1, "more than one wake-up for one instant"
+        assert self.clock.parks == parks + 1, "more than one wake-up for one instant"
         return self.received()
 
     def settle(self) -> None:
@@ -583,19 +579,28 @@ def test_taking_in_new_streams_stops_when_a_packet_falls_due() -> None:
 
 
 def test_a_producer_blocked_on_a_full_queue_never_delays_another_stream(rig: Rig) -> None:
+    """a's producer thread is blocked on a's full queue at every instant; b's frames still go
+    out at theirs. The clock only moves once a's queue is full again (the producer thread is
+    not on the fake clock: it must not fall behind the test's stepping)."""
     receiver_a, receiver_b = rig.receiver(), rig.receiver()
     a = rig.attach("a", rig.link(receiver_a, 1, key(1)), queue_size=1)
     b = rig.attach("b", rig.link(receiver_b, 2, key(2)), queue_size=2)
     produced = frames("a", 40)
     blocked = threading.Event()
     outcome: list[BaseException] = []
+    put = threading.Condition()
+    puts = 0
 
     def producer() -> None:
+        nonlocal puts
         try:
             for frame in produced:
                 if a.frames.full():
                     blocked.set()
                 a.frames.put(frame)
+                with put:
+                    puts += 1
+                    put.notify_all()
         except ConnectionClosed as exc:  # the test closes the queue at the end
             outcome.append(exc)
 
@@ -609,17 +614,18 @@ def test_a_producer_blocked_on_a_full_queue_never_delays_another_stream(rig: Rig
         got_b: list[bytes] = []
         got_a: list[bytes] = []
         for n in range(30):
-            # a's producer thread refills a's queue when it gets to run: if it has not by a's
-            # due time, a's run ends and its next put wakes the sender once more (a's own
-            # business; b's instants are what this test is about)
-            packets = rig.step(grid(1 + 2 * n), one_wakeup=False)
+            # n frames of a sent and one in hand: a's queue is full once n + 2 were put
+            full_at = n + 2
+            with put:
+                assert put.wait_for(lambda: puts >= full_at, LONG)  # noqa: B023 - waited on here
+            packets = rig.step(grid(1 + 2 * n))
             got_b += [p.payload for p in packets if p.ssrc == 2]
             got_a += [p.payload for p in packets if p.ssrc == 1]
             assert len(got_b) == n + 1  # b's frame went out at its instant
             if n + 2 < len(sent_b):
                 b.frames.put(sent_b[n + 2])
         assert got_b == sent_b
-        assert got_a == produced[: len(got_a)]  # a's frames, as far as they went, in order
+        assert got_a == produced[:30]  # a's frames too, in order, one per instant
     finally:
         a.frames.close(ConnectionClosed("test over"))
         thread.join(LONG)
