@@ -37,12 +37,18 @@ class FakeClock:
             return self._ns / 1e9
 
     def wait_until(self, deadline: float, signal: Signal) -> bool:
+        me = threading.get_ident()
+
         def wake() -> None:
+            # Like a deadline that passed: the woken thread no longer counts as parked, even
+            # before it runs again. Otherwise a test could see its old deadline just after the
+            # signal was set (by a registration that brings an earlier deadline) and advance to
+            # it, skipping the new one.
             with self._cond:
+                self._sleepers.pop(me, None)
                 self._cond.notify_all()
 
         registered = signal.add_listener(wake)
-        me = threading.get_ident()
         try:
             with self._cond:
                 while not signal.is_set() and self._ns < _to_ns(deadline):
