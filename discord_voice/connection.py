@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -130,7 +131,12 @@ class Connection:
         self._voice_states = voice_states
         self._close_timeout = close_timeout
         self._mute_deaf = (self_mute, self_deaf)
-        self._left: concurrent.futures.Future[None] | None = None  # the leave's confirmation
+        #: Resolved (once, by the thread that ended the connection) with the leave's
+        #: confirmation, or None when no leave was sent.
+        self._ended_with: concurrent.futures.Future[concurrent.futures.Future[None] | None] = (
+            concurrent.futures.Future()
+        )
+        self._leave_claim = threading.Lock()  # the first disconnect() waits for the leave
         #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
@@ -190,7 +196,11 @@ class Connection:
 
     def _ended(self, error: BaseException | None, leave: bool) -> None:
         """The supervisor's `on_ended`: tell the owner (once, on the thread that ended us)."""
-        self._left = self._owner.connection_ended(self, leave=leave)
+        left = None
+        try:
+            left = self._owner.connection_ended(self, leave=leave)
+        finally:
+            self._ended_with.set_result(left)
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -427,25 +437,31 @@ class Connection:
     def disconnect(self, timeout: float | None = None) -> None:
         """Leave the channel (op 4 with no channel), close the websocket and UDP, join threads.
 
-        Idempotent and safe from any thread (from the library's own threads it signals but does
-        not join them). Frames still queued are discarded and counted in
-        ``stats.frames_discarded``; call `stop_speaking` first to send them. Waits (within
-        `timeout`) for Discord to confirm the leave, so that an immediate rejoin cannot race it.
-        Raises `ShutdownTimeout` if a thread cannot be joined within `timeout` seconds.
+        Idempotent and safe from any thread (on one of the library's own threads it neither
+        joins that thread nor waits for the leave's confirmation). Frames still queued are
+        discarded and counted in ``stats.frames_discarded``; call `stop_speaking` first to send
+        them. The first call waits (within `timeout`) for Discord to confirm the leave, also
+        when the connection was ending on another thread at that moment, so that an immediate
+        rejoin cannot race it. Raises `ShutdownTimeout` if a thread cannot be joined within
+        `timeout` seconds.
         """
         timeout = self._close_timeout if timeout is None else timeout
         real = SystemClock()  # a shutdown bound: real time whatever the clock (see clock.py)
         deadline = real.monotonic() + timeout
         self._supervisor.close()  # the owner is told (and sends the leave) unless it ended
-        confirmed, self._left = self._left, None  # waited for once
         self._join(timeout)
-        if confirmed is not None:  # bounded: an immediate rejoin must not race our leave
-            try:
+        if threading.current_thread().name.startswith("dv-"):
+            return  # a library thread may be the one ending us, or the one the confirmation needs
+        if not self._leave_claim.acquire(blocking=False):
+            return  # waited for (or being waited for) by an earlier call
+        try:
+            confirmed = self._ended_with.result(max(0.0, deadline - real.monotonic()))
+            if confirmed is not None:
                 confirmed.result(max(0.0, deadline - real.monotonic()))
-            except concurrent.futures.TimeoutError:
-                log.info(
-                    "guild %s: Discord did not confirm the leave within %gs", self.guild_id, timeout
-                )
+        except concurrent.futures.TimeoutError:
+            log.info(
+                "guild %s: Discord did not confirm the leave within %gs", self.guild_id, timeout
+            )
 
     def _join(self, timeout: float) -> None:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""

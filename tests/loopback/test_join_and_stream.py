@@ -6,6 +6,7 @@ our bytes against an independent implementation of the server side.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ from dataclasses import replace
 import pytest
 
 from discord_voice import (
+    Connection,
     ConnectionClosed,
     DaveRequired,
     Disconnected,
@@ -194,6 +196,40 @@ def test_disconnect_without_confirmation_is_still_bounded(world: World) -> None:
     conn.disconnect(timeout=0.3)
     assert time.perf_counter() - started < 1.0
     assert confirmed_leaves(world.fake) == []
+
+
+def test_disconnect_waits_for_the_leave_of_an_end_already_under_way(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection fails on a library thread, which is still telling the Voice (and sending
+    # the leave) when the user disconnects: disconnect must wait for that leave's confirmation
+    # too, or an immediate rejoin races it.
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    entered, release = threading.Event(), threading.Event()
+    leaves: list[concurrent.futures.Future[None] | None] = []
+    tell_owner = world.voice.connection_ended
+
+    def slow(connection: Connection, *, leave: bool) -> concurrent.futures.Future[None] | None:
+        entered.set()
+        assert release.wait(LONG)
+        leaves.append(tell_owner(connection, leave=leave))
+        return leaves[-1]
+
+    monkeypatch.setattr(world.voice, "connection_ended", slow)
+    world.fake.close_voice(4004, "authentication failed")  # fatal: the connection ends
+    assert entered.wait(LONG)
+    confirmed_on_return: list[bool] = []
+
+    def disconnect() -> None:
+        conn.disconnect(timeout=LONG)
+        confirmed_on_return.append(leaves[0] is not None and leaves[0].done())
+
+    user = threading.Thread(target=disconnect, name="test-disconnect")
+    user.start()
+    release.set()
+    user.join(LONG)
+    assert confirmed_on_return == [True]
+    assert len(confirmed_leaves(world.fake)) == 1
 
 
 def test_rejoining_the_same_channel_returns_the_live_connection(world: World) -> None:
