@@ -32,6 +32,10 @@ __all__ = [
     "ShutdownTimeout",
     "OpusError",
     "OpusNotAvailable",
+    "AudioError",
+    "AlreadyPlaying",
+    "FFmpegNotFound",
+    "FFmpegFailed",
 ]
 
 
@@ -196,3 +200,25 @@ class OpusError(VoiceError):
 
 class OpusNotAvailable(OpusError, ImportError):
     """opuslib or the libopus shared library could not be loaded; the message says how to fix it."""
+
+
+class AudioError(VoiceError):
+    """An audio source or the player failed (reading, decoding, a subprocess)."""
+
+
+class AlreadyPlaying(AudioError):
+    """`Connection.play` was called while the connection's player is still playing."""
+
+
+class FFmpegNotFound(AudioError, FileNotFoundError):
+    """No ``ffmpeg`` binary was found; the message says how to get one."""
+
+
+class FFmpegFailed(AudioError):
+    """FFmpeg exited with an error; `stderr_tail` holds the last lines it printed."""
+
+    def __init__(self, message: str, *, returncode: int | None, stderr_tail: str) -> None:
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        detail = f"\n{stderr_tail}" if stderr_tail else ""
+        super().__init__(f"{message}{detail}")

@@ -58,6 +58,8 @@ _APPLICATIONS = {
     "lowdelay": "restricted_lowdelay",
     "restricted_lowdelay": "restricted_lowdelay",
 }
+_SIGNALS = ("auto", "voice", "music")
+_FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what Discord paces (the sender reads the TOC byte)
 _MAX_PACKET_BYTES = 4000  # the output buffer size libopus's documentation recommends
 _INSTALL_HINT = (
     "to fix it: `pip install opuslib`, and give it a libopus: "
@@ -239,9 +241,13 @@ def _describe(exc: Exception) -> str:
 
 
 class Encoder:
-    """Turns 20 ms s16le interleaved PCM frames into Opus packets.
+    """Turns s16le interleaved PCM frames (20 ms by default) into Opus packets.
 
     The defaults match what Discord expects: 48 kHz stereo, 960 samples per channel per frame.
+    `application` is libopus's tuning ("audio" for music, "voip" for speech, "lowdelay");
+    `signal` hints the content ("auto", "voice", "music"); `fec` turns on in-band forward error
+    correction, which libopus uses when `expected_packet_loss` (percent) is above 0;
+    `frame_ms` (10, 20, 40 or 60) trades latency for fewer packets.
     Thread safety: `encode` may be called from any thread; calls are serialised.
     """
 
@@ -252,6 +258,8 @@ class Encoder:
         application: str = "audio",
         fec: bool = False,
         expected_packet_loss: int = 0,
+        signal: str = "auto",
+        frame_ms: int = 20,
         channels: int = 2,
         sample_rate: int = 48000,
     ) -> None:
@@ -265,12 +273,18 @@ class Encoder:
             raise ValueError(f"bitrate must be 500..512000 bit/s, got {bitrate}")
         if not 0 <= expected_packet_loss <= 100:
             raise ValueError(f"expected_packet_loss must be 0..100 %, got {expected_packet_loss}")
+        if signal not in _SIGNALS:
+            raise ValueError(f"signal must be one of {_SIGNALS}, got {signal!r}")
+        if frame_ms not in _FRAME_DURATIONS_MS:
+            raise ValueError(f"frame_ms must be one of {_FRAME_DURATIONS_MS}, got {frame_ms!r}")
         self.sample_rate = sample_rate
         self.channels = channels
         self.application = application
-        #: Samples per channel in one 20 ms frame.
-        self.frame_samples = sample_rate // 50
-        #: Bytes of PCM `encode` takes: 20 ms of s16le samples for every channel.
+        #: Milliseconds of audio in one frame.
+        self.frame_ms = frame_ms
+        #: Samples per channel in one frame.
+        self.frame_samples = sample_rate * frame_ms // 1000
+        #: Bytes of PCM `encode` takes: one frame of s16le samples for every channel.
         self.frame_bytes = self.frame_samples * channels * 2
         self._lib = load_opuslib()
         self._lock = threading.Lock()
@@ -280,6 +294,7 @@ class Encoder:
             # opuslib's `inband_fec` setter drops its argument; call the ctl directly.
             self._set(self._lib.api.ctl.set_inband_fec, int(fec))
             self._set(self._lib.api.ctl.set_packet_loss_perc, expected_packet_loss)
+            self._set(self._lib.api.ctl.set_signal, self._signal_value(signal))
         except Exception as exc:
             raise OpusError(f"could not create the opus encoder: {_describe(exc)}") from exc
 
@@ -291,6 +306,17 @@ class Encoder:
             return int(self._lib.api.encoder.encoder_ctl(self._opus.encoder_state, request))
         except Exception as exc:
             raise OpusError(f"opus encoder ctl failed: {_describe(exc)}") from exc
+
+    def _signal_value(self, signal: str) -> int:
+        lib = self._lib
+        return {"auto": lib.AUTO, "voice": lib.SIGNAL_VOICE, "music": lib.SIGNAL_MUSIC}[signal]
+
+    @property
+    def signal(self) -> str:
+        """The signal type libopus reports: "auto", "voice" or "music"."""
+        value = self._get(self._lib.api.ctl.get_signal)
+        names = {self._signal_value(name): name for name in _SIGNALS}
+        return names.get(value, str(value))
 
     @property
     def bitrate(self) -> int:
@@ -313,12 +339,12 @@ class Encoder:
         return self._get(self._lib.api.ctl.get_lookahead)
 
     def encode(self, pcm: bytes | bytearray | memoryview) -> bytes:
-        """Encode one 20 ms frame of s16le interleaved PCM (`frame_bytes` long) to one packet."""
+        """Encode one frame of s16le interleaved PCM (`frame_bytes` long) to one packet."""
         data = bytes(pcm)
         if len(data) != self.frame_bytes:
             raise OpusError(
-                f"pcm frame must be {self.frame_bytes} bytes (20 ms of {self.channels}-channel "
-                f"s16le at {self.sample_rate} Hz), got {len(data)}"
+                f"pcm frame must be {self.frame_bytes} bytes ({self.frame_ms} ms of "
+                f"{self.channels}-channel s16le at {self.sample_rate} Hz), got {len(data)}"
             )
         with self._lock:
             try:
@@ -330,7 +356,10 @@ class Encoder:
         return bytes(packet)
 
     def __repr__(self) -> str:
-        return f"<Encoder {self.sample_rate} Hz {self.channels} ch application={self.application}>"
+        return (
+            f"<Encoder {self.sample_rate} Hz {self.channels} ch {self.frame_ms} ms "
+            f"application={self.application}>"
+        )
 
 
 def tone(

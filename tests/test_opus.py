@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from discord_voice import opus
+from discord_voice.core.frames import frame_samples
 from discord_voice.errors import OpusError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,6 +360,29 @@ def test_fec_workaround_sets_the_ctl() -> None:
     assert opus.Encoder().expected_packet_loss == 0
 
 
+@pytest.mark.parametrize("signal", ["auto", "voice", "music"])
+def test_signal_type_is_applied(signal: str) -> None:
+    lib = opus.load_opuslib()
+    encoder = opus.Encoder(signal=signal)
+    assert encoder.signal == signal
+    expected = {"auto": lib.AUTO, "voice": lib.SIGNAL_VOICE, "music": lib.SIGNAL_MUSIC}[signal]
+    state = encoder._opus.encoder_state
+    assert lib.api.encoder.encoder_ctl(state, lib.api.ctl.get_signal) == expected
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 40, 60])
+def test_frame_duration_sets_the_pcm_size_and_the_packets_toc(frame_ms: int) -> None:
+    encoder = opus.Encoder(frame_ms=frame_ms)
+    assert encoder.frame_samples == 48 * frame_ms
+    assert encoder.frame_bytes == 48 * frame_ms * 4
+    pcm = b"".join(opus.tone(seconds=0.12))[: encoder.frame_bytes]
+    packet = encoder.encode(pcm)
+    assert frame_samples(packet) == 48 * frame_ms  # what the sender paces it by
+    decoder = av.CodecContext.create("opus", "r")  # FFmpeg's own decoder agrees
+    decoded = decoder.decode(av.Packet(packet))
+    assert sum(frame.samples for frame in decoded) == 48 * frame_ms
+
+
 def test_lookahead_is_the_usual_pre_skip() -> None:
     assert opus.Encoder().lookahead == 312  # 2.5 ms + 4 ms at 48 kHz, application "audio"
 
@@ -384,6 +408,9 @@ def test_mono_and_bytes_like_input() -> None:
         {"application": "music"},
         {"bitrate": 100},
         {"expected_packet_loss": 101},
+        {"signal": "speech"},
+        {"frame_ms": 30},
+        {"frame_ms": 120},
     ],
 )
 def test_encoder_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
