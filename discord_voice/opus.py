@@ -309,7 +309,8 @@ class Encoder:
 
     def _signal_value(self, signal: str) -> int:
         lib = self._lib
-        return {"auto": lib.AUTO, "voice": lib.SIGNAL_VOICE, "music": lib.SIGNAL_MUSIC}[signal]
+        values = {"auto": lib.AUTO, "voice": lib.SIGNAL_VOICE, "music": lib.SIGNAL_MUSIC}
+        return int(values[signal])
 
     @property
     def signal(self) -> str:
