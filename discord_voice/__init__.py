@@ -7,11 +7,27 @@ conn = voice.join_channel(guild_id, channel_id)
 conn.speaking(discord_voice.SpeakingFlag.MICROPHONE)
 conn.opus_send.put(opus_frame)        # one 20 ms Opus packet (bytes)
 conn.stop_speaking()
+conn.play(discord_voice.open_source("song.mp3")).wait()   # any file FFmpeg reads
 conn.disconnect()
 gw.close()
 """
 
 from discord_voice._version import __version__
+from discord_voice.audio import (
+    FFmpegOpusSource,
+    FFmpegSource,
+    OggOpusSource,
+    OpusSource,
+    PCMSource,
+    Player,
+    PlayerState,
+    Probe,
+    ProbeKind,
+    Source,
+    WaveSource,
+    open_source,
+    probe,
+)
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.connection import (
     Connection,
@@ -30,10 +46,14 @@ from discord_voice.core.reconnect import (
     RetryBudget,
 )
 from discord_voice.errors import (
+    AlreadyPlaying,
+    AudioError,
     ConnectionClosed,
     DaveRequired,
     Disconnected,
     EncryptionError,
+    FFmpegFailed,
+    FFmpegNotFound,
     GatewayClosed,
     GatewayTimeout,
     HeartbeatTimeout,
@@ -64,6 +84,23 @@ __all__ = [
     "ReconnectPlan",
     "RetryBudget",
     "default_voice_plan",
+    "AlreadyPlaying",
+    "AudioError",
+    "FFmpegFailed",
+    "FFmpegNotFound",
+    "FFmpegOpusSource",
+    "FFmpegSource",
+    "OggOpusSource",
+    "OpusSource",
+    "PCMSource",
+    "Player",
+    "PlayerState",
+    "Probe",
+    "ProbeKind",
+    "Source",
+    "WaveSource",
+    "open_source",
+    "probe",
     "MAX_OPUS_PACKET_SIZE",
     "OPUS_SILENCE_FRAME",
     "Clock",

@@ -43,6 +43,8 @@ from discord_voice._shell.voice_supervisor import (
     StateListener,
     VoiceSupervisor,
 )
+from discord_voice.audio.player import Player
+from discord_voice.audio.source import Source
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.ids import snowflake
 from discord_voice.core.lifecycle import ConnectionState, Lifecycle, default_voice_plan
@@ -50,7 +52,7 @@ from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.core.pacing import PacingStats
 from discord_voice.core.reconnect import Action, ReconnectPlan
 from discord_voice.core.voice_gateway import VoiceServerInfo
-from discord_voice.errors import JoinTimeout
+from discord_voice.errors import AlreadyPlaying, JoinTimeout
 
 __all__ = [
     "RECONNECT_ATTEMPT_TIMEOUT",
@@ -137,6 +139,8 @@ class Connection:
             concurrent.futures.Future()
         )
         self._leave_claim = threading.Lock()  # the first disconnect() waits for the leave
+        self._player_lock = threading.Lock()
+        self._player: Player | None = None  # the latest one started by `play`
         #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
@@ -196,6 +200,10 @@ class Connection:
 
     def _ended(self, error: BaseException | None, leave: bool) -> None:
         """The supervisor's `on_ended`: tell the owner (once, on the thread that ended us)."""
+        with self._player_lock:
+            player = self._player
+        if player is not None:  # never blocks: asks the player thread to stop
+            player.connection_ended(None if error is None else as_connection_closed(error))
         left = None
         try:
             left = self._owner.connection_ended(self, leave=leave)
@@ -399,6 +407,45 @@ class Connection:
         if self.state is ConnectionState.READY:
             self._sessions.link.session.send_speaking(SpeakingFlag.NONE)
 
+    # -- playing ----------------------------------------------------------------------------
+
+    def play(
+        self,
+        source: Source,
+        *,
+        after: Callable[[BaseException | None], None] | None = None,
+        volume: float = 1.0,
+    ) -> Player:
+        """Play `source` (see `discord_voice.audio`) on a ``dv-player`` thread; returns its
+        `Player` at once (``player.wait()`` blocks until the end).
+
+        At the end, or after ``player.stop()``, the player sends silence and Speaking 0 as
+        `stop_speaking` does, closes the source and calls ``after(error_or_None)`` once, on its
+        thread. Nothing else should be put on `opus_send` meanwhile.
+
+        Raises:
+            AlreadyPlaying: the previous player has not ended (stop it, or wait for it).
+            ConnectionClosed: the connection has ended.
+        """
+        self._raise_if_failed()
+        with self._player_lock:
+            if self._player is not None and not self._player.is_done():
+                raise AlreadyPlaying(
+                    f"guild {self.guild_id} is already playing {self._player.source!r}: "
+                    "stop() it or wait() for it first"
+                )
+            player = self._player = Player(self, source, after=after, volume=volume)
+        player.start()
+        if self.state is ConnectionState.CLOSED:  # ended meanwhile, before it could be told
+            player.connection_ended(as_connection_closed(self.error))
+        return player
+
+    @property
+    def player(self) -> Player | None:
+        """The player started last by `play` (it may have ended)."""
+        with self._player_lock:
+            return self._player
+
     # -- moving and ending ------------------------------------------------------------------
 
     def move_to(self, channel_id: int | str, timeout: float = 10.0) -> None:
@@ -465,7 +512,12 @@ class Connection:
 
     def _join(self, timeout: float) -> None:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
-        self._sessions.join(self._supervisor.threads(), timeout)
+        with self._player_lock:
+            player = self._player
+        threads: list[threading.Thread] = [*self._supervisor.threads()]
+        if player is not None:
+            threads.append(player.thread)
+        self._sessions.join(threads, timeout)
 
     close = disconnect
 

@@ -24,6 +24,7 @@ __all__ = [
     "ogg_crc32",
     "parse_opus_head",
     "read_opus_head",
+    "stream_duration",
 ]
 
 #: Audio packets larger than this are rejected (a real Opus packet is at most ~61 KB).
@@ -266,3 +267,31 @@ def read_opus_head(source: Source) -> OpusHead:
         packets.close()
         if owned is not None:
             owned.close()
+
+
+_TAIL_BYTES = 1 << 16  # the last page of an Opus stream is well within this
+
+
+def stream_duration(path: str | os.PathLike[str]) -> float | None:
+    """Seconds of audio in an Ogg Opus file, from its last page's granule position minus the
+    pre-skip (RFC 7845 §4); None if the file does not say (no complete last page found).
+
+    Reads the first page and the last 64 KiB only, so it is cheap on a long file; the packets
+    are not checked here (`iter_opus_packets` does that while playing).
+    """
+    with open(path, "rb") as file:
+        head = read_opus_head(file)
+        file.seek(0)
+        first = file.read(_HEADER.size)
+        serial = _HEADER.unpack(first)[4]
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - _TAIL_BYTES))
+        tail = file.read()
+    position = len(tail)
+    while (position := tail.rfind(_CAPTURE, 0, position)) >= 0:
+        header = tail[position : position + _HEADER.size]
+        if len(header) == _HEADER.size:
+            _, version, _, granule, page_serial, _, _, _ = _HEADER.unpack(header)
+            if version == 0 and page_serial == serial and granule >= 0:
+                return max(0, int(granule) - head.pre_skip) / 48000
+    return None

@@ -78,6 +78,22 @@ class OpusQueue(queue.Queue[Any]):
             self.unfinished_tasks = 0
             self.all_tasks_done.notify_all()
 
+    def withdraw(self) -> list[bytes]:
+        """Take back the frames at the end of the queue that the sender has not taken yet, in
+        order (a player pausing or stopping now rather than after them). Markers and what lies
+        before them stay; withdrawn frames no longer count for `join`."""
+        with self.mutex:
+            queue = self.queue
+            taken: list[bytes] = []
+            while queue and type(queue[-1]) is bytes:
+                taken.append(queue.pop())
+            if taken:
+                self._done_locked(len(taken))
+                if self._producers_waiting:
+                    self.not_full.notify_all()
+        taken.reverse()
+        return taken
+
     def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         """Queue one Opus frame; blocks while the queue is full (backpressure).
 

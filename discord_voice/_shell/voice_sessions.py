@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.opus_queue import OpusQueue
-from discord_voice._shell.threads import ServiceThread, join_all, joined_within
+from discord_voice._shell.threads import join_all, joined_within
 from discord_voice._shell.udp_sender import OutboundStream, Transport, UdpSender
 from discord_voice._shell.voice_link import VoiceLink
 from discord_voice._shell.voice_updates import ServerUpdate, StateUpdate, VoiceUpdates
@@ -331,7 +331,7 @@ class VoiceSessions:
 
     # -- shutdown ------------------------------------------------------------------------------
 
-    def join(self, threads: list[ServiceThread], timeout: float) -> None:
+    def join(self, threads: Sequence[threading.Thread], timeout: float) -> None:
         """Join `threads` and every link's (the reader gets half the time to see the server's
         close frame, then the sockets are aborted); take the stream back; close the sockets."""
         with self._lock:

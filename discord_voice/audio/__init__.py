@@ -1,0 +1,26 @@
+"""Playing audio: sources (files, URLs, PCM, Ogg Opus) and the `Player` that feeds
+``opus_send``. Nothing in the core depends on it."""
+
+from discord_voice.audio.ffmpeg import FFmpegOpusSource, FFmpegSource, find_ffmpeg
+from discord_voice.audio.ogg_source import OggOpusSource
+from discord_voice.audio.player import Player, PlayerState
+from discord_voice.audio.probe import Probe, ProbeKind, open_source, probe
+from discord_voice.audio.source import OpusSource, PCMSource, Source
+from discord_voice.audio.wave_source import WaveSource
+
+__all__ = [
+    "FFmpegOpusSource",
+    "FFmpegSource",
+    "OggOpusSource",
+    "OpusSource",
+    "PCMSource",
+    "Player",
+    "PlayerState",
+    "Probe",
+    "ProbeKind",
+    "Source",
+    "WaveSource",
+    "find_ffmpeg",
+    "open_source",
+    "probe",
+]
