@@ -495,6 +495,10 @@ class Connection:
         timeout = self._close_timeout if timeout is None else timeout
         real = SystemClock()  # a shutdown bound: real time whatever the clock (see clock.py)
         deadline = real.monotonic() + timeout
+        with self._player_lock:
+            player = self._player
+        if player is not None:
+            player.stop()  # first: a stop on purpose, not a failure, whatever the player sees
         self._supervisor.close()  # the owner is told (and sends the leave) unless it ended
         self._join(timeout)
         if threading.current_thread().name.startswith("dv-"):

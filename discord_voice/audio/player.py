@@ -11,8 +11,8 @@ States (written by the player thread only; the owner's calls are requests):
 - PAUSED: the frames still queued are taken back (`OpusQueue.withdraw`, kept for the resume:
   the timeline is intact), silence and Speaking 0 are sent as ``stop_speaking`` does, and the
   source is not read until `resume`. The next frame announces Speaking again.
-- ENDING: after the source's end the queued frames are sent, then silence and Speaking 0; after
-  `stop` the queued frames are taken back first, so the player stops at once. The source is
+- ENDING: after the source's end (or its failure) the queued frames are sent, then silence and
+  Speaking 0; after `stop` the queued frames are taken back first, so the player stops at once. The source is
   closed (an FFmpeg process is reaped) whatever happened.
 - DONE: `after(error)` has been called once, on the player thread; `wait` returns (or raises
   the error). A `stop` requested by the owner or by `Connection.disconnect` is not an error.
@@ -342,7 +342,7 @@ class Player:
         try:
             if stopped:
                 self._take_back()
-            if error is None and self._speaking and not self._target.opus_send.closed:
+            if self._speaking and not self._target.opus_send.closed:  # also after a bad source
                 self._speaking = False
                 self._target.stop_speaking(STOP_SPEAKING_TIMEOUT)
         except BaseException as exc:  # noqa: BLE001 - becomes the player's error
