@@ -273,8 +273,9 @@ _TAIL_BYTES = 1 << 16  # the last page of an Opus stream is well within this
 
 
 def stream_duration(path: str | os.PathLike[str]) -> float | None:
-    """Seconds of audio in an Ogg Opus file, from its last page's granule position minus the
-    pre-skip (RFC 7845 §4); None if the file does not say (no complete last page found).
+    """Seconds of audio in an Ogg Opus file, from its last complete page's granule position
+    minus the pre-skip (RFC 7845 §4); None if no complete page of the stream is found at the
+    end (a truncated file gives the duration of what is left, or None).
 
     Reads the first page and the last 64 KiB only, so it is cheap on a long file; the packets
     are not checked here (`iter_opus_packets` does that while playing).
@@ -290,8 +291,16 @@ def stream_duration(path: str | os.PathLike[str]) -> float | None:
     position = len(tail)
     while (position := tail.rfind(_CAPTURE, 0, position)) >= 0:
         header = tail[position : position + _HEADER.size]
-        if len(header) == _HEADER.size:
-            _, version, _, granule, page_serial, _, _, _ = _HEADER.unpack(header)
-            if version == 0 and page_serial == serial and granule >= 0:
-                return max(0, int(granule) - head.pre_skip) / 48000
+        if len(header) < _HEADER.size:
+            continue
+        _, version, _, granule, page_serial, _, crc, count = _HEADER.unpack(header)
+        lacing = tail[position + _HEADER.size : position + _HEADER.size + count]
+        end = position + _HEADER.size + count + sum(lacing)
+        if len(lacing) < count or end > len(tail):
+            continue  # cut short: not a complete page
+        page = tail[position:end]
+        if ogg_crc32(page[:22] + b"\0\0\0\0" + page[26:]) != crc:
+            continue  # not a page (the capture pattern inside some packet), or damaged
+        if version == 0 and page_serial == serial and granule >= 0:
+            return max(0, int(granule) - head.pre_skip) / 48000
     return None

@@ -25,7 +25,7 @@ from typing import IO
 
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice.audio.source import OpusSource, PCMSource
-from discord_voice.errors import FFmpegFailed, FFmpegNotFound
+from discord_voice.errors import FFmpegFailed, FFmpegNotFound, InvalidPacket
 from discord_voice.ogg import iter_opus_packets
 from discord_voice.opus import Encoder
 
@@ -125,6 +125,12 @@ class FFmpegProcess:
         with self._lock:
             return "\n".join(self._lines)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether `interrupt` or `close` was called (a torn output is then expected)."""
+        with self._lock:
+            return self._interrupted
+
     def interrupt(self) -> None:
         """Ask ffmpeg to stop (SIGTERM): the reader sees the end of the pipe soon."""
         with self._lock:
@@ -167,12 +173,15 @@ class FFmpegProcess:
         process = self._process
         if process.poll() is None:
             process.terminate()
+        # ffmpeg blocked writing to a full pipe restarts the write after SIGTERM: closing our
+        # end makes that write fail, and it exits at once
+        self.stdout.close()
+        if process.poll() is None:
             try:
                 process.wait(EXIT_WAIT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(EXIT_WAIT)
-        self.stdout.close()
         self._drain.join(EXIT_WAIT)
         self._stderr.close()
 
@@ -275,8 +284,10 @@ class FFmpegOpusSource(OpusSource):
     def read(self) -> bytes | None:
         try:
             packet = next(self._packets, None)
-        except Exception:
+        except InvalidPacket:
             self._end()  # a failure of ffmpeg's explains a torn stream better
+            if self._ffmpeg.interrupted:
+                return None  # stopped before (or while) ffmpeg wrote a page: just the end
             raise
         if packet is None:
             self._end()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
-from typing import IO, ClassVar, Protocol
+from typing import IO, ClassVar, Protocol, Self
 
 from discord_voice.opus import Encoder
 
@@ -57,7 +57,7 @@ class Source(abc.ABC):
         """Release what the source holds (files, subprocesses); idempotent."""
         return None
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -109,7 +109,10 @@ class PCMSource(Source):
         return self._duration
 
     def read(self, size: int) -> bytes:
-        """Up to `size` bytes of PCM (exactly `size` until the end); b"" at the end."""
+        """Up to `size` bytes of PCM (exactly `size` until the end); b"" at the end. `size`
+        is a whole number of stereo samples (a multiple of 4)."""
+        if size <= 0 or size % 4:
+            raise ValueError(f"read size must be a positive multiple of 4 bytes, got {size}")
         chunks: list[bytes] = []
         wanted = size
         while wanted > 0:
@@ -119,7 +122,7 @@ class PCMSource(Source):
             chunks.append(chunk)
             wanted -= len(chunk)
         data = b"".join(chunks)
-        if len(data) % 4:  # a torn sample at the very end: never half a stereo sample
+        if wanted > 0 and len(data) % 4:  # the end tears a sample: never half a stereo sample
             data = data[: len(data) - len(data) % 4]
         return data
 

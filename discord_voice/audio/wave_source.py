@@ -19,7 +19,7 @@ class _Frames:
         self._reader = reader
 
     def read(self, size: int = -1, /) -> bytes:
-        count = self._reader.getnframes() if size < 0 else max(1, size // 4)
+        count = self._reader.getnframes() if size < 0 else size // 4  # PCMSource: size % 4 == 0
         return self._reader.readframes(count)
 
     def close(self) -> None:

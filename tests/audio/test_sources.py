@@ -14,6 +14,7 @@ import io
 import math
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from discord_voice.audio import (
 from discord_voice.audio import ffmpeg as ffmpeg_module
 from discord_voice.audio.source import PCM_BYTES_PER_SECOND
 from discord_voice.errors import FFmpegFailed, FFmpegNotFound, InvalidPacket
+from discord_voice.ogg import stream_duration
 from discord_voice.opus import encode_frames, tone
 from tests import make_assets
 from tests.test_opus import peak_frequency
@@ -396,6 +398,8 @@ def test_ffmpeg_source_close_midway_reaps_the_process(tmp_path: Path) -> None:
         source.close()
     source.close()  # idempotent
     assert_ffmpeg_gone(pid, path)
+    # it exited on its own (the broken pipe, SIGTERM), not from the SIGKILL after EXIT_WAIT
+    assert source._ffmpeg._process.returncode != -signal.SIGKILL
 
 
 def test_ffmpeg_source_on_a_missing_file_fails_with_ffmpegs_words(tmp_path: Path) -> None:
@@ -636,3 +640,32 @@ def test_ffmpeg_opus_source_interrupt_unblocks_a_reader(
     assert errors == []  # ffmpeg, set up and sending, ends the Ogg stream cleanly on SIGTERM
     assert count < 10 * 50  # far less than the 1500 packets of the file
     assert_ffmpeg_gone(pid, path)
+
+
+def test_ffmpeg_opus_source_interrupted_before_its_first_page_just_ends(
+    tmp_path: Path, packets: list[bytes]
+) -> None:
+    path = tmp_path / "thirty-seconds.opus"
+    make_assets.write_ogg_opus(path, [packets * 30])
+    source = FFmpegOpusSource(path, before_options="-re")  # the first page takes ~1 s
+    pid = source.pid
+    with source:
+        source.interrupt()
+        assert source.read() is None  # a stop, not a torn file
+    assert_ffmpeg_gone(pid, path)
+
+
+@pytest.mark.parametrize("size", [0, -4, 6, 3841])
+def test_pcm_source_reads_whole_stereo_samples_only(size: int) -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        PCMSource(io.BytesIO(bytes(64))).read(size)
+
+
+def test_a_truncated_ogg_opus_file_reports_what_is_left(ogg_file: Path, tmp_path: Path) -> None:
+    data = ogg_file.read_bytes()
+    half = tmp_path / "half.opus"
+    half.write_bytes(data[: len(data) // 2])
+    duration = stream_duration(half)
+    full = stream_duration(ogg_file)
+    assert duration is not None and full is not None
+    assert duration < 0.75 * full  # the last complete page left, not the torn one's header
