@@ -5,13 +5,14 @@ from discord_voice.audio.ffmpeg import FFmpegOpusSource, FFmpegSource, find_ffmp
 from discord_voice.audio.ogg_source import OggOpusSource
 from discord_voice.audio.player import Player, PlayerState
 from discord_voice.audio.probe import Probe, ProbeKind, open_source, probe
-from discord_voice.audio.source import OpusSource, PCMSource, Source
+from discord_voice.audio.source import OpusPacketSource, OpusSource, PCMSource, Source
 from discord_voice.audio.wave_source import WaveSource
 
 __all__ = [
     "FFmpegOpusSource",
     "FFmpegSource",
     "OggOpusSource",
+    "OpusPacketSource",
     "OpusSource",
     "PCMSource",
     "Player",

@@ -12,8 +12,8 @@ States (written by the player thread only; the owner's calls are requests):
   the timeline is intact), silence and Speaking 0 are sent as ``stop_speaking`` does, and the
   source is not read until `resume`. The next frame announces Speaking again.
 - ENDING: after the source's end (or its failure) the queued frames are sent, then silence and
-  Speaking 0; after `stop` the queued frames are taken back first, so the player stops at once. The source is
-  closed (an FFmpeg process is reaped) whatever happened.
+  Speaking 0; after `stop` the queued frames are taken back first, so the player stops at once.
+  The source is closed (an FFmpeg process is reaped) whatever happened.
 - DONE: `after(error)` has been called once, on the player thread; `wait` returns (or raises
   the error). A `stop` requested by the owner or by `Connection.disconnect` is not an error.
 

@@ -10,6 +10,7 @@ with `opus.Encoder`. Both are read by one thread (the player's), except `interru
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from types import TracebackType
 from typing import IO, ClassVar, Protocol, Self
 
@@ -20,6 +21,7 @@ __all__ = [
     "PCM_CHANNELS",
     "PCM_SAMPLE_RATE",
     "BinaryInput",
+    "OpusPacketSource",
     "OpusSource",
     "PCMSource",
     "Source",
@@ -77,6 +79,33 @@ class OpusSource(Source):
     @abc.abstractmethod
     def read(self) -> bytes | None:
         """The next Opus packet, or None at the end."""
+
+
+class OpusPacketSource(OpusSource):
+    """Opus packets from any iterable (a list, a generator of your own encoder's output).
+
+    `duration` is given by the caller when known. Closing the source closes a generator.
+    """
+
+    def __init__(self, packets: Iterable[bytes], *, duration: float | None = None) -> None:
+        self._packets = iter(packets)
+        self._iterable = packets
+        self._duration = duration
+
+    @property
+    def duration(self) -> float | None:
+        return self._duration
+
+    def read(self) -> bytes | None:
+        return next(self._packets, None)
+
+    def close(self) -> None:
+        close = getattr(self._iterable, "close", None)
+        if callable(close):
+            close()
+
+    def __repr__(self) -> str:
+        return "<OpusPacketSource>"
 
 
 class PCMSource(Source):
