@@ -56,6 +56,7 @@ from discord_voice.core.pacing import TOLERANCE, Pacer, PacingStats, StartSlots
 from discord_voice.core.packetizer import Packetizer
 from discord_voice.core.send_state import Phase, SendState
 from discord_voice.errors import ConnectionClosed
+from discord_voice.trace import RTP_PACKETS_TRACED, trace_enabled, trace_rtp
 
 __all__ = [
     "BURST",
@@ -183,6 +184,8 @@ class OutboundStream:
         "_state",
         "_taken",
         "_token",
+        "_traced",
+        "_traced_on",
         "_transports",
         "_unacked",
         "idle",
@@ -223,6 +226,8 @@ class OutboundStream:
         self._bytes_sent = 0
         self._discarded = 0
         self._transports = 1
+        self._traced = 0  # packets of `_traced_on` whose RTP header was traced
+        self._traced_on: Transport | None = None
         self._send_retries = 0
         #: True while the stream waits for a frame: the producer's ``put`` wakes the sender.
         self.idle = False
@@ -568,6 +573,12 @@ class UdpSender:
                 self._fail(stream, ConnectionClosed(f"udp send failed: {reason}"))
             return  # else an old session's socket closed under us: sent anew on the new one
         state.sent(now)
+        if transport is not stream._traced_on:  # a new voice session: trace its first packets
+            stream._traced_on, stream._traced = transport, 0
+        if stream._traced < RTP_PACKETS_TRACED:
+            stream._traced += 1
+            if trace_enabled():
+                trace_rtp(stream.name, stream._traced, in_hand.data)
         if stream._retry_at is not None:
             stream._retry_at = None
         stream._in_hand = None

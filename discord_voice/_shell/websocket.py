@@ -75,6 +75,11 @@ class WebSocketChannel:
         self._close_lock = threading.Lock()
         self._close_sent = False
 
+    @property
+    def what(self) -> str:
+        """What this websocket is, for messages ("voice websocket", ...)."""
+        return self._what
+
     @classmethod
     def connect(
         cls,

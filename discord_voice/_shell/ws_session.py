@@ -43,6 +43,7 @@ from discord_voice._shell.threads import ServiceThread
 from discord_voice._shell.websocket import Binary, Close, Text, Timeout, WebSocketChannel
 from discord_voice.clock import Signal
 from discord_voice.core.opcodes import ClientCloseCode
+from discord_voice.trace import trace_enabled, trace_message
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "IO_TIMEOUT", "Message", "WebSocketSession"]
 
@@ -148,6 +149,8 @@ class WebSocketSession:
                         if not self._closing:  # the peer's answer to our close is no news
                             end = frame
                         break
+                    if trace_enabled():
+                        trace_message(channel.what, "received", frame.data)
                     on_message(frame)
             except Exception as exc:  # noqa: BLE001 - the protocol's verdict: reported as the end
                 end = exc
@@ -165,10 +168,14 @@ class WebSocketSession:
 
     def send_text(self, text: str) -> None:
         """Send one text message. Raises `ConnectionClosed` if it cannot be sent."""
+        if trace_enabled():
+            trace_message(self._channel.what, "sent", text)
         self._channel.send_text(text)
 
     def send_binary(self, data: bytes) -> None:
         """Send one binary message. Raises `ConnectionClosed` if it cannot be sent."""
+        if trace_enabled():
+            trace_message(self._channel.what, "sent", data)
         self._channel.send_binary(data)
 
     # -- heartbeat hook ---------------------------------------------------------------------
