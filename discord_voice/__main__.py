@@ -1,7 +1,7 @@
-"""``python -m discord_voice demo``: see discord_voice.demo."""
+"""``python -m discord_voice``: the command line (see discord_voice.cli)."""
 
 import sys
 
-from discord_voice.demo import main
+from discord_voice.cli import main
 
 sys.exit(main())

@@ -242,6 +242,16 @@ class Connection:
         return self._sessions.link.mode
 
     @property
+    def udp_server(self) -> tuple[str, int] | None:
+        """The voice server's UDP address (host, port) in the current session."""
+        return self._sessions.link.udp_server
+
+    @property
+    def external_address(self) -> tuple[str, int] | None:
+        """Our address and port as the voice server saw them (IP discovery)."""
+        return self._sessions.link.external_address
+
+    @property
     def ssrc(self) -> int | None:
         """Our SSRC in the current session (a reconnect gets a new one)."""
         return self._sessions.link.ssrc

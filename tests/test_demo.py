@@ -6,8 +6,9 @@ import io
 
 import pytest
 
+from discord_voice.cli import main
 from discord_voice.core.opcodes import MODE_XCHACHA20
-from discord_voice.demo import main, run_demo
+from discord_voice.demo import run_demo
 
 
 def test_demo_report_is_truthful() -> None:

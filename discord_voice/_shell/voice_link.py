@@ -68,6 +68,9 @@ class VoiceLink:
         self.udp: socket.socket | None = None
         self.mode: str | None = None
         self.ssrc: int | None = None
+        #: The voice server's UDP address, and ours as it saw it (IP discovery).
+        self.udp_server: tuple[str, int] | None = None
+        self.external_address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -95,6 +98,7 @@ class VoiceLink:
         address, port = discover_ip(
             self.udp, ready.ssrc, clock=self._clock, deadline=deadline, timeout=timeout
         )
+        self.udp_server, self.external_address = (ready.ip, ready.port), (address, port)
         description = session.select_protocol(
             address, port, mode, deadline=deadline, timeout=timeout
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
 from discord_voice.gateway import Gateway
@@ -54,13 +55,17 @@ class OfflineSession:
 
 @contextlib.contextmanager
 def discord_or_fake(
-    token: str | None, *, gateway_url: str | None = None, timeout: float = 30.0
+    token: str | None,
+    *,
+    gateway_url: str | None = None,
+    timeout: float = 30.0,
+    **fake_options: Any,
 ) -> Iterator[OfflineSession]:
     """Connect a `Gateway` with `token` (to `gateway_url` if given), or, without a token, to a
-    `FakeDiscord` started here; close both on exit."""
+    `FakeDiscord(**fake_options)` started here; close both on exit."""
     fake: FakeDiscord | None = None
     if not token:
-        fake = FakeDiscord().start()
+        fake = FakeDiscord(**fake_options).start()
         token, gateway_url = fake.token, fake.gateway_url
     try:
         gateway = Gateway(token, url=gateway_url)
