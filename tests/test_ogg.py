@@ -370,3 +370,22 @@ def test_fuzz_header_mutations_with_valid_crc(small_file: bytes, data: st.DataOb
 def test_fuzz_random_bytes_after_a_capture_pattern(tail: bytes) -> None:
     read_or_reject(b"OggS" + tail)
     read_or_reject(tail)
+
+
+def test_a_file_made_by_the_ffmpeg_program_reads_as_its_demuxer_reads_it(tmp_path: Path) -> None:
+    # another encoder and muxer than the other tests' (the ffmpeg command line, libopus inside
+    # it, 60 ms frames and VBR): our packets are the ones FFmpeg's own Ogg demuxer returns
+    import subprocess
+
+    from discord_voice.audio.ffmpeg import find_ffmpeg
+
+    made = tmp_path / "made-by-ffmpeg.opus"
+    command = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"]
+    command += ["sine=frequency=330:duration=1.5", "-c:a", "libopus", "-frame_duration", "60"]
+    subprocess.run([*command, "-b:a", "48k", str(made)], check=True, timeout=60)
+    with av.open(str(made)) as container:
+        expected = [bytes(p) for p in container.demux(audio=0) if p.size]
+    ours = list(iter_opus_packets(made))
+    assert ours == expected
+    assert len(ours) in (25, 26)  # 1.5 s of 60 ms packets (+ one for the encoder delay)
+    assert ogg.stream_duration(made) == pytest.approx(1.5, abs=0.001)
