@@ -141,6 +141,8 @@ class Connection:
         self._leave_claim = threading.Lock()  # the first disconnect() waits for the leave
         self._player_lock = threading.Lock()
         self._player: Player | None = None  # the latest one started by `play`
+        # earlier players' threads, maybe still in their `after` (which may call `play`)
+        self._player_threads: list[threading.Thread] = []
         #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
@@ -444,6 +446,9 @@ class Connection:
                     f"guild {self.guild_id} is already playing {self._player.source!r}: "
                     "stop() it or wait() for it first"
                 )
+            if self._player is not None:
+                alive = [t for t in self._player_threads if t.is_alive()]
+                self._player_threads = [*alive, self._player.thread]
             player = self._player = Player(self, source, after=after, volume=volume)
         player.start()
         if self.state is ConnectionState.CLOSED:  # ended meanwhile, before it could be told
@@ -528,7 +533,7 @@ class Connection:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
         with self._player_lock:
             player = self._player
-        threads: list[threading.Thread] = [*self._supervisor.threads()]
+            threads: list[threading.Thread] = [*self._supervisor.threads(), *self._player_threads]
         if player is not None:
             threads.append(player.thread)
         self._sessions.join(threads, timeout)

@@ -292,3 +292,26 @@ def test_volume_scales_pcm_before_encoding(world: World) -> None:
         levels.append(float(np.sqrt(np.mean(samples**2))))
     assert levels[1] / levels[0] == pytest.approx(0.5, abs=0.05)
     conn.disconnect()
+
+
+def test_after_may_start_the_next_track(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    first, second = tagged(3), [opus_frame(b"next %d" % n) for n in range(3)]
+    errors: list[BaseException | None] = []
+    done = threading.Event()
+
+    def after(error: BaseException | None) -> None:  # on the ending player's thread
+        errors.append(error)
+        if len(errors) == 1:
+            conn.play(Frames(second), after=after)
+        else:
+            done.set()
+
+    conn.play(Frames(first), after=after)
+    assert done.wait(LONG)
+    assert errors == [None, None]
+    silence = [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
+    total = 2 * (3 + SILENCE_FRAMES_ON_STOP)
+    received = audio(world.fake.wait_for_frames(total, LONG, ssrc=conn.ssrc))
+    assert received == first + silence + second + silence
+    conn.disconnect()  # joins both players' threads (the suite's fixture checks)
