@@ -69,7 +69,7 @@ class QueueBot:
 
     def _run(self) -> None:
         try:
-            while (path := self._tracks.get()) is not None:
+            while (path := self._tracks.get()) is not None and not self._stopping:
                 self._play(path)
         except dv.ConnectionClosed as exc:  # no track can play any more
             print(f"the connection ended: {exc}")
