@@ -195,12 +195,8 @@ def run_play(args: argparse.Namespace) -> int:
             player = conn.play(source, volume=args.volume)
             bar = Progress(player.duration, sys.stderr)
             try:
-                while True:
-                    try:
-                        player.wait(0.25)
-                        break
-                    except TimeoutError:
-                        bar.update(player.position)
+                while not player.wait(0.25):  # raises the player's error at the end
+                    bar.update(player.position)
             except KeyboardInterrupt:
                 interrupted = True
                 player.stop()  # silence and Speaking 0, then the leave below

@@ -30,13 +30,8 @@ def play(conn: dv.Connection, source: dv.Source) -> int:
     """Play `source` to its end, printing the position every second; Ctrl-C stops it."""
     player = conn.play(source)
     try:
-        while not player.is_done():
-            try:
-                player.wait(1.0)
-            except TimeoutError:  # still playing, or ended by a TimeoutError of its own
-                if not player.is_done():
-                    print(f"  {progress(player)}", flush=True)
-        player.wait(0)  # raises the error the player ended with, if any
+        while not player.wait(1.0):  # False while playing; raises the player's error, if any
+            print(f"  {progress(player)}", flush=True)
     except KeyboardInterrupt:
         player.stop()  # the queued audio is dropped, silence and Speaking off are sent
         player.wait(10.0)

@@ -119,11 +119,13 @@ class Player:
         self._check_volume(volume)
         self._volume = volume
         self._lock = threading.Lock()  # guards the requests and the counters below
+        self._state_changed = threading.Condition(self._lock)
         self._wake = Signal()  # set when a request changes; replaced by the thread
         self._want_pause = False
         self._want_stop = False
         self._state = PlayerState.PLAYING  # the player thread writes it (under the lock)
         self._put_samples = 0  # samples of the frames put on opus_send, minus withdrawn ones
+        self._sent_samples = 0  # the largest `position` reported, in samples
         # the samples of the latest frames put: the unsent ones are among them
         self._recent: collections.deque[int] = collections.deque(
             maxlen=max(1, target.opus_send.maxsize) + 2
@@ -172,7 +174,10 @@ class Player:
         with self._lock:
             unsent = min(self._target.opus_send.unfinished_tasks, len(self._recent))
             pending = sum(list(self._recent)[len(self._recent) - unsent :]) if unsent else 0
-            return (self._put_samples - pending) / PCM_SAMPLE_RATE
+            # never backwards: a frame the queue counts before `_put` has recorded it would
+            # otherwise look unsent for a moment
+            self._sent_samples = max(self._sent_samples, self._put_samples - pending)
+            return self._sent_samples / PCM_SAMPLE_RATE
 
     @property
     def duration(self) -> float | None:
@@ -204,15 +209,23 @@ class Player:
     def is_done(self) -> bool:
         return self._done.is_set()
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the player is done; raise the error it ended with, if any.
-
-        Raises `TimeoutError` if it is still playing after `timeout` seconds.
-        """
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the player is done and return True, or raise the error it ended with;
+        False if it is still playing after `timeout` seconds (never a `TimeoutError`, which
+        could be mistaken for a failure such as a `HeartbeatTimeout`)."""
         if not self._done.wait(timeout):
-            raise TimeoutError(f"the player is still playing after {timeout:g}s")
+            return False
         if self._error is not None:
             raise self._error
+        return True
+
+    def wait_for_state(self, state: PlayerState, timeout: float) -> bool:
+        """Block until the player is in `state` (or done); return whether it is."""
+        with self._state_changed:
+            self._state_changed.wait_for(
+                lambda: self._state is state or self._state is PlayerState.DONE, timeout
+            )
+            return self._state is state
 
     def join(self, timeout: float) -> None:
         """Join the player thread (bounded); for the connection that owns it."""
@@ -242,16 +255,16 @@ class Player:
         except BaseException as exc:  # noqa: BLE001 - reported through wait() and after()
             error = exc
         with self._lock:
-            self._state = PlayerState.ENDING
+            self._set_state(PlayerState.ENDING)
             stopped = stopped or self._want_stop
             ended_by = self._ended_by
         error = self._end(error, stopped)
         if ended_by is not None and error is None:  # the connection failed: so did the player
             error = ended_by
         self._error = error
-        with self._lock:
-            self._state = PlayerState.DONE
         self._done.set()
+        with self._lock:
+            self._set_state(PlayerState.DONE)
         if self._after is not None:
             try:
                 self._after(error)
@@ -273,7 +286,7 @@ class Player:
                 if paused:
                     self._pause()
                 with self._lock:
-                    self._state = PlayerState.PAUSED if paused else PlayerState.PLAYING
+                    self._set_state(PlayerState.PAUSED if paused else PlayerState.PLAYING)
                 continue
             if paused:
                 wake.wait()  # until resume() or stop(): a wait for the user, not the network
@@ -290,6 +303,11 @@ class Player:
                     return False
             if not self._put(frame, wake):
                 self._held.appendleft(frame)  # a pause or stop came first: not queued
+
+    def _set_state(self, state: PlayerState) -> None:
+        """Under the lock (player thread)."""
+        self._state = state
+        self._state_changed.notify_all()
 
     def _next_pcm_frame(self, source: PCMSource, encoder: Encoder) -> bytes | None:
         pcm = source.read(encoder.frame_bytes)
@@ -311,11 +329,11 @@ class Player:
                 if wake.is_set():
                     return False
                 continue
-            self._speaking = True
             samples = frame_samples(frame)
             with self._lock:
                 self._put_samples += samples
                 self._recent.append(samples)
+            self._speaking = True
             return True
 
     def _take_back(self) -> list[bytes]:

@@ -364,3 +364,20 @@ def test_a_pcm_source_is_encoded_in_20_ms_frames_the_last_one_padded(
     assert player.position == pytest.approx(5 * FRAME_SECONDS)  # the padding was sent too
     assert player.duration == seconds
     player.join(LONG)
+
+
+def test_wait_returns_false_while_playing_and_never_raises_timeout_error() -> None:
+    # a TimeoutError from wait() could not be told from the player's own failure (a
+    # HeartbeatTimeout is a TimeoutError too)
+    target = FakeConnection()
+    player = Player(target, Packets(tagged(3))).start()
+    try:
+        assert player.wait(0) is False  # the consumer takes nothing yet: still playing
+        target.allow_all()
+        assert player.wait(LONG) is True
+        assert player.wait_for_state(PlayerState.DONE, 0)
+    finally:
+        player.stop()
+        target.allow_all()
+        player.join(LONG)
+        target.close()

@@ -125,7 +125,7 @@ def test_pause_takes_back_the_queued_frames_and_resume_goes_on_where_it_stopped(
     player.pause()
     # paused once Speaking 0 went out: the silence after the frames already in flight
     assert world.fake.wait_until(lambda f: 0 in speaking_flags(f), LONG)
-    assert player.state is PlayerState.PAUSED
+    assert player.wait_for_state(PlayerState.PAUSED, LONG)
     sent_before = player.position
     player.resume()
     player.wait(LONG)
