@@ -669,3 +669,30 @@ def test_a_truncated_ogg_opus_file_reports_what_is_left(ogg_file: Path, tmp_path
     full = stream_duration(ogg_file)
     assert duration is not None and full is not None
     assert duration < 0.75 * full  # the last complete page left, not the torn one's header
+
+
+def test_an_opus_url_passes_through_byte_for_byte(ogg_file: Path, packets: list[bytes]) -> None:
+    # a real HTTP server on loopback: FFmpeg fetches the URL and remuxes, libopus is not used
+    import functools
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+            pass  # not on stderr
+
+    handler = functools.partial(Quiet, directory=str(ogg_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-http")
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{ogg_file.name}"
+        found = probe(url)
+        assert found.kind is ProbeKind.OPUS_URL and found.passthrough
+        source = open_source(url)
+        assert isinstance(source, FFmpegOpusSource)
+        with source:
+            assert read_packets(source) == packets
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(LONG)
