@@ -677,7 +677,7 @@ def test_an_opus_url_passes_through_byte_for_byte(ogg_file: Path, packets: list[
     import http.server
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+        def log_message(self, format: str, *args: object) -> None:
             pass  # not on stderr
 
     handler = functools.partial(Quiet, directory=str(ogg_file.parent))
