@@ -8,16 +8,18 @@ import re
 from pathlib import Path
 
 import docutils.core
+import pytest
 from docutils.writers.null import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
 
 
-def test_readme_renders_without_warnings() -> None:
+@pytest.mark.parametrize("name", ["README.rst", "bench/RESULTS.rst"])
+def test_renders_without_warnings(name: str) -> None:
     warnings = io.StringIO()
     docutils.core.publish_string(
-        README,
+        (ROOT / name).read_text(encoding="utf-8"),
         writer=Writer(),
         settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5},
     )
