@@ -5,9 +5,9 @@ three ways: a 44.1 kHz mono WAV through FFmpeg and libopus (`FFmpegSource`), 48 
 encoded with libopus (`PCMSource`, no subprocess), and Ogg Opus passthrough (`OggOpusSource`).
 For each it reports the player thread's CPU (``/proc/self/task/<tid>/schedstat``), FFmpeg's CPU
 (``RUSAGE_CHILDREN``), the whole process's CPU (the fake Discord's work included), per second
-of audio, and the library's heap (tracemalloc, in a second run: everything but the fake Discord, which keeps
-every frame it received) every 5 s: the bounded ``opus_send`` queue is the backpressure, so it
-should stay flat whatever the length of the file.
+of audio, and the library's heap every 5 s (tracemalloc, in a second run: everything but the
+fake Discord, which keeps every frame it received): the bounded ``opus_send`` queue is the
+backpressure, so it should stay flat whatever the length of the file.
 
 Run: ``python -m bench.bench_play [--seconds 30]`` (repository root, .venv), on a quiet machine.
 """
@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import discord_voice as dv
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 from discord_voice.opus import encode_frames, tone
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 from tests import make_assets
 
 

@@ -29,13 +29,13 @@ from discord_voice.errors import (
     OpusNotAvailable,
     VoiceError,
 )
-from discord_voice.opus import Encoder
-from discord_voice.testing.offline import (
+from discord_voice.offline import (
     OFFLINE_CHANNEL_ID,
     OFFLINE_GUILD_ID,
     OfflineSession,
     discord_or_fake,
 )
+from discord_voice.opus import Encoder
 from discord_voice.trace import JsonLinesTrace
 from discord_voice.voice import Voice
 

@@ -16,7 +16,7 @@ import os
 import sys
 
 import discord_voice as dv
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 
 
 def progress(player: dv.Player) -> str:

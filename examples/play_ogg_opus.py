@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import discord_voice as dv
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 
 #: A 5 s 440 Hz tone shipped inside the package (``discord_voice/assets``).
 BUNDLED_TONE = importlib.resources.files("discord_voice") / "assets" / "tone-440hz-5s.opus"

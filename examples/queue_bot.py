@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 
 import discord_voice as dv
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 from discord_voice.opus import tone
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 
 
 class QueueBot:

@@ -22,7 +22,7 @@ from array import array
 
 import discord_voice as dv
 from discord_voice.audio import find_ffmpeg
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 
 SAMPLE_RATE = 48000
 BYTES_PER_SECOND = SAMPLE_RATE * 2 * 2  # stereo, 16-bit: what a PCMSource holds

@@ -224,3 +224,29 @@ def test_ctrl_c_stops_with_silence_leaves_and_exits_130(fake: FakeDiscord, tmp_p
     assert [f.opus for f in frames[-SILENCE_FRAMES_ON_STOP:]] == [OPUS_SILENCE_FRAME] * 5
     assert len(frames) < 30 * 50  # stopped, not played out
     assert fake.wait_until(lambda f: len(leaves(f)) == 1, LONG)
+
+
+def test_the_command_line_needs_no_testing_extra_until_it_runs_offline() -> None:
+    # as on a plain `pip install discord-voice`: the fake's dependencies are missing
+    code = """
+import sys
+for name in ("websockets", "cryptography", "Crypto", "dave"):
+    sys.modules[name] = None  # importing them raises ImportError
+import discord_voice.cli, discord_voice.offline
+assert not any(m.startswith("discord_voice.testing") for m in sys.modules), "imported"
+from discord_voice.offline import discord_or_fake
+from discord_voice.errors import VoiceError
+try:
+    with discord_or_fake(None):
+        pass
+except VoiceError as exc:
+    assert "discord-voice[testing]" in str(exc), exc
+else:
+    raise AssertionError("no error")
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

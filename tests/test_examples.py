@@ -18,8 +18,8 @@ from types import ModuleType
 import pytest
 
 from discord_voice import OggOpusSource
+from discord_voice.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 from discord_voice.opus import encode_frames, tone
-from discord_voice.testing.offline import OFFLINE_CHANNEL_ID, OFFLINE_GUILD_ID, discord_or_fake
 from tests import make_assets
 from tests.audio.test_sources import processes_mentioning
 from tests.timeouts import LONG

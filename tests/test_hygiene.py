@@ -32,7 +32,9 @@ PACKAGE = REPO / "discord_voice"
 CORE = PACKAGE / "core"
 TESTING = PACKAGE / "testing"
 TESTS = REPO / "tests"
-CLI_MODULES = frozenset({PACKAGE / "__main__.py", PACKAGE / "demo.py", PACKAGE / "cli.py"})
+CLI_MODULES = frozenset(
+    {PACKAGE / "__main__.py", PACKAGE / "demo.py", PACKAGE / "cli.py", PACKAGE / "offline.py"}
+)
 
 SLEEP_OK = "# sleep-ok:"
 # core must not reach these (a name matches itself and its submodules)

@@ -1,4 +1,4 @@
-"""A connected `Gateway` to real Discord with a token, or to a `FakeDiscord` without one.
+"""A connected `Gateway` to real Discord with a token, or to a local fake Discord without one.
 
 For scripts and examples that should also run offline::
 
@@ -10,7 +10,9 @@ For scripts and examples that should also run offline::
             print(session.received_summary(conn.ssrc))
 
 Offline, the fake runs with DAVE on and a libdave member in the channel, so what the script
-sends is decrypted as another member of the call would hear it.
+sends is decrypted as another member of the call would hear it. The fake needs the ``testing``
+extra (``pip install "discord-voice[testing]"``); it is imported only when there is no token, so
+a script with a token runs on the plain install.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
+from discord_voice.errors import VoiceError
 from discord_voice.gateway import Gateway
-from discord_voice.testing.fake_discord import FakeDiscord
+
+if TYPE_CHECKING:
+    from discord_voice.testing.fake_discord import FakeDiscord
 
 __all__ = ["OFFLINE_CHANNEL_ID", "OFFLINE_GUILD_ID", "OfflineSession", "discord_or_fake"]
 
@@ -65,6 +70,13 @@ def discord_or_fake(
     `FakeDiscord(**fake_options)` started here; close both on exit."""
     fake: FakeDiscord | None = None
     if not token:
+        try:
+            from discord_voice.testing import FakeDiscord
+        except ImportError as exc:
+            raise VoiceError(
+                f"without DISCORD_TOKEN this runs against a local fake Discord, which needs "
+                f'the testing extra: pip install "discord-voice[testing]" ({exc})'
+            ) from exc
         fake = FakeDiscord(**fake_options).start()
         token, gateway_url = fake.token, fake.gateway_url
     try:
