@@ -23,10 +23,7 @@ from discord_voice.audio.source import Source
 from discord_voice.connection import Connection
 from discord_voice.errors import (
     FFmpegFailed,
-    GatewayClosed,
-    JoinTimeout,
     MainGatewayClosed,
-    OpusNotAvailable,
     VoiceError,
 )
 from discord_voice.offline import (
@@ -78,19 +75,12 @@ def describe(exc: BaseException) -> str:
     """One line a user can act on, for the usual failures."""
     if isinstance(exc, MainGatewayClosed) and exc.code in _MAIN_CLOSE_HINTS:
         return f"{_MAIN_CLOSE_HINTS[exc.code]} (main gateway closed with {exc.code})"
-    if isinstance(exc, GatewayClosed):
-        return str(exc)
-    if isinstance(exc, JoinTimeout):
-        return str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         return f"no such file: {exc.filename}"
     if isinstance(exc, FFmpegFailed):
         last = exc.stderr_tail.strip().splitlines()[-1:] or [f"exit code {exc.returncode}"]
         return f"ffmpeg could not play it: {last[0]}"
-    if isinstance(exc, OpusNotAvailable):
-        return " ".join(str(exc).split())
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever it was
 
 
 # -- the parser ---------------------------------------------------------------------------------
