@@ -26,11 +26,13 @@ def seal(mode: str, aad: bytes, plaintext: bytes, counter: int = 7) -> bytes:
     """Discord's layout: AAD | ciphertext | tag | 4-byte counter; nonce = counter + zeros."""
     nonce4 = struct.pack(">I", counter)
     if mode == MODE_AES256_GCM:
-        cipher = AES.new(KEY, AES.MODE_GCM, nonce=nonce4 + bytes(8))
+        gcm = AES.new(KEY, AES.MODE_GCM, nonce=nonce4 + bytes(8))
+        gcm.update(aad)
+        sealed, tag = gcm.encrypt_and_digest(plaintext)
     else:
-        cipher = ChaCha20_Poly1305.new(key=KEY, nonce=nonce4 + bytes(20))
-    cipher.update(aad)
-    sealed, tag = cipher.encrypt_and_digest(plaintext)
+        xchacha = ChaCha20_Poly1305.new(key=KEY, nonce=nonce4 + bytes(20))
+        xchacha.update(aad)
+        sealed, tag = xchacha.encrypt_and_digest(plaintext)
     return aad + sealed + tag + nonce4
 
 
