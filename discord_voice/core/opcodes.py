@@ -51,6 +51,8 @@ class VoiceOp(enum.IntEnum):
     HELLO = 8
     RESUMED = 9
     CLIENTS_CONNECT = 11
+    #: Undocumented: a member's ``audio_ssrc`` (and video), sent by some voice servers.
+    CLIENT_SSRCS = 12
     CLIENT_DISCONNECT = 13
     DAVE_PREPARE_TRANSITION = 21
     DAVE_EXECUTE_TRANSITION = 22

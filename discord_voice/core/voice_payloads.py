@@ -19,6 +19,7 @@ from discord_voice.errors import RemoteProtocolError
 __all__ = [
     "BinaryMessage",
     "ClientDisconnect",
+    "ClientSsrcs",
     "ClientsConnect",
     "DaveMessage",
     "HeartbeatAck",
@@ -93,6 +94,14 @@ class ClientsConnect:
 
 
 @dataclass(frozen=True)
+class ClientSsrcs:
+    """Op 12 (undocumented): a member's audio SSRC, as an op 5 would name it."""
+
+    user_id: str
+    audio_ssrc: int
+
+
+@dataclass(frozen=True)
 class ClientDisconnect:
     """Op 13: a user left the call."""
 
@@ -131,6 +140,7 @@ ServerMessage = (
     | Speaking
     | Resumed
     | ClientsConnect
+    | ClientSsrcs
     | ClientDisconnect
     | DaveMessage
     | BinaryMessage
@@ -265,6 +275,12 @@ def decode_text(text: str | bytes) -> tuple[int | None, ServerMessage]:
         message = Resumed()
     elif op == VoiceOp.CLIENTS_CONNECT:
         message = _decode_clients_connect(_mapping(d, op))
+    elif op == VoiceOp.CLIENT_SSRCS:
+        fields = _mapping(d, op)
+        message = ClientSsrcs(
+            user_id=_snowflake(fields.get("user_id"), op, "user_id"),
+            audio_ssrc=_int(fields, "audio_ssrc", op, hi=2**32),
+        )
     elif op == VoiceOp.CLIENT_DISCONNECT:
         user = _mapping(d, op).get("user_id")
         message = ClientDisconnect(user_id=_snowflake(user, op, "user_id"))

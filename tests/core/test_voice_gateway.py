@@ -183,9 +183,19 @@ def test_illegal_local_calls() -> None:
 def test_unknown_and_undocumented_opcodes_are_ignored_and_counted() -> None:
     proto = VoiceGatewayProtocol(INFO)
     proto.identify()
-    for op in (12, 14, 15, 16, 18, 20, 99, 16):
+    for op in (14, 15, 16, 18, 20, 99, 16):
         assert isinstance(proto.receive_text(msg(op, {"any": "thing"})), vp.UnknownMessage)
-    assert proto.ignored == {12: 1, 14: 1, 15: 1, 16: 2, 18: 1, 20: 1, 99: 1}
+    assert proto.ignored == {14: 1, 15: 1, 16: 2, 18: 1, 20: 1, 99: 1}
+
+
+def test_op_12_names_a_members_audio_ssrc() -> None:
+    proto = VoiceGatewayProtocol(INFO)
+    proto.identify()
+    d = {"user_id": "123", "audio_ssrc": 4242, "video_ssrc": 0, "streams": []}
+    assert proto.receive_text(msg(12, d)) == vp.ClientSsrcs(user_id="123", audio_ssrc=4242)
+    for bad in ({"any": "thing"}, {"user_id": "x", "audio_ssrc": 1}, {"user_id": "1"}):
+        with pytest.raises(RemoteProtocolError):
+            proto.receive_text(msg(12, bad))
 
 
 @pytest.mark.parametrize(
