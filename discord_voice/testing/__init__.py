@@ -23,9 +23,12 @@ The names below are the public API. How the fake is built, for those who read or
   sessions that outlive a websocket (resume), the shape checks answered with close codes.
 - `udp`: the voice UDP server (IP discovery, RTP, transport decryption), seeded impairment.
 - `dave`: Discord's side of DAVE: the MLS external sender, each channel's group, libdave members.
-- `records` (what the fake saw), `world` (configuration, issued credentials, scripted faults)
-  and `clock` (`FakeClock`): shared by the parts. The parts depend one way: ``gateways`` uses
-  ``udp`` and ``dave``, ``udp`` uses ``dave``, and none uses `fake_discord`.
+- `speakers`: `FakeSpeaker`, members played by the fake who send audio to the clients (for
+  testing a receive path); it drives the other three parts and is driven by `fake_discord`.
+- `records` (what the fake saw and sent), `world` (configuration, issued credentials, scripted
+  faults) and `clock` (`FakeClock`): shared by the parts. The parts depend one way:
+  ``speakers`` uses ``gateways``, ``udp`` and ``dave``; ``gateways`` uses ``udp`` and ``dave``,
+  ``udp`` uses ``dave``, and none uses `fake_discord`.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ from discord_voice.testing.records import (
     MainSession,
     ReceivedFrame,
     RecordedMessage,
+    SentPacket,
     VoiceSession,
 )
+from discord_voice.testing.speakers import FakeSpeaker
 
 __all__ = [
     "FakeDiscord",
+    "FakeSpeaker",
     "RecordedMessage",
     "ReceivedFrame",
+    "SentPacket",
     "VoiceSession",
     "MainSession",
     "FakeClock",

@@ -20,6 +20,12 @@ answer on a reconnect), `close_voice_on`, `close_voice`, `drop_voice`, `send_voi
 `invalid_session` and friends, and listed in ``faults``. Voice sessions can be resumed (op 7,
 see `gateways.voice_live`), main sessions too (op 6, see `gateways.main_resume`).
 
+Members who speak: `add_speaker` puts a `FakeSpeaker` in a channel (op 11, op 5 per its
+``announce`` mode, a libdave member of the DAVE group) whose `FakeSpeaker.send` sends RTP audio to
+the clients exactly as Discord's voice server forwards another member's (see `speakers`); what
+went out is in ``sent_audio``. `send_udp_raw`, `rtcp_packet` and `video_packet` send what a
+receive path must drop.
+
 DAVE: ``FakeDiscord(dave=True)`` plays Discord's E2EE role (4017 for clients without DAVE
 outside stage channels; the voice gateway as MLS external sender; the UDP server DAVE-decrypts
 with a libdave member of the channel). Script it with `add_member`, `remove_member`,
@@ -34,8 +40,9 @@ within about a second even when clients are still connected (they get close code
 
 `FakeDiscord` is the whole public surface; it owns and wires the parts, each of which knows
 nothing of it: `gateways.main.FakeMainGateway`, `gateways.voice.FakeVoiceGateway` (one websocket
-server, another per move to a new server), `udp.server.FakeUdpServer`, `dave.hub.DaveHub`, and
-the state they share (`records.Recorder`, `world`).
+server, another per move to a new server), `udp.server.FakeUdpServer`, `dave.hub.DaveHub`,
+`speakers.Speakers`, and the state they share (`records.Recorder`, `world`,
+`gateways.voice_roster.Roster`).
 """
 
 from __future__ import annotations
@@ -51,14 +58,17 @@ from discord_voice.testing.gateways.main import FakeMainGateway
 from discord_voice.testing.gateways.voice import FakeVoiceGateway
 from discord_voice.testing.gateways.voice_handshake import VoiceServices
 from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
+from discord_voice.testing.gateways.voice_roster import Roster
 from discord_voice.testing.gateways.ws import Delivery, valid_close_code
 from discord_voice.testing.records import (
     MainSession,
     ReceivedFrame,
     RecordedMessage,
     Recorder,
+    SentPacket,
     VoiceSession,
 )
+from discord_voice.testing.speakers import FakeSpeaker, Speakers
 from discord_voice.testing.udp.impairment import ImpairmentStats, UdpImpairment
 from discord_voice.testing.udp.server import FakeUdpServer
 from discord_voice.testing.world import Config, Credentials, IssuedVoice, Script, voice_state
@@ -147,10 +157,12 @@ class FakeDiscord:
         self._udp = FakeUdpServer(self._rec, self._script, grace, self._dave)
         self._impairment: UdpImpairment[Any] | None = None
         self._live = LiveVoices(lambda: self._config.voice_resume_window)
+        roster = Roster()
         services = VoiceServices(
             self._config, self._rec, self._script, self._credentials, self._udp, grace,
-            self._live, self._dave,
+            self._live, self._dave, roster,
         )  # fmt: skip
+        self._speakers = Speakers(self._rec, self._udp, roster, self._dave)
         self._voice = FakeVoiceGateway(services, self._config.endpoint_scheme)
         self._main = FakeMainGateway(
             self._config, self._rec, self._script, self._credentials, lambda: self.voice_endpoint
@@ -519,6 +531,99 @@ class FakeDiscord:
         channel. Identify with ``server_id=str(guild_id)``, ``user_id``, ``.session_id``,
         ``.token`` at `voice_endpoint`."""
         return self._credentials.issue_other(str(guild_id), str(channel_id), str(user_id))
+
+    # -- members who speak: audio to the clients (the receive path) ----------------------------
+
+    def add_speaker(
+        self,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        *,
+        announce: str = "before",
+        sequence: int | None = None,
+        timestamp: int | None = None,
+        key_switch: str = "execute",
+    ) -> FakeSpeaker:
+        """Put a member who speaks into `channel_id` (default: the channel of the newest voice
+        session, else of the bot's last join) with `user_id` (default: a fresh snowflake) and
+        a random non-zero SSRC no one else has; returns its `FakeSpeaker` (see `speakers`).
+
+        Clients of the channel get op 11 ``{"user_ids": [str(user_id)]}`` now; a client whose
+        session becomes ready later gets it then. In a DAVE channel the speaker is a libdave
+        member of the channel's group, added by the gateway's external proposal (op 27), so
+        the clients' epoch changes (commit or welcome); it encrypts with its own key, switched
+        on each transition's execution (op 22), or with `key_switch` "commit" as soon as it
+        processed the commit/welcome (its frames then lead the clients' switch).
+
+        `announce` says when a client gets op 5 ``{"user_id", "ssrc", "speaking": 1}`` for the
+        speaker's SSRC: "before" its first packet, "after:N" right after its N-th packet (audio
+        before Speaking, as happens on Discord), "never" (only `FakeSpeaker.announce`, which
+        can also send op 12). `sequence` and `timestamp`: the first packet's values (default
+        random)."""
+        if channel_id is None:
+            channel_id = self._speaker_channel()
+        return self._speakers.add(
+            channel_id, user_id, announce=announce, sequence=sequence, timestamp=timestamp,
+            key_switch=key_switch,
+        )  # fmt: skip
+
+    def _speaker_channel(self) -> int:
+        try:
+            return self._channel(None)
+        except RuntimeError:
+            pass
+        try:
+            return int(self._credentials.current(None).channel_id)
+        except (RuntimeError, ValueError):
+            raise RuntimeError("no voice session or join yet: pass channel_id") from None
+
+    @property
+    def speakers(self) -> list[FakeSpeaker]:
+        """Every speaker added so far (those that left too), in order."""
+        return self._speakers.all()
+
+    @property
+    def sent_audio(self) -> list[SentPacket]:
+        """Every packet speakers sent, in send order (see `SentPacket`)."""
+        with self._rec.lock:
+            return list(self._rec.sent_audio)
+
+    def send_udp_raw(
+        self, data: bytes, *, to_ssrc: int | None = None, from_foreign: bool = False
+    ) -> int:
+        """Send the datagram `data` as is to the client session whose SSRC is `to_ssrc` (default:
+        the newest one that has an address), at the address it selected (or was told by IP
+        discovery), from the voice server's socket, or with `from_foreign` from another local
+        socket (not the voice server's address: a receive path must drop it). Returns the
+        client's SSRC. Build packets with `rtcp_packet` and `video_packet`, or by hand."""
+        return self._speakers.send_raw(data, to_ssrc, bool(from_foreign))
+
+    def rtcp_packet(
+        self, to_ssrc: int | None = None, *, sender_ssrc: int | None = None, seal: bool = True
+    ) -> bytes:
+        """An RTCP receiver report (first byte ``0x81``, PT 201, one report block about the
+        client's SSRC) for the client session `to_ssrc` (default: the newest), sealed like
+        Discord's RTCP with that client's mode and key (the 8-byte RTCP header as AAD, tag,
+        4-byte nonce counter) unless `seal` is False. Send it with `send_udp_raw`."""
+        return self._speakers.rtcp(to_ssrc, sender_ssrc, seal)
+
+    def video_packet(
+        self,
+        to_ssrc: int | None = None,
+        *,
+        payload_type: int = 101,
+        payload: bytes = b"\x90\x80\x00\x01video-frame",
+        ssrc: int | None = None,
+        sequence: int = 0,
+        timestamp: int = 0,
+    ) -> bytes:
+        """An RTP packet of payload type `payload_type` (video: 101 to 105 on Discord) sealed
+        for the client session `to_ssrc` (default: the newest) exactly like audio; `ssrc`
+        default random. Send it with `send_udp_raw`."""
+        return self._speakers.video(
+            to_ssrc, payload_type=payload_type, payload=payload, ssrc=ssrc, sequence=sequence,
+            timestamp=timestamp,
+        )  # fmt: skip
 
     # -- DAVE (FakeDiscord(dave=True)): each method raises RuntimeError when DAVE is off -----
 

@@ -1,4 +1,5 @@
-"""What the fake Discord saw: websocket messages, decrypted RTP frames, sessions, violations.
+"""What the fake Discord saw: websocket messages, decrypted RTP frames, sessions, violations;
+and what it sent as other members of a call (`SentPacket`).
 
 Every record carries an ``index`` from one counter shared by the whole fake (both gateways and
 the UDP server), so a test can assert the order of events across sockets, e.g. that the client's
@@ -20,7 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["MainSession", "ReceivedFrame", "RecordedMessage", "Recorder", "VoiceSession"]
+__all__ = [
+    "MainSession",
+    "ReceivedFrame",
+    "RecordedMessage",
+    "Recorder",
+    "SentPacket",
+    "VoiceSession",
+]
 
 _SECRET_KEYS = frozenset({"token", "secret_key"})
 
@@ -88,6 +96,33 @@ class ReceivedFrame:
     mode: str
     e2ee_payload: bytes | None = None
     dave: str = "off"
+
+
+@dataclass(frozen=True)
+class SentPacket:
+    """One RTP audio packet a member played by the fake (a `FakeSpeaker`) sent to the clients.
+
+    ``opus`` is the plaintext Opus frame; ``payload`` what the RTP payload carried before
+    transport encryption: the DAVE frame when ``dave`` is True, else ``opus`` itself. ``to``
+    holds the SSRCs of the client sessions that got it (one datagram each, two when
+    ``duplicated``); a ``dropped`` packet went to none (its sequence number is still used up).
+    ``reordered``: it went on the wire after a packet with a later sequence number. ``index``
+    orders it with the other records (its first datagram; a dropped packet's is taken after the
+    last datagram of its `FakeSpeaker.send` call).
+    """
+
+    index: int
+    user_id: int
+    ssrc: int
+    sequence: int
+    timestamp: int
+    opus: bytes
+    payload: bytes
+    dave: bool
+    to: tuple[int, ...] = ()
+    dropped: bool = False
+    duplicated: bool = False
+    reordered: bool = False
 
 
 @dataclass(eq=False)
@@ -202,6 +237,7 @@ class Recorder:
         self.voice_messages: list[RecordedMessage] = []
         self.frames: list[ReceivedFrame] = []
         self.frames_by_ssrc: dict[int, list[ReceivedFrame]] = {}
+        self.sent_audio: list[SentPacket] = []  # what `FakeSpeaker`s sent, in send order
         self.udp_errors: list[str] = []
         self.violations: list[str] = []
         self.faults: list[str] = []  # every fault a test scripted, in order (`FakeDiscord.faults`)

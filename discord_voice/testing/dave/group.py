@@ -8,7 +8,10 @@ reset (ops 24 + 21 with transition 0), downgrade to protocol 0 and upgrade back.
 machinery that moves it forward: batching proposals per epoch (op 27, to every member), choosing
 the first valid commit of an epoch by the ProposalRefs it names, announcing it (ops 29/30),
 waiting for op 23 from everyone and executing (op 22), and feeding libdave's key ratchets to
-the UDP side's decryptors (`media.FrameOpener`).
+the UDP side's decryptors (`media.FrameOpener`). A speaking libdave member (a `FakeSpeaker` in a
+DAVE channel) encrypts with its own key ratchet, switched when its transition executes (or, with
+``key_switch="commit"``, as soon as it processed the commit or welcome): `encrypt`,
+`settled_for`.
 
 Every public method takes the group's lock (the private ones run with it held); nothing here does
 network I/O (clients get their messages through their connection's outbox). Violations are
@@ -229,6 +232,25 @@ class DaveGroup:
             return fn()
 
     # -- media ---------------------------------------------------------------------------------
+
+    def settled_for(self, member: LibdaveMember) -> bool:
+        """Whether a speaking member's next frame goes out with the key every member will hold:
+        nothing in flight (no proposals, no transition) and it is in the group with its key, or
+        the call is at protocol version 0."""
+        with self._lock:
+            if self._transition is not None or self._batch is not None:
+                return False
+            return self.version == 0 or (member.in_group and member.has_key)
+
+    def encrypt(self, member: LibdaveMember, ssrc: int, frame: bytes) -> bytes | None:
+        """A speaking member's frame as it sends it: DAVE-encrypted with its current key, as
+        is at protocol version 0; None when it has no key yet."""
+        with self._lock:
+            if self.version == 0 and self._transition is None:
+                return bytes(frame)
+            if not member.has_key:
+                return None
+            return member.encrypt(ssrc, frame)
 
     def open_frame(self, user_id: int, payload: bytes) -> OpenedFrame:
         """DAVE view of one transport-decrypted frame from `user_id` (see `media.FrameOpener`)."""
@@ -468,12 +490,16 @@ class DaveGroup:
     def _libdave_commit(self, member: LibdaveMember, t: _Transition, commit: bytes) -> None:
         if member.process_commit(commit):
             self._refresh_decryptors(member)
+            if member.key_switch == "commit":
+                member.use_current_key()
         else:
             self._libdave_failed(member, f"the commit of transition {t.transition_id}")
 
     def _libdave_welcome(self, member: LibdaveMember, t: _Transition, welcome: bytes) -> None:
         if member.process_welcome(welcome, self._recognized()):
             self._refresh_decryptors(member)
+            if member.key_switch == "commit":
+                member.use_current_key()
         else:
             self._libdave_failed(member, f"the welcome of transition {t.transition_id}")
 
@@ -499,11 +525,16 @@ class DaveGroup:
             self.version = 0
             self._reset_group()
             self._frames.passthrough()
+            for m in self.members:
+                if isinstance(m, LibdaveMember):
+                    m.use_passthrough()
             return
         now = time.monotonic()
         for m in t.members:
             if m.in_group and m.encrypting_since is None:
                 m.encrypting_since = now  # from now on its audio must be DAVE frames
+            if isinstance(m, LibdaveMember) and m.in_group and m.key_switch == "execute":
+                m.use_current_key()  # a speaking member switches here, as Discord's clients do
 
     def _refresh_decryptors(self, member: LibdaveMember) -> None:
         """After the observer (the first libdave member in the group) processed a commit or

@@ -70,14 +70,23 @@ class DaveHub:
 
     # -- libdave members hosted by the fake ----------------------------------------------------
 
-    def add_member(self, channel_id: int, user_id: int | None, commits: bool) -> int:
+    def add_member(
+        self,
+        channel_id: int,
+        user_id: int | None,
+        commits: bool,
+        *,
+        key_switch: str | None = None,
+    ) -> int:
+        """Host a libdave member in the channel's group; returns its user id. With `key_switch`
+        it speaks (see `LibdaveMember`): `encrypt_as`, `settled_for`."""
         if not self.requires_dave(channel_id):
             raise RuntimeError(f"channel {channel_id} is not a DAVE channel in this fake")
         with self._lock:
             uid = next(self._ids) if user_id is None else user_id
             if uid in self._hosted:
                 raise ValueError(f"user {uid} is already a hosted member")
-            member = LibdaveMember(uid, channel_id, commits=commits)
+            member = LibdaveMember(uid, channel_id, commits=commits, key_switch=key_switch)
             self._hosted[uid] = (channel_id, member)
         self.run(channel_id, lambda g: g.join(member))
         return uid
@@ -110,6 +119,23 @@ class DaveHub:
     def hosted(self, user_id: int) -> LibdaveMember:
         with self._lock:
             return self._hosted[user_id][1]
+
+    def is_hosted(self, user_id: int) -> bool:
+        with self._lock:
+            return user_id in self._hosted
+
+    def encrypt_as(self, user_id: int, ssrc: int, frame: bytes) -> bytes | None:
+        """A speaking hosted member's frame, DAVE-encrypted (see `DaveGroup.encrypt`)."""
+        member = self.hosted(user_id)
+        return self.group(member.channel_id).encrypt(member, ssrc, frame)
+
+    def settled_for(self, user_id: int) -> bool:
+        """See `DaveGroup.settled_for`; False once the member is gone."""
+        with self._lock:
+            hosted = self._hosted.get(user_id)
+        if hosted is None:
+            return False
+        return self.group(hosted[0]).settled_for(hosted[1])
 
     # -- used by the voice gateway and the UDP server ------------------------------------------
 

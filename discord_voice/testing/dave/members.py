@@ -14,7 +14,7 @@ from typing import Any
 
 import dave
 
-__all__ = ["ClientMember", "LibdaveMember", "Member"]
+__all__ = ["KEY_SWITCHES", "ClientMember", "LibdaveMember", "Member"]
 
 Post = Callable[[tuple[Any, ...]], object]
 
@@ -61,18 +61,41 @@ class ClientMember(Member):
         self._post(("binary", bytes([int(op)]) + bytes(payload)))
 
 
+#: When a speaking libdave member starts encrypting with a new epoch's key: on the transition's
+#: execution (op 22), as Discord's clients do, or as soon as it processed the commit or welcome.
+KEY_SWITCHES = ("execute", "commit")
+
+
 class LibdaveMember(Member):
     """A libdave session in the fake, with its own fake user id. Raises nothing: failures come
-    back as False/None and the texts libdave reported are kept in `failures`."""
+    back as False/None and the texts libdave reported are kept in `failures`.
+
+    With `key_switch` ("execute" or "commit", see `KEY_SWITCHES`) it also speaks: a libdave
+    `dave.Encryptor` DAVE-encrypts its frames with the key ratchet of its own user id, switched
+    by the group (`use_current_key`, `use_passthrough`) at the moment `key_switch` names.
+    """
 
     kind = "libdave"
 
-    def __init__(self, user_id: int, channel_id: int, *, commits: bool = True) -> None:
+    def __init__(
+        self,
+        user_id: int,
+        channel_id: int,
+        *,
+        commits: bool = True,
+        key_switch: str | None = None,
+    ) -> None:
+        if key_switch is not None and key_switch not in KEY_SWITCHES:
+            raise ValueError(f"key_switch must be one of {KEY_SWITCHES}, got {key_switch!r}")
         super().__init__(user_id, f"libdave:{user_id}")
         self.channel_id = channel_id
         self.commits = commits
         self.failures: list[str] = []
         self.session = dave.Session(self._failed)
+        self.key_switch = key_switch
+        self.encryptor = dave.Encryptor() if key_switch is not None else None
+        self.has_key = False  # the encryptor holds a key ratchet (or passes frames through)
+        self._codecs: set[int] = set()  # SSRCs the encryptor knows as Opus
 
     def _failed(self, source: str, reason: str) -> None:
         self.failures.append(f"{source}: {reason}")
@@ -100,6 +123,34 @@ class LibdaveMember(Member):
 
     def epoch_authenticator(self) -> bytes | None:
         return self.session.get_last_epoch_authenticator()
+
+    # -- speaking (with `key_switch`) ----------------------------------------------------------
+
+    def use_current_key(self) -> None:
+        """Encrypt from now on with the key ratchet of the epoch the session is in."""
+        if self.encryptor is None:
+            return
+        ratchet = self.key_ratchet(self.user_id)
+        if ratchet is not None:
+            self.encryptor.set_key_ratchet(ratchet)
+            self.encryptor.set_passthrough_mode(False)
+            self.has_key = True
+
+    def use_passthrough(self) -> None:
+        """The call went to protocol version 0: frames go out unencrypted."""
+        if self.encryptor is not None:
+            self.encryptor.set_passthrough_mode(True)
+            self.has_key = True
+
+    def encrypt(self, ssrc: int, frame: bytes) -> bytes | None:
+        """`frame` as a DAVE protocol frame (as is in passthrough); None without a key."""
+        if self.encryptor is None:
+            return None
+        if ssrc not in self._codecs:
+            self.encryptor.assign_ssrc_to_codec(ssrc, dave.Codec.opus)
+            self._codecs.add(ssrc)
+        encrypted = self.encryptor.encrypt(dave.MediaType.audio, ssrc, frame)
+        return None if encrypted is None else bytes(encrypted)
 
 
 def transition_frame(transition_id: int, body: bytes) -> bytes:

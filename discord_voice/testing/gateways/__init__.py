@@ -7,6 +7,7 @@
 - `main`, `main_resume`: the main gateway and its sessions that outlive a websocket (op 6).
 - `voice`, `voice_handshake`, `voice_live`, `voice_dave`: the voice gateway, its connect-flow
   handlers, its sessions that outlive a websocket (op 7) and a connection's DAVE membership.
+- `voice_roster`: each channel's ready sessions and the members the fake plays (ops 11/13).
 
 Implementation of `discord_voice.testing.FakeDiscord`, which is the way to use it. Nothing is
 imported here, so that each module loads only what it needs.

@@ -1,5 +1,5 @@
 """The voice gateway's connect-flow handlers: Identify (op 0), Select Protocol (op 1), Speaking
-(op 5).
+(op 5). After Session Description the session is ready to hear the channel (`voice_roster`).
 
 `VoiceHandshake` belongs to one voice connection (`voice`), which hands it the session each op is
 for (a resume swaps the session under the connection) and the two ways it answers (send an op,
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from discord_voice.core.opcodes import VoiceCloseCode, VoiceOp
 from discord_voice.testing.gateways import checks
 from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
+from discord_voice.testing.gateways.voice_roster import Roster
 from discord_voice.testing.gateways.ws import CloseWith
 from discord_voice.testing.records import Recorder
 from discord_voice.testing.udp.server import FakeUdpServer
@@ -42,6 +43,7 @@ class VoiceServices:
     speaking_grace: Callable[[], float]
     live: LiveVoices  # sessions by id (they move between voice gateways on a resume)
     dave: DaveHub | None  # None: DAVE off (every session at dave_protocol_version 0)
+    roster: Roster  # ready sessions by channel; ops 11/13 for played members outside DAVE
 
 
 class VoiceHandshake:
@@ -142,6 +144,9 @@ class VoiceHandshake:
             session.mode = mode
             session.secret_key = key
             session.dave_protocol_version = version
+        # Ready to hear the channel before the client can know it (what the roster posts, op 11
+        # for members already there, goes out after Session Description).
+        services.roster.client_ready(live, channel)
         if not services.script.withheld("session_description"):
             self._send(
                 VoiceOp.SESSION_DESCRIPTION,

@@ -27,7 +27,7 @@ from discord_voice.testing.world import IssuedVoice
 
 if TYPE_CHECKING:
     from discord_voice.testing.gateways.voice_dave import DaveLink
-    from discord_voice.testing.gateways.ws import Peer
+    from discord_voice.testing.gateways.ws import Delivery, Peer
 
 __all__ = [
     "BUFFER_SIZE",
@@ -70,13 +70,18 @@ class LiveVoice:
 
     def post(self, item: tuple[Any, ...]) -> None:
         """Send `item` through the attached websocket, or keep it for after a resume."""
+        self.post_tracked(item)
+
+    def post_tracked(self, item: tuple[Any, ...]) -> Delivery | None:
+        """As `post`; returns the delivery to wait on, or None when the session is detached
+        (the item is kept for after a resume) or ended (the item is dropped)."""
         with self.lock:
             if self.ended:
-                return
+                return None
             if self.peer is None:
                 self.pending.append(item)
-                return
-            self.peer.post(("kept", item))
+                return None
+            return self.peer.post(("kept", item))
 
     def attach(self, peer: Peer) -> list[tuple[Any, ...]]:
         """Make `peer` the session's websocket; returns the items kept while detached."""

@@ -1,4 +1,4 @@
-"""Server-side codecs for the voice UDP socket: IP discovery, RTP parsing, transport decryption.
+"""Server-side codecs for the voice UDP socket: IP discovery, RTP parsing, transport encryption.
 
 Written independently of `discord_voice.core` on purpose (and with `cryptography` /
 `pycryptodome` instead of PyNaCl), so a symmetric bug in the client cannot make tests pass.
@@ -97,7 +97,7 @@ def parse_rtp(data: bytes) -> RtpPacket:
 
 
 class TransportCipher:
-    """Opens packets of one session: AES-256-GCM or XChaCha20-Poly1305, rtpsize layout.
+    """Opens (and seals) packets of one session: AES-256-GCM or XChaCha20-Poly1305, rtpsize.
 
     The 4-byte counter goes first in the nonce, padded with zeros after it (12 or 24 bytes).
     """
@@ -134,3 +134,17 @@ class TransportCipher:
         if len(plain) < body:
             raise ValueError(f"extension body of {body} bytes is longer than the plaintext")
         return bytes(plain[body:])
+
+    def seal(self, aad: bytes, plaintext: bytes, counter: int) -> bytes:
+        """One rtpsize datagram as Discord's voice server sends it: `aad` (the unencrypted
+        header), the ciphertext of `plaintext`, the 16-byte tag, the 4-byte big-endian
+        `counter`."""
+        nonce = struct.pack(">I", counter & 0xFFFFFFFF)
+        if self._aes is not None:
+            sealed = self._aes.encrypt(nonce + bytes(8), plaintext, aad)
+        else:
+            cipher = ChaCha20_Poly1305.new(key=self._key, nonce=nonce + bytes(20))
+            cipher.update(aad)
+            ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+            sealed = ciphertext + tag
+        return bytes(aad) + sealed + nonce

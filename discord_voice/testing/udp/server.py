@@ -9,12 +9,19 @@ Arrival times come from the kernel (SO_TIMESTAMPNS on Linux, CLOCK_REALTIME, i.e
 `time.time()` clock), so pacing can be measured without the fake's own scheduling jitter.
 `set_impairment` drops, duplicates, reorders or delays decrypted packets before they are
 recorded (see `impairment`).
+
+The same socket sends what Discord's voice server forwards to clients (other members' audio,
+RTCP, video; built by `outbound`): `seal_for` encrypts for one client with its mode, key and
+its own outgoing nonce counter, `send` puts a datagram on the wire from the server's address
+(or, to test that clients check the source, from another socket). `reserve_ssrc` hands out
+SSRCs for the members the fake plays, never equal to a client's.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import select
 import selectors
 import socket
 import struct
@@ -48,6 +55,7 @@ _MAX_DATAGRAM = 4096
 _MAX_BATCH = 512
 _RCVBUF = 4 << 20
 _CAPTURE_PAUSE = 0.002  # seconds between drains while capturing (the kernel stamps arrivals)
+_SEND_WAIT = 1.0  # seconds a send waits for room in the socket's send buffer
 
 _log = logging.getLogger("discord_voice.testing")
 
@@ -57,6 +65,7 @@ class _Route:
     session: VoiceSession
     cipher: TransportCipher | None = None
     problem: str = ""  # why `cipher` is None after a session description (unsupported mode)
+    sent_nonce: int = 0  # the nonce counter of the last packet sealed for this client
 
 
 @dataclass
@@ -88,6 +97,7 @@ class FakeUdpServer:
         self.speaking_grace = speaking_grace
         self._lock = threading.Lock()
         self._routes: dict[int, _Route] = {}
+        self._reserved: set[int] = set()  # SSRCs of members the fake plays (`reserve_ssrc`)
         self._told: dict[int, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -151,11 +161,82 @@ class FakeUdpServer:
     def add_session(self, session: VoiceSession) -> int:
         """Allocate a fresh non-zero SSRC routed to `session`."""
         with self._lock:
+            ssrc = self._fresh_ssrc()
+            self._routes[ssrc] = _Route(session, sent_nonce=secrets.randbits(32))
+            return ssrc
+
+    def _fresh_ssrc(self) -> int:
+        """A random non-zero SSRC no client and no played member has (lock held)."""
+        while True:
+            ssrc = secrets.randbits(32)
+            if ssrc and ssrc not in self._routes and ssrc not in self._reserved:
+                return ssrc
+
+    # -- used to send what other members of a call say (see `outbound`) --------------------
+
+    def reserve_ssrc(self) -> int:
+        """A fresh non-zero SSRC for a member the fake plays (unique among clients and them)."""
+        with self._lock:
+            ssrc = self._fresh_ssrc()
+            self._reserved.add(ssrc)
+            return ssrc
+
+    def release_ssrc(self, ssrc: int) -> None:
+        with self._lock:
+            self._reserved.discard(ssrc)
+
+    def clients(self) -> list[int]:
+        """SSRCs of the client sessions that have an address to send to, oldest first."""
+        with self._lock:
+            routes = list(self._routes.items())
+            told = dict(self._told)
+        return [s for s, r in routes if r.session.client_address or s in told]
+
+    def destination(self, ssrc: int) -> tuple[str, int] | None:
+        """Where datagrams for the client session `ssrc` go: the address it selected (op 1),
+        else what IP discovery told it; None before either (or for an unknown SSRC)."""
+        with self._lock:
+            route = self._routes.get(ssrc)
+            told = self._told.get(ssrc)
+        if route is None:
+            return None
+        return route.session.client_address or told
+
+    def seal_for(self, ssrc: int, aad: bytes, plaintext: bytes) -> bytes | None:
+        """`plaintext` sealed for the client session `ssrc` with its mode and key and the next
+        value of its outgoing nonce counter; None before its Session Description."""
+        with self._lock:
+            route = self._routes.get(ssrc)
+            if route is None or route.cipher is None:
+                return None
+            route.sent_nonce = (route.sent_nonce + 1) & 0xFFFFFFFF
+            cipher, counter = route.cipher, route.sent_nonce
+        return cipher.seal(aad, plaintext, counter)
+
+    def send(self, data: bytes, address: tuple[str, int], *, foreign: bool = False) -> None:
+        """Send one datagram from the voice server's socket (`foreign`: from a fresh socket on
+        another port, as a stranger would). A client that closed its socket is not an error."""
+        try:
+            if foreign:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                    stranger.bind(("127.0.0.1", 0))
+                    stranger.sendto(data, address)
+                return
+            sock = self._sock
+            if sock is None:
+                raise RuntimeError("udp server not started")
+            deadline = time.monotonic() + _SEND_WAIT
             while True:
-                ssrc = secrets.randbits(32)
-                if ssrc and ssrc not in self._routes:
-                    self._routes[ssrc] = _Route(session)
-                    return ssrc
+                try:
+                    sock.sendto(data, address)
+                    return
+                except BlockingIOError:  # the send buffer is full (non-blocking socket)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise RuntimeError("the voice server's send buffer stayed full") from None
+                    select.select([], [sock], [], left)
+        except ConnectionRefusedError:
+            pass  # an ICMP port unreachable from an earlier datagram: the client went away
 
     def set_key(self, ssrc: int, mode: str, key: bytes) -> None:
         try:
