@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from discord_voice.core.crypto import TransportCipher
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
-from discord_voice.core.receive_packet import Dropped, RtpAudio, open_datagram
+from discord_voice.core.receive_packet import Dropped, DropReason, RtpAudio, open_datagram
 from discord_voice.core.ssrc_map import Deliver, Expired, Reset, SsrcMap
 
 __all__ = ["Decrypt", "ReceiveCounters", "ReceiveFlow", "Reset", "VoicePacket"]
@@ -47,13 +47,15 @@ class VoicePacket:
 class ReceiveCounters:
     """What was not delivered, by reason (each a count of datagrams or packets)."""
 
-    dropped: dict[str, int] = field(default_factory=dict)  # DropReason value -> count
+    #: DropReason value -> count; every reason is there from the start, so a snapshot taken
+    #: by another thread never sees the dict change size
+    dropped: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in DropReason})
     unmapped: int = 0  # held for an SSRC that was never named in time
     dave_failures: int = 0  # DAVE decryption failed (or a marked frame got through)
     delivered: int = 0
 
-    def count(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
+    def count(self, reason: DropReason) -> None:
+        self.dropped[reason.value] += 1
 
 
 class ReceiveFlow:
@@ -94,7 +96,7 @@ class ReceiveFlow:
             data, source=source, server=self._server, own_ssrc=self._own_ssrc, cipher=self._cipher
         )
         if isinstance(opened, Dropped):
-            self.counters.count(opened.reason.value)
+            self.counters.count(opened.reason)
             return [], []
         return self._settle(self._ssrcs.packet(opened.ssrc, (opened, now), now), now)
 
@@ -146,4 +148,3 @@ class ReceiveFlow:
             opus=frame,
             arrival=arrival,
         )
-

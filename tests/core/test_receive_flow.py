@@ -64,7 +64,8 @@ def test_drops_are_counted_by_reason() -> None:
     f.datagram(packet(payload_type=101), SERVER, 0.0)  # video
     f.datagram(packet(), ("10.9.9.9", 1), 0.0)  # foreign
     f.datagram(packet(ssrc=OWN), SERVER, 0.0)
-    assert f.counters.dropped == {"rtcp": 1, "not_opus": 1, "foreign": 1, "own_ssrc": 1}
+    counted = {reason: n for reason, n in f.counters.dropped.items() if n}
+    assert counted == {"rtcp": 1, "not_opus": 1, "foreign": 1, "own_ssrc": 1}
 
 
 def test_never_named_ssrcs_are_counted_after_the_hold_and_a_new_session_resets_everyone() -> None:

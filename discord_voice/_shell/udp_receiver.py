@@ -1,0 +1,348 @@
+"""The UDP receiver: one ``dv-udp-receiver`` thread per `Voice` reads every receiving
+connection's socket (``selectors``) and turns datagrams into ``opus_recv`` packets.
+
+Each receiving connection attaches an `InboundStream`: its socket, its `core.receive_flow.
+ReceiveFlow` (classification, transport decryption, SSRC -> user with the hold for early audio,
+DAVE), its `RecvQueue` and its counters. The thread, at each wake-up:
+
+1. applies the owners' requests (a new voice session's socket and key, a member's SSRC from op 5
+   or op 12, a member leaving, a close), re-registering sockets as needed;
+2. reads every readable socket without blocking (a non-blocking duplicate of the connection's
+   socket, which has a timeout for the handshake; at most `BATCH` datagrams per socket per
+   wake-up, so one busy connection cannot starve the others) and offers each
+   packet to the connection's queue (full: the oldest is discarded and counted, so a slow
+   consumer never slows the thread, nor sending);
+3. lets time pass for every stream (holds of never-named SSRCs run out) and waits for the next
+   readable socket, request or `TICK`.
+
+Everything the owner asks is a request (written to the stream's inbox, read by this thread,
+which alone runs the stream's flow). Malformed datagrams are counted, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from discord_voice._shell.recv_queue import RecvQueue
+from discord_voice._shell.threads import SharedWorker
+from discord_voice.clock import Clock, Signal
+from discord_voice.core import voice_payloads as vp
+from discord_voice.core.crypto import TransportCipher
+from discord_voice.core.receive_flow import Decrypt, ReceiveCounters, ReceiveFlow
+
+__all__ = ["BATCH", "TICK", "InboundStream", "ReceiveStats", "UdpReceiver"]
+
+log = logging.getLogger(__name__)
+
+#: Datagrams read from one socket per wake-up before the others get their turn.
+BATCH: Final = 64
+#: How often the thread looks at time passing when nothing arrives (real seconds).
+TICK: Final = 0.25
+_MAX_DATAGRAM: Final = 4096
+_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
+
+Member = vp.Speaking | vp.ClientSsrcs | vp.ClientDisconnect
+
+
+@dataclass(frozen=True)
+class ReceiveStats:
+    """A snapshot of one connection's receiving."""
+
+    delivered: int
+    overflowed: int  # discarded from a full opus_recv (the oldest)
+    dropped: dict[str, int]  # by reason: rtcp, not_opus, auth_failed, own_ssrc, ... (non-zero)
+    socket_errors: int  # recvfrom failures (ICMP errors surface there on some systems)
+    unmapped: int  # held for an SSRC never named in time
+    dave_failures: int
+    held: int  # waiting for op 5/12 right now
+
+
+@dataclass(frozen=True)
+class _Session:
+    sock: socket.socket
+    own_ssrc: int
+    cipher: TransportCipher
+
+
+class InboundStream:
+    """One connection's receiving (see the module docstring).
+
+    Thread safety: `set_session`, `member`, `close` and `stats` from any thread; the rest on
+    the receiver thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        packets: RecvQueue,
+        decrypt: Decrypt,
+        post: Callable[[InboundStream], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self.packets = packets
+        self._decrypt = decrypt
+        self._post = post
+        #: Called (on the receiver thread) if the thread itself fails: the owner ends.
+        self.on_failure = on_failure
+        self.socket_errors = 0
+        self._inbox: deque[_Session | Member | None] = deque()  # None: close
+        # the receiver thread's state
+        self._flow: ReceiveFlow | None = None
+        self.sock: socket.socket | None = None  # our non-blocking duplicate of the session's
+        self.replaced: list[socket.socket] = []  # earlier duplicates, for the thread to close
+        self.closed = False
+        self._counters = ReceiveCounters()  # the flow's, once there is one
+        self.released = Signal()  # set once the thread has let go of the stream
+
+    def __repr__(self) -> str:
+        return f"<InboundStream {self.name}>"
+
+    # -- the owner's side -------------------------------------------------------------------
+
+    def set_session(self, sock: socket.socket, own_ssrc: int, cipher: TransportCipher) -> None:
+        """Receive on `sock` (connected to the voice server) with this key from now on."""
+        self._inbox.append(_Session(sock, own_ssrc, cipher))
+        self._post(self)
+
+    def member(self, message: Member) -> None:
+        """A member's SSRC (op 5, op 12) or its departure (op 13), from the websocket reader."""
+        self._inbox.append(message)
+        self._post(self)
+
+    def close(self) -> None:
+        self._inbox.append(None)
+        self._post(self)
+
+    def stats(self) -> ReceiveStats:
+        counters = self._counters
+        flow = self._flow
+        return ReceiveStats(
+            delivered=counters.delivered,
+            overflowed=self.packets.overflowed,
+            dropped={reason: n for reason, n in counters.dropped.items() if n},
+            socket_errors=self.socket_errors,
+            unmapped=counters.unmapped,
+            dave_failures=counters.dave_failures,
+            held=flow.ssrcs.held if flow is not None else 0,
+        )
+
+    # -- the receiver thread's side ---------------------------------------------------------
+
+    def _apply(self, now: float) -> socket.socket | None:
+        """Apply the requests; return the socket to read from now (None: closed or none)."""
+        while self._inbox:
+            request = self._inbox.popleft()
+            if request is None:
+                self.closed = True
+            elif isinstance(request, _Session):
+                server = request.sock.getpeername()[:2]
+                if self._flow is None:
+                    self._flow = ReceiveFlow(
+                        own_ssrc=request.own_ssrc,
+                        server=server,
+                        cipher=request.cipher,
+                        decrypt=self._decrypt,
+                    )
+                    self._counters = self._flow.counters
+                else:
+                    self._flow.new_session(
+                        own_ssrc=request.own_ssrc, server=server, cipher=request.cipher
+                    )
+                if self.sock is not None:  # closed by the thread (`_take_requests`)
+                    self.replaced.append(self.sock)
+                # A duplicate that never waits: the connection's socket has a timeout, and
+                # Python polls for that long before every recvfrom on it (MSG_DONTWAIT or not)
+                self.sock = request.sock.dup()
+                self.sock.setblocking(False)
+            elif self._flow is not None:
+                self._member(self._flow, request, now)
+        if self.closed and self.sock is not None:
+            self.replaced.append(self.sock)
+            self.sock = None
+        return self.sock
+
+    def _member(self, flow: ReceiveFlow, message: Member, now: float) -> None:
+        if isinstance(message, vp.ClientDisconnect):
+            flow.disconnected(int(message.user_id), now)
+            return
+        if isinstance(message, vp.Speaking):
+            if message.user_id is None:
+                return
+            user, ssrc = int(message.user_id), message.ssrc
+        else:
+            user, ssrc = int(message.user_id), message.audio_ssrc
+        packets, _ = flow.speaking(user, ssrc, now)
+        for packet in packets:
+            self.packets.offer(packet)
+
+    def _read(self, now: float) -> None:
+        """Read what the socket has (at most `BATCH` datagrams), never blocking."""
+        flow, sock = self._flow, self.sock
+        if flow is None or sock is None:
+            return
+        for _ in range(BATCH):
+            try:
+                data, source = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here on some systems: not fatal
+                self.socket_errors += 1
+                log.debug("%r: recvfrom failed: %s", self, exc)
+                return
+            packets, _ = flow.datagram(data, source[:2], now)
+            for packet in packets:
+                self.packets.offer(packet)
+
+    def _tick(self, now: float) -> None:
+        if self._flow is not None:
+            self._flow.tick(now)
+
+
+class UdpReceiver:
+    """The ``dv-udp-receiver`` thread of one `Voice` and the streams it reads.
+
+    Thread safety: `attach`, `detach`, `close` from any thread but the receiver's own.
+    """
+
+    def __init__(self, clock: Clock, *, name: str = "dv-udp-receiver") -> None:
+        self._clock = clock
+        self._worker = SharedWorker(name, self._run, self._on_thread_failure)
+        self._lock = threading.Lock()  # guards the inbox and the wake socket
+        self._inbox: deque[InboundStream] = deque()
+        self._wake_w: socket.socket | None = None  # the thread's wake-up pair, while it runs
+        self._live: dict[InboundStream, socket.socket | None] = {}  # the thread's streams
+
+    def __repr__(self) -> str:
+        return f"<UdpReceiver streams={self._worker.clients}>"
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._worker.thread
+
+    def attach(
+        self,
+        name: str,
+        packets: RecvQueue,
+        decrypt: Decrypt,
+        on_failure: Callable[[BaseException], None],
+    ) -> InboundStream:
+        """A stream to receive into `packets`; give it a socket with `set_session`.
+        `on_failure` is called on the receiver thread if that thread fails (a bug)."""
+        stream = InboundStream(name, packets, decrypt, self._post, on_failure)
+        self._worker.acquire()
+        self._post(stream)
+        return stream
+
+    def detach(self, stream: InboundStream, timeout: float = 5.0) -> None:
+        """Stop receiving for `stream` and return once the thread let go of it (its socket is
+        no longer read); the last one stops and joins the thread."""
+        stream.close()
+        thread = self._worker.thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            stream.released.wait(timeout)  # real seconds, bounded, like a join
+        self._worker.release(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._worker.close(timeout)
+
+    def _post(self, stream: InboundStream) -> None:
+        with self._lock:
+            self._inbox.append(stream)
+            wake = self._wake_w
+        if wake is not None:
+            try:
+                wake.send(b"\0", _DONTWAIT)
+            except OSError:  # full (the thread is awake anyway) or closing
+                pass
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self, stop: Signal) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(wake_r, selectors.EVENT_READ, None)
+        with self._lock:
+            self._wake_w = wake_w
+        stop.add_listener(lambda: self._post_stop(wake_w))
+        live: dict[InboundStream, socket.socket | None] = {}
+        self._live = live
+        try:
+            while not stop.is_set():
+                now = self._clock.monotonic()
+                self._take_requests(selector, live, now)
+                for key, _ in selector.select(TICK):
+                    if key.data is None:
+                        _drain(wake_r)
+                    else:
+                        key.data._read(self._clock.monotonic())
+                now = self._clock.monotonic()
+                for stream in live:
+                    stream._tick(now)
+        finally:
+            with self._lock:
+                self._wake_w = None
+                pending = list(self._inbox)
+                self._inbox.clear()
+            for sock in live.values():
+                if sock is not None:
+                    sock.close()
+            for stream in [*live, *pending]:
+                stream.released.set()
+            selector.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _take_requests(
+        self,
+        selector: selectors.BaseSelector,
+        live: dict[InboundStream, socket.socket | None],
+        now: float,
+    ) -> None:
+        with self._lock:
+            posted = list(self._inbox)
+            self._inbox.clear()
+        for stream in dict.fromkeys(posted):  # each once, in posting order
+            old = live.get(stream)
+            new = stream._apply(now)
+            for sock in stream.replaced:  # a new session, or closed: our duplicates go (the
+                if sock is old:  # connection's own socket stays open)
+                    selector.unregister(sock)
+                sock.close()
+            stream.replaced.clear()
+            if stream.closed:
+                live.pop(stream, None)
+                stream.released.set()
+                continue
+            if new is not None and new is not old:
+                selector.register(new, selectors.EVENT_READ, stream)
+            live[stream] = new
+
+    def _post_stop(self, wake: socket.socket) -> None:
+        try:
+            wake.send(b"\0", _DONTWAIT)
+        except OSError:
+            pass
+
+    def _on_thread_failure(self, exc: BaseException) -> None:
+        """The thread itself failed (a bug): every receiving connection's owner learns it."""
+        log.error("%s failed: %r", self._worker.name, exc)
+        for stream in list(self._live):
+            stream.on_failure(exc)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
