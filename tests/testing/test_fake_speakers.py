@@ -22,7 +22,7 @@ import itertools
 import secrets
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import websocket
@@ -41,6 +41,9 @@ from tests.testing.fake_raw_clients import (
     open_rtp,
     recv_json,
 )
+
+if TYPE_CHECKING:
+    from tests.testing.dave_raw_client import DaveRawClient
 
 MODES = [
     pytest.param(AES, marks=pytest.mark.skipif(not aes_available(), reason="no AES-NI for PyNaCl")),
@@ -416,3 +419,143 @@ def test_raw_datagrams_need_a_client(fake: FakeDiscord) -> None:
         fake.send_udp_raw(b"x")
     with pytest.raises(RuntimeError, match="pass channel_id"):
         fake.add_speaker()
+
+
+# ---------------------------------------------------------------- DAVE, against davey
+
+
+def dave_nonce(frame: bytes) -> int:
+    """The truncated nonce of a DAVE protocol frame (ULEB128 after the 8-byte tag)."""
+    assert frame[-2:] == b"\xfa\xfa", frame.hex()
+    at, value, shift = len(frame) - frame[-3] + 8, 0, 0
+    while True:
+        byte = frame[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value
+
+
+def dave_received(client: DaveRawClient, fake: FakeDiscord) -> list[OpenedRtp]:
+    """As `received`, for a raw DAVE client (xchacha, reads its UDP socket on this thread)."""
+    marker = b"marker-" + secrets.token_bytes(8)
+    fake.send_udp_raw(marker, to_ssrc=client.ssrc)
+    got: list[OpenedRtp] = []
+    while True:
+        data, source = client.udp.recvfrom(4096)
+        assert source == client.server
+        if data == marker:
+            return got
+        got.append(open_rtp(XCHACHA, client.key, data))
+
+
+def davey_decrypt(client: DaveRawClient, user_id: int, packets: list[OpenedRtp]) -> list[bytes]:
+    davey = pytest.importorskip("davey")
+    with client.cond:
+        return [
+            bytes(client.dave.decrypt(user_id, davey.MediaType.audio, p.payload)) for p in packets
+        ]
+
+
+@pytest.fixture
+def dave_bot() -> Iterator[tuple[FakeDiscord, DaveRawClient]]:
+    """A DAVE fake (a libdave listener in the channel) and the bot as a raw davey client in
+    the channel's group (epoch 1 executed)."""
+    raw = pytest.importorskip("tests.testing.dave_raw_client")
+    with FakeDiscord() as fake:
+        main, client = raw.bot_client(fake)
+        try:
+            client.handshake()
+            client.wait(lambda c: c.executed, "op 22")
+            yield fake, client
+        finally:
+            client.close()
+            main.close()
+
+
+def test_dave_frames_of_libdave_decrypt_with_davey_across_epochs(
+    dave_bot: tuple[FakeDiscord, DaveRawClient],
+) -> None:
+    fake, client = dave_bot
+    speaker = fake.add_speaker()
+    assert speaker.dave and speaker.channel_id == CHANNEL
+    client.wait(lambda c: speaker.user_id in c.expected, "op 11 for the speaker")
+    frames = [opus(20, i) for i in range(4)]
+    sent = speaker.send(frames)  # waits until the speaker's own add executed
+    assert speaker.user_id in fake.dave_state().members
+    assert all(p.dave and p.payload != p.opus for p in sent)
+    assert [dave_nonce(p.payload) for p in sent] == [1, 2, 3, 4]  # a fresh ratchet
+    got = dave_received(client, fake)
+    assert [g.payload for g in got] == [p.payload for p in sent]
+    assert davey_decrypt(client, speaker.user_id, got) == frames
+    client.wait(lambda c: any(m[:2] == ("json", 5) for m in c.messages), "op 5")
+    assert ("json", 5, {"user_id": str(speaker.user_id), "ssrc": speaker.ssrc, "speaking": 1}) in (
+        client.messages
+    )
+
+    # another member joins: a new epoch; the speaker switches on op 22, davey follows
+    epoch = client.epoch
+    fake.add_member()
+    more = speaker.send([opus(20, 9), opus(20, 10)])
+    assert client.epoch == (epoch or 0) + 1
+    assert [dave_nonce(p.payload) for p in more] == [1, 2]
+    assert davey_decrypt(client, speaker.user_id, dave_received(client, fake)) == [
+        opus(20, 9),
+        opus(20, 10),
+    ]
+
+    # dave=False: the Opus frame as is (what a client in passthrough, or a bad one, sends)
+    (plain,) = speaker.send([opus(20, 11)], dave=False)
+    assert not plain.dave and plain.payload == plain.opus == opus(20, 11)
+    assert [g.payload for g in dave_received(client, fake)] == [opus(20, 11)]
+
+    # leaving: op 13, then the gateway's Remove proposal makes another epoch
+    executed = len(client.executed)
+    speaker.leave()
+    client.wait(lambda c: speaker.user_id not in c.expected, "op 13")
+    client.wait(lambda c: len(c.executed) > executed, "the removal's op 22")
+    assert speaker.user_id not in fake.dave_state().members
+    assert fake.violations == [] and fake.udp_errors == [] and client.errors == []
+
+
+def test_dave_key_switch_on_commit_sends_the_next_epochs_key_first(
+    dave_bot: tuple[FakeDiscord, DaveRawClient],
+) -> None:
+    fake, client = dave_bot
+    speaker = fake.add_speaker(key_switch="commit")
+    speaker.send([opus(20)])
+    dave_received(client, fake)
+    executed = len(client.executed)
+    fake.add_member()  # the speaker processes the commit at once and switches keys
+    sent = speaker.send([opus(20, 1), opus(20, 2)], settle=False)
+    assert [dave_nonce(p.payload) for p in sent] == [1, 2]  # already the new epoch's ratchet
+    got = dave_received(client, fake)
+    client.wait(lambda c: len(c.executed) > executed, "op 22 of the new member")
+    assert davey_decrypt(client, speaker.user_id, got) == [opus(20, 1), opus(20, 2)]
+    assert fake.violations == [] and client.errors == []
+
+
+def test_dave_speaker_there_first_then_a_downgrade_to_plain_frames() -> None:
+    raw = pytest.importorskip("tests.testing.dave_raw_client")
+    with FakeDiscord() as fake:
+        speaker = fake.add_speaker(CHANNEL)
+        main, client = raw.bot_client(fake)
+        try:
+            client.handshake()
+            client.wait(lambda c: c.executed, "op 22")
+            assert speaker.user_id in client.expected and len(client.expected) == 2  # + listener
+            sent = speaker.send([opus(20, 1)])
+            assert sent[0].dave
+            got = dave_received(client, fake)
+            assert davey_decrypt(client, speaker.user_id, got) == [opus(20, 1)]
+
+            executed = len(client.executed)
+            fake.downgrade()
+            client.wait(lambda c: len(c.executed) > executed, "op 22 of the downgrade")
+            (plain,) = speaker.send([opus(20, 2)])  # protocol 0: passthrough
+            assert not plain.dave and plain.payload == opus(20, 2)
+            assert [g.payload for g in dave_received(client, fake)] == [opus(20, 2)]
+            assert fake.violations == [] and client.errors == []
+        finally:
+            client.close()
+            main.close()
