@@ -38,6 +38,7 @@ from discord_voice.connection import (
 )
 from discord_voice.core.frames import MAX_OPUS_PACKET_SIZE, OPUS_SILENCE_FRAME
 from discord_voice.core.opcodes import Intents, SpeakingFlag
+from discord_voice.core.receive_flow import VoicePacket
 from discord_voice.core.reconnect import (
     Action,
     Attempt,
@@ -103,6 +104,7 @@ __all__ = [
     "WaveSource",
     "open_source",
     "probe",
+    "VoicePacket",
     "MAX_OPUS_PACKET_SIZE",
     "OPUS_SILENCE_FRAME",
     "Clock",

@@ -32,6 +32,8 @@ from typing import Protocol
 from discord_voice._shell.exit_hook import close_at_exit
 from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.opus_queue import OpusQueue
+from discord_voice._shell.recv_queue import RecvQueue
+from discord_voice._shell.udp_receiver import ReceiveStats, UdpReceiver
 from discord_voice._shell.udp_sender import StopSpeakingMarker, UdpSender
 from discord_voice._shell.voice_sessions import (
     VoiceSessions,
@@ -102,6 +104,7 @@ class ConnectionStats:
     malformed_messages: int
     resumes: int
     reconnects: int
+    receive: ReceiveStats | None = None  # when joined with receive=True
 
 
 class Connection:
@@ -128,6 +131,8 @@ class Connection:
         self_mute: bool = False,
         self_deaf: bool = False,
         reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
+        receiver: UdpReceiver | None = None,
+        receive_queue_size: int = 100,
     ) -> None:
         self._owner = owner
         self._voice_states = voice_states
@@ -146,6 +151,9 @@ class Connection:
         #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
+        #: Other members' Opus packets (`VoicePacket`), when joined with ``receive=True``: each
+        #: user's in their order of arrival; full, the oldest is discarded (``stats.receive``).
+        self.opus_recv = RecvQueue(receive_queue_size)
         self._sessions = VoiceSessions(
             info,
             self.opus_send,
@@ -160,6 +168,8 @@ class Connection:
             resume_timeout=close_timeout,
             on_link_lost=lambda exc, socket: self._supervisor.link_lost(exc, socket),
             on_send_failure=lambda exc: self._supervisor.fail_elsewhere(exc),
+            receiver=receiver,
+            received=self.opus_recv,
         )
         self._supervisor = VoiceSupervisor(
             Lifecycle(plan),
@@ -297,6 +307,7 @@ class Connection:
             malformed_messages=session.malformed,
             resumes=sessions.resumes,
             reconnects=sessions.reconnects,
+            receive=sessions.inbound.stats() if sessions.inbound is not None else None,
         )
 
     # -- DAVE end-to-end encryption ---------------------------------------------------------

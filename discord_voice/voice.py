@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from discord_voice._shell.heartbeat import HeartbeatLoop
+from discord_voice._shell.udp_receiver import UdpReceiver
 from discord_voice._shell.udp_sender import UdpSender
 from discord_voice.clock import Clock, SystemClock, future_signal
 from discord_voice.connection import (
@@ -83,6 +84,8 @@ class Voice:
             ``ReconnectPlan(ClosePolicy.voice_default().with_overrides({...}))``).
         reconnect_timeout: how long one new-session attempt may take (fresh op 4, both
             updates, the whole voice handshake) before it counts as failed.
+        receive_queue_size: capacity of each receiving connection's ``opus_recv`` (packets);
+            when full, the oldest is discarded and counted.
 
     Thread safety: every method may be called from any thread except the library's own.
     """
@@ -96,9 +99,12 @@ class Voice:
         close_timeout: float = 5.0,
         reconnect_plan: ReconnectPlan[Action] | None = None,
         reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
+        receive_queue_size: int = 100,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if receive_queue_size < 1:
+            raise ValueError("receive_queue_size must be at least 1")
         if reconnect_plan is not None and reconnect_plan.policy.gateway != "voice":
             raise ValueError("reconnect_plan must use a voice gateway ClosePolicy")
         if not reconnect_timeout > 0:
@@ -113,6 +119,9 @@ class Voice:
         self._heartbeats = HeartbeatLoop(self._clock, join_timeout=close_timeout)
         #: The dv-udp-sender thread, pacing every connection's opus_send.
         self._udp_sender = UdpSender(self._clock)
+        #: The dv-udp-receiver thread, reading every receiving connection's socket.
+        self._udp_receiver = UdpReceiver(self._clock)
+        self._receive_queue_size = receive_queue_size
         self._lock = threading.Lock()
         self._pending: dict[str, _PendingJoin] = {}
         # guild -> resolved when Discord confirms a leave (our VOICE_STATE_UPDATE, no channel)
@@ -132,6 +141,7 @@ class Voice:
         *,
         self_mute: bool = False,
         self_deaf: bool = False,
+        receive: bool = False,
         timeout: float = 10.0,
     ) -> Connection:
         """Join a voice channel; block until the connection can carry audio.
@@ -211,6 +221,8 @@ class Voice:
             self_mute=self_mute,
             self_deaf=self_deaf,
             reconnect_timeout=self._reconnect_timeout,
+            receiver=self._udp_receiver if receive else None,
+            receive_queue_size=self._receive_queue_size,
         )
         with self._lock:
             self._connections[guild] = connection
@@ -232,6 +244,7 @@ class Voice:
         self._remove_handler()
         self._heartbeats.close()  # joined even if a failed connection was never disconnected
         self._udp_sender.close(self._close_timeout)
+        self._udp_receiver.close(self._close_timeout)
 
     def __enter__(self) -> Voice:
         return self

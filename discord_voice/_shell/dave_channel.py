@@ -16,6 +16,7 @@ from discord_voice._shell.udp_sender import EncryptBlocked
 from discord_voice.clock import Signal
 from discord_voice.core.dave import DaveProtocol
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
+from discord_voice.errors import VoiceError
 
 __all__ = ["DaveChannel"]
 
@@ -93,6 +94,16 @@ class DaveChannel:
             return self.protocol.encrypt_ready(frame)
         finally:
             self.lock.release()
+
+    def try_decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        """The receiver's DAVE step: `frame` from `user_id` decrypted, or None if it cannot be
+        (no key for that sender yet, a plain frame outside the passthrough window, damage).
+        Waits for the lock: the receive thread may, a commit takes milliseconds."""
+        with self.lock:
+            try:
+                return self.protocol.decrypt(user_id, frame)
+            except VoiceError:
+                return None
 
     def on_media_ready(self, callback: Callable[[], None]) -> bool:
         """Call `callback` once media can be sent; False (not registered) if it can now."""

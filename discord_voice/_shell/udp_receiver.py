@@ -66,9 +66,21 @@ class ReceiveStats:
 
 @dataclass(frozen=True)
 class _Session:
+    number: int  # the voice session's (link's) number: member events name it too
     sock: socket.socket
     own_ssrc: int
     cipher: TransportCipher
+    decrypt: Decrypt
+
+
+@dataclass(frozen=True)
+class _Member:
+    session: int
+    message: Member
+
+
+#: Member events kept for a voice session the thread has not switched to yet.
+_DEFERRED_MAX: Final = 256
 
 
 class InboundStream:
@@ -82,20 +94,20 @@ class InboundStream:
         self,
         name: str,
         packets: RecvQueue,
-        decrypt: Decrypt,
         post: Callable[[InboundStream], None],
         on_failure: Callable[[BaseException], None],
     ) -> None:
         self.name = name
         self.packets = packets
-        self._decrypt = decrypt
         self._post = post
         #: Called (on the receiver thread) if the thread itself fails: the owner ends.
         self.on_failure = on_failure
         self.socket_errors = 0
-        self._inbox: deque[_Session | Member | None] = deque()  # None: close
+        self._inbox: deque[_Session | _Member | None] = deque()  # None: close
         # the receiver thread's state
         self._flow: ReceiveFlow | None = None
+        self._session: int | None = None  # the number of the voice session read now
+        self._deferred: deque[_Member] = deque(maxlen=_DEFERRED_MAX)  # for a later session
         self.sock: socket.socket | None = None  # our non-blocking duplicate of the session's
         self.replaced: list[socket.socket] = []  # earlier duplicates, for the thread to close
         self.closed = False
@@ -107,14 +119,24 @@ class InboundStream:
 
     # -- the owner's side -------------------------------------------------------------------
 
-    def set_session(self, sock: socket.socket, own_ssrc: int, cipher: TransportCipher) -> None:
-        """Receive on `sock` (connected to the voice server) with this key from now on."""
-        self._inbox.append(_Session(sock, own_ssrc, cipher))
+    def set_session(
+        self,
+        number: int,
+        sock: socket.socket,
+        own_ssrc: int,
+        cipher: TransportCipher,
+        decrypt: Decrypt,
+    ) -> None:
+        """Receive voice session `number` on `sock` (connected to its voice server) with its
+        key and DAVE step, from now on."""
+        self._inbox.append(_Session(number, sock, own_ssrc, cipher, decrypt))
         self._post(self)
 
-    def member(self, message: Member) -> None:
-        """A member's SSRC (op 5, op 12) or its departure (op 13), from the websocket reader."""
-        self._inbox.append(message)
+    def member(self, session: int, message: Member) -> None:
+        """A member's SSRC (op 5, op 12) or its departure (op 13), from voice session
+        `session`'s websocket reader (before the switch to a new session, its events wait for
+        it; an old session's late ones are ignored)."""
+        self._inbox.append(_Member(session, message))
         self._post(self)
 
     def close(self) -> None:
@@ -149,21 +171,34 @@ class InboundStream:
                         own_ssrc=request.own_ssrc,
                         server=server,
                         cipher=request.cipher,
-                        decrypt=self._decrypt,
+                        decrypt=request.decrypt,
                     )
                     self._counters = self._flow.counters
                 else:
                     self._flow.new_session(
-                        own_ssrc=request.own_ssrc, server=server, cipher=request.cipher
+                        own_ssrc=request.own_ssrc,
+                        server=server,
+                        cipher=request.cipher,
+                        decrypt=request.decrypt,
                     )
+                self._session = request.number
+                early, self._deferred = self._deferred, deque(maxlen=_DEFERRED_MAX)
+                for event in early:  # what its websocket said before the switch, in order
+                    if event.session == request.number:
+                        self._member(self._flow, event.message, now)
+                    elif event.session > request.number:
+                        self._deferred.append(event)
                 if self.sock is not None:  # closed by the thread (`_take_requests`)
                     self.replaced.append(self.sock)
                 # A duplicate that never waits: the connection's socket has a timeout, and
                 # Python polls for that long before every recvfrom on it (MSG_DONTWAIT or not)
                 self.sock = request.sock.dup()
                 self.sock.setblocking(False)
-            elif self._flow is not None:
-                self._member(self._flow, request, now)
+            elif self._flow is None or self._session is None or request.session > self._session:
+                self._deferred.append(request)
+            elif request.session == self._session:
+                self._member(self._flow, request.message, now)
+            # else: a replaced session's late event: ignored
         if self.closed and self.sock is not None:
             self.replaced.append(self.sock)
             self.sock = None
@@ -228,15 +263,11 @@ class UdpReceiver:
         return self._worker.thread
 
     def attach(
-        self,
-        name: str,
-        packets: RecvQueue,
-        decrypt: Decrypt,
-        on_failure: Callable[[BaseException], None],
+        self, name: str, packets: RecvQueue, on_failure: Callable[[BaseException], None]
     ) -> InboundStream:
         """A stream to receive into `packets`; give it a socket with `set_session`.
         `on_failure` is called on the receiver thread if that thread fails (a bug)."""
-        stream = InboundStream(name, packets, decrypt, self._post, on_failure)
+        stream = InboundStream(name, packets, self._post, on_failure)
         self._worker.acquire()
         self._post(stream)
         return stream

@@ -21,7 +21,7 @@ from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.threads import ServiceThread, joined_within
 from discord_voice._shell.udp import discover_ip, open_udp
 from discord_voice._shell.udp_sender import Transport
-from discord_voice._shell.voice_session import VoiceSocketSession
+from discord_voice._shell.voice_session import Member, VoiceSocketSession
 from discord_voice.clock import Clock
 from discord_voice.core import crypto
 from discord_voice.core.packetizer import Packetizer
@@ -31,9 +31,13 @@ __all__ = ["VoiceLink"]
 
 #: ``on_failure(link, socket_number, error)``: websocket number `socket_number` of `link` ended.
 LinkFailure = Callable[["VoiceLink", int, BaseException], None]
+#: A member event (op 5, 12, 13) from one of the link's websockets.
+LinkMember = Callable[["VoiceLink", Member], None]
 
 #: Numbers every voice websocket of the process (a loss names its socket by number).
 _socket_numbers = itertools.count(1)
+#: Numbers every voice session (link) of the process: receiving tells sessions apart by it.
+_link_numbers = itertools.count(1)
 
 
 class VoiceLink:
@@ -52,8 +56,11 @@ class VoiceLink:
         heartbeats: HeartbeatLoop,
         max_dave_protocol_version: int,
         on_failure: LinkFailure,
+        on_member: LinkMember = lambda link, message: None,
     ) -> None:
         self.info = info
+        self.number = next(_link_numbers)
+        self._on_member = on_member
         self._clock = clock
         self._heartbeats = heartbeats  # the Voice's: every session of the link beats on it
         self._max_dave = max_dave_protocol_version
@@ -70,6 +77,8 @@ class VoiceLink:
         self.ssrc: int | None = None
         #: The voice server's UDP address, and ours as it saw it (IP discovery).
         self.udp_server: tuple[str, int] | None = None
+        #: The transport cipher of the session (stateless `open`: the receiver shares it).
+        self.cipher: crypto.TransportCipher | None = None
         self.external_address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -104,9 +113,10 @@ class VoiceLink:
         )
         session.await_e2ee(deadline, timeout)  # at once when the call has no DAVE
         self.mode = description.mode
+        self.cipher = crypto.make_cipher(description.mode, description.secret_key)
         packetizer = Packetizer(
             ready.ssrc,
-            crypto.make_cipher(description.mode, description.secret_key),
+            self.cipher,
             sequence=random.getrandbits(16),
             timestamp=random.getrandbits(32),
         )
@@ -181,6 +191,7 @@ class VoiceLink:
             threads=threads,
             dave=self.dave,
             resume_from=resume_from,
+            on_member=lambda message: self._on_member(self, message),
         )
         with self._lock:
             self._threads[session] = threads

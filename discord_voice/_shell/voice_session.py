@@ -49,9 +49,12 @@ from discord_voice.errors import (
     VoiceGatewayClosed,
 )
 
-__all__ = ["VoiceSocketSession"]
+__all__ = ["Member", "VoiceSocketSession"]
 
 log = logging.getLogger("discord_voice.connection")
+
+#: What a voice websocket tells about other members (for receiving their audio).
+Member = vp.Speaking | vp.ClientSsrcs | vp.ClientDisconnect
 T = TypeVar("T")
 
 
@@ -73,8 +76,10 @@ class VoiceSocketSession:
         threads: list[ServiceThread],
         dave: DaveChannel,
         resume_from: VoiceSocketSession | None = None,
+        on_member: Callable[[Member], None] = lambda message: None,
     ) -> None:
         self._info = info
+        self._on_member = on_member  # who speaks with which SSRC, who left: for receiving
         self._clock = clock
         self._on_failure = on_failure
         self._threads = threads  # the owner's list: it joins them
@@ -284,6 +289,9 @@ class VoiceSocketSession:
             self._dave.clients_connect(message.user_ids)
         elif isinstance(message, vp.ClientDisconnect):
             self._dave.client_disconnect(message.user_id)
+            self._on_member(message)
+        elif isinstance(message, (vp.Speaking, vp.ClientSsrcs)):
+            self._on_member(message)
         elif isinstance(message, vp.HeartbeatAck):
             with self._lock:
                 if self._pacemaker is not None:

@@ -21,9 +21,12 @@ from typing import Protocol
 
 from discord_voice._shell.heartbeat import HeartbeatLoop
 from discord_voice._shell.opus_queue import OpusQueue
+from discord_voice._shell.recv_queue import RecvQueue
 from discord_voice._shell.threads import join_all, joined_within
+from discord_voice._shell.udp_receiver import InboundStream, UdpReceiver
 from discord_voice._shell.udp_sender import OutboundStream, Transport, UdpSender
 from discord_voice._shell.voice_link import VoiceLink
+from discord_voice._shell.voice_session import Member
 from discord_voice._shell.voice_updates import ServerUpdate, StateUpdate, VoiceUpdates
 from discord_voice.clock import Clock
 from discord_voice.core.opcodes import SpeakingFlag
@@ -79,6 +82,8 @@ class VoiceSessions:
         resume_timeout: float,
         on_link_lost: Callable[[BaseException, int], None],
         on_send_failure: Callable[[BaseException], None],
+        receiver: UdpReceiver | None = None,
+        received: RecvQueue | None = None,
     ) -> None:
         self._frames = frames
         self._clock = clock
@@ -97,6 +102,13 @@ class VoiceSessions:
             ServerUpdate(info.endpoint, info.token),
             clock=clock,
         )
+        # Receiving: one stream in the Voice's receiver thread for the connection's lifetime;
+        # each voice session (link) hands it its socket and key, and its members' SSRCs.
+        self._receiver = receiver
+        self._inbound: InboundStream | None = None
+        if receiver is not None:
+            assert received is not None, "receiving needs its queue"
+            self._inbound = receiver.attach(info.guild_id, received, on_send_failure)
         self._link = self._new_link(info)
         self._link_generation = 0  # the server update the current link was made from
         self._retired: list[VoiceLink] = []  # threads not joined in time: at `join`
@@ -128,6 +140,7 @@ class VoiceSessions:
         `JoinTimeout` naming the stage."""
         link = self.link
         self._transport = link.establish(deadline, timeout)
+        self._receive_on(link)
         return link.socket_number
 
     # -- the steps that never block ------------------------------------------------------------
@@ -288,6 +301,7 @@ class VoiceSessions:
             self._stopped.add(old.socket_number)
         self._retire(old)
         transport = new.establish(deadline, timeout)
+        self._receive_on(new)
         if self._stream is not None:
             self._stream.set_transport(transport)  # held: `resume_audio` sends Speaking first
         with self._lock:
@@ -309,7 +323,27 @@ class VoiceSessions:
             heartbeats=self._heartbeats,
             max_dave_protocol_version=self._max_dave,
             on_failure=self._link_failed,
+            on_member=self._link_member,
         )
+
+    def _link_member(self, link: VoiceLink, message: Member) -> None:
+        """Op 5/12/13 on a link's websocket reader: for the receiver (never blocks)."""
+        if self._inbound is not None:
+            self._inbound.member(link.number, message)
+
+    def _receive_on(self, link: VoiceLink) -> None:
+        """The link can carry audio: the receiver reads its socket from now on."""
+        if self._inbound is None:
+            return
+        assert link.udp is not None and link.ssrc is not None and link.cipher is not None
+        self._inbound.set_session(
+            link.number, link.udp, link.ssrc, link.cipher, link.dave.try_decrypt
+        )
+
+    @property
+    def inbound(self) -> InboundStream | None:
+        """Our receiving in the Voice's receiver thread (None when not receiving)."""
+        return self._inbound
 
     def _link_failed(self, link: VoiceLink, socket: int, exc: BaseException) -> None:
         """A websocket of `link` ended: only the current, live one is a loss."""
@@ -346,7 +380,10 @@ class VoiceSessions:
         with self._lock:
             stream = self._stream if self._attached else None
             self._attached = False
+            inbound, self._inbound = self._inbound, None
         if stream is not None:  # the last stream stops the sender thread
             self._sender.detach(stream, timeout)
+        if inbound is not None and self._receiver is not None:  # and the receiver's
+            self._receiver.detach(inbound, timeout)
         for link in links:
             link.release()

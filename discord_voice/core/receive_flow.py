@@ -82,10 +82,18 @@ class ReceiveFlow:
         return self._ssrcs
 
     def new_session(
-        self, *, own_ssrc: int, server: tuple[str, int], cipher: TransportCipher
+        self,
+        *,
+        own_ssrc: int,
+        server: tuple[str, int],
+        cipher: TransportCipher,
+        decrypt: Decrypt | None = None,
     ) -> list[Reset]:
-        """A new voice session (reconnect, move): new key, SSRCs and server; everyone resets."""
+        """A new voice session (reconnect, move): new key, SSRCs, server (and DAVE group);
+        everyone resets."""
         self._own_ssrc, self._server, self._cipher = own_ssrc, server, cipher
+        if decrypt is not None:
+            self._decrypt = decrypt
         return self._settle(self._ssrcs.clear(), now=0.0)[1]
 
     def datagram(

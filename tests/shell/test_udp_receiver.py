@@ -67,8 +67,8 @@ def rig() -> Iterator[Rig]:
     receiver = UdpReceiver(SystemClock())
     queue = CountingQueue(64)
     failures: list[BaseException] = []
-    stream = receiver.attach("g1", queue, lambda user, frame: frame, failures.append)
-    stream.set_session(client, OWN, make_cipher(MODE_XCHACHA20, KEY))
+    stream = receiver.attach("g1", queue, failures.append)
+    stream.set_session(1, client, OWN, make_cipher(MODE_XCHACHA20, KEY), plain)
     try:
         yield Rig(server, client, receiver, queue, stream, failures)
     finally:
@@ -78,12 +78,16 @@ def rig() -> Iterator[Rig]:
     assert failures == []
 
 
+def plain(user: int, frame: bytes) -> bytes | None:
+    return frame  # no DAVE in these calls
+
+
 def speaking(user: int, ssrc: int) -> vp.Speaking:
     return vp.Speaking(user_id=str(user), ssrc=ssrc, speaking=1)
 
 
 def test_named_members_packets_arrive_in_order_with_their_user(rig: Rig) -> None:
-    rig.stream.member(speaking(ALICE, 7))
+    rig.stream.member(1, speaking(ALICE, 7))
     frames = [b"\xf8alice %d" % n for n in range(10)]
     for n, frame in enumerate(frames):
         rig.send(packet(payload=frame, ssrc=7, sequence=n, timestamp=960 * n))
@@ -96,13 +100,13 @@ def test_named_members_packets_arrive_in_order_with_their_user(rig: Rig) -> None
 
 
 def test_early_audio_is_held_until_op_12_then_delivered_first(rig: Rig) -> None:
-    rig.stream.member(speaking(ALICE, 7))
+    rig.stream.member(1, speaking(ALICE, 7))
     for n in range(3):
         rig.send(packet(payload=b"\xf8early %d" % n, ssrc=9, sequence=n))
     rig.send(packet(payload=b"\xf8marker", ssrc=7))  # once it is out, the three were read
     assert rig.queue.get(timeout=LONG).opus == b"\xf8marker"
     assert rig.stream.stats().held == 3
-    rig.stream.member(vp.ClientSsrcs(user_id=str(BOB), audio_ssrc=9))  # op 12 names it
+    rig.stream.member(1, vp.ClientSsrcs(user_id=str(BOB), audio_ssrc=9))  # op 12 names it
     got = [rig.queue.get(timeout=LONG) for _ in range(3)]
     assert [(p.user_id, p.opus) for p in got] == [(BOB, b"\xf8early %d" % n) for n in range(3)]
     assert rig.stream.stats().held == 0
@@ -110,14 +114,14 @@ def test_early_audio_is_held_until_op_12_then_delivered_first(rig: Rig) -> None:
 
 def test_a_full_queue_discards_the_oldest_and_counts_it(rig: Rig) -> None:
     small = CountingQueue(2)
-    stream = rig.receiver.attach("g2", small, lambda user, frame: frame, rig.failures.append)
+    stream = rig.receiver.attach("g2", small, rig.failures.append)
     other_server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other_server.bind(("127.0.0.1", 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.connect(other_server.getsockname())
     try:
-        stream.set_session(client, OWN, make_cipher(MODE_XCHACHA20, KEY))
-        stream.member(speaking(ALICE, 7))
+        stream.set_session(1, client, OWN, make_cipher(MODE_XCHACHA20, KEY), plain)
+        stream.member(1, speaking(ALICE, 7))
         for n in range(5):
             other_server.sendto(packet(ssrc=7, sequence=n), client.getsockname())
         small.wait_offers(5)
@@ -130,7 +134,7 @@ def test_a_full_queue_discards_the_oldest_and_counts_it(rig: Rig) -> None:
 
 
 def test_drops_are_counted_and_the_thread_goes_on(rig: Rig) -> None:
-    rig.stream.member(speaking(ALICE, 7))
+    rig.stream.member(1, speaking(ALICE, 7))
     rig.send(b"\x81\xc9" + bytes(30))  # RTCP
     rig.send(packet(ssrc=7, payload_type=101))  # video
     rig.send(packet(ssrc=OWN))  # our own
@@ -151,21 +155,22 @@ def test_drops_are_counted_and_the_thread_goes_on(rig: Rig) -> None:
 
 
 def test_a_member_who_leaves_is_forgotten_after_the_in_flight_window(rig: Rig) -> None:
-    rig.stream.member(speaking(ALICE, 7))
-    rig.stream.member(vp.ClientDisconnect(user_id=str(ALICE)))
+    rig.stream.member(1, speaking(ALICE, 7))
+    rig.stream.member(1, vp.ClientDisconnect(user_id=str(ALICE)))
     rig.send(packet(payload=b"\xf8in flight", ssrc=7))
     assert rig.queue.get(timeout=LONG).user_id == ALICE  # within FORGET_AFTER
 
 
 def test_a_new_session_reads_the_new_socket(rig: Rig) -> None:
-    rig.stream.member(speaking(ALICE, 7))
+    rig.stream.member(1, speaking(ALICE, 7))
     server2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server2.bind(("127.0.0.1", 0))
     client2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client2.connect(server2.getsockname())
     try:
-        rig.stream.set_session(client2, OWN, make_cipher(MODE_XCHACHA20, KEY))
-        rig.stream.member(speaking(BOB, 8))  # the new session's members name themselves again
+        rig.stream.member(2, speaking(BOB, 8))  # before the switch: waits for session 2
+        rig.stream.member(1, speaking(BOB, 99))  # the old session's late news: ignored
+        rig.stream.set_session(2, client2, OWN, make_cipher(MODE_XCHACHA20, KEY), plain)
         server2.sendto(packet(payload=b"\xf8new session", ssrc=8), client2.getsockname())
         got = rig.queue.get(timeout=LONG)
         assert (got.user_id, got.opus) == (BOB, b"\xf8new session")
