@@ -89,3 +89,37 @@ def test_without_receive_nothing_is_read(world: World) -> None:
     speaker.send(frames(b"unheard", 3))
     assert conn.stats.receive is None and conn.opus_recv.empty()
     conn.disconnect()
+
+
+def test_receiving_survives_a_resume_and_a_new_voice_session(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    speaker = world.fake.add_speaker()
+    assert conn.wait_for_e2ee(LONG)
+    speaker.send(frames(b"before", 3))
+    assert [p.opus for p in take(conn.opus_recv, 3)] == frames(b"before", 3)
+    world.fake.close_voice(4015, "resume please")  # a resume: same session, same key
+    assert world.fake.wait_until(lambda f: conn.resumes == 1, LONG)
+    speaker.send(frames(b"resumed", 3))
+    assert [p.opus for p in take(conn.opus_recv, 3)] == frames(b"resumed", 3)
+    world.fake.close_voice(4006, "session gone")  # a new session: new socket, key, group
+    assert world.fake.wait_until(lambda f: conn.reconnects == 1, LONG)
+    assert conn.wait_for_e2ee(LONG)
+    speaker.send(frames(b"new session", 3))
+    got = take(conn.opus_recv, 3)
+    assert [p.opus for p in got] == frames(b"new session", 3)
+    assert {p.user_id for p in got} == {speaker.user_id}
+    conn.disconnect()
+
+
+def test_a_member_who_leaves_and_a_new_ssrc(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    alice = world.fake.add_speaker()
+    assert conn.wait_for_e2ee(LONG)
+    alice.send(frames(b"a", 2))
+    assert [p.ssrc for p in take(conn.opus_recv, 2)] == [alice.ssrc] * 2
+    old = alice.ssrc
+    new = alice.change_ssrc()  # re-announced with op 5 before its next packet
+    alice.send(frames(b"b", 2))
+    got = take(conn.opus_recv, 2)
+    assert new != old and [(p.ssrc, p.user_id) for p in got] == [(new, alice.user_id)] * 2
+    conn.disconnect()
