@@ -111,7 +111,7 @@ def test_receiving_survives_a_resume_and_a_new_voice_session(world: World) -> No
     conn.disconnect()
 
 
-def test_a_member_who_leaves_and_a_new_ssrc(world: World) -> None:
+def test_a_members_new_ssrc_is_followed(world: World) -> None:
     conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
     alice = world.fake.add_speaker()
     assert conn.wait_for_e2ee(LONG)

@@ -4,16 +4,20 @@ What a client receives is opened by the raw clients of `fake_raw_clients` (PyNaC
 header walk written from receive.md §2, never `discord_voice.core` nor the fake's own codecs):
 op 11 / op 5 / op 12 / op 13 on the websocket and their order against the packets (by the fake's
 record indexes), the exact Opus frames under padding, extensions and CSRCs in both modes,
-sequence and timestamp arithmetic, pauses, SSRC changes, seeded impairment, raw datagrams.
+sequence and timestamp arithmetic, pauses, SSRC changes, several clients, seeded impairment,
+raw RTCP / video / foreign datagrams. Reading a run of datagrams ends at a marker datagram the
+test sends last, so "nothing else arrived" needs no waiting.
 
-DAVE is covered end to end by the last tests: a raw client runs davey (openmls, the library's
-engine) as a real member of the channel's MLS group, and decrypts what the speaker's libdave
-encryptor (Discord's C++ implementation, through dave-py) made, across epoch changes, with the
-key switched early (``key_switch="commit"``), after a downgrade (passthrough) and with
-``dave=False``. Not covered here: frames sent with the *previous* epoch's key while a
-transition is in flight (``send(settle=False)`` with the default switch on op 22): whether the
-client has executed by then is a race on this path, so only its decryption is checked, not
-which key it used.
+DAVE is covered end to end by the last tests: the raw client runs davey (openmls, the library's
+engine) as a real member of the channel's MLS group and decrypts what the speaker's libdave
+encryptor (Discord's C++ implementation, through dave-py) made: after each epoch change (the
+speaker's fresh ratchet), with the previous epoch's key while a transition is held in flight
+(the client's reader is blocked so it cannot execute), with the next epoch's key before the
+client switched (``key_switch="commit"``), ``dave=False`` frames, and passthrough after a
+downgrade. Not covered: a speaker that has no key at all (a pending joiner with
+``settle=False`` raises rather than sending), op 12 and the announce modes in a DAVE channel
+(the same code path as without DAVE), and the fake's behaviour towards the library's own
+receive path (that is the library's tests' job).
 """
 
 from __future__ import annotations
@@ -526,12 +530,40 @@ def test_dave_key_switch_on_commit_sends_the_next_epochs_key_first(
     speaker.send([opus(20)])
     dave_received(client, fake)
     executed = len(client.executed)
-    fake.add_member()  # the speaker processes the commit at once and switches keys
-    sent = speaker.send([opus(20, 1), opus(20, 2)], settle=False)
+    with client.cond:  # the client's reader cannot process op 29 meanwhile: no op 23, no op 22
+        fake.add_member()  # the speaker processes the commit at once and switches keys
+        sent = speaker.send([opus(20, 1), opus(20, 2)], settle=False)
+        assert fake.dave_state().transition_id is not None
     assert [dave_nonce(p.payload) for p in sent] == [1, 2]  # already the new epoch's ratchet
     got = dave_received(client, fake)
     client.wait(lambda c: len(c.executed) > executed, "op 22 of the new member")
     assert davey_decrypt(client, speaker.user_id, got) == [opus(20, 1), opus(20, 2)]
+    assert fake.violations == [] and client.errors == []
+
+
+def test_dave_frames_sent_during_a_transition_use_the_previous_key_and_still_decrypt(
+    dave_bot: tuple[FakeDiscord, DaveRawClient],
+) -> None:
+    fake, client = dave_bot
+    speaker = fake.add_speaker()  # key_switch="execute": on op 22, as Discord's clients do
+    before = speaker.send([opus(20)])
+    dave_received(client, fake)
+    executed = len(client.executed)
+    with client.cond:  # hold the client's reader: the transition cannot execute
+        fake.add_member()
+        late = speaker.send([opus(20, 1), opus(20, 2)], settle=False)
+        assert fake.dave_state().transition_id is not None
+    # the same ratchet as before (its nonces go on), not a fresh one
+    assert [dave_nonce(p.payload) for p in late] == [
+        dave_nonce(before[0].payload) + i for i in (1, 2)
+    ]
+    got = dave_received(client, fake)
+    client.wait(lambda c: len(c.executed) > executed, "op 22 of the new member")
+    # the previous epoch's key is still accepted after the switch (libdave and davey keep it)
+    assert davey_decrypt(client, speaker.user_id, got) == [opus(20, 1), opus(20, 2)]
+    after = speaker.send([opus(20, 3)])
+    assert dave_nonce(after[0].payload) == 1
+    assert davey_decrypt(client, speaker.user_id, dave_received(client, fake)) == [opus(20, 3)]
     assert fake.violations == [] and client.errors == []
 
 
