@@ -295,8 +295,8 @@ class FakeSpeaker:
                 )
                 for k in range(len(frames))
             ]
-        with room.recorder.changing():
-            room.recorder.sent_audio.extend(sent)
+            with room.recorder.changing():
+                room.recorder.sent_audio.extend(sent)
         return sent
 
     def _dave_encrypt(self, frames: list[bytes], settle: bool) -> list[bytes]:
