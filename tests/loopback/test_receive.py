@@ -123,3 +123,19 @@ def test_a_members_new_ssrc_is_followed(world: World) -> None:
     got = take(conn.opus_recv, 2)
     assert new != old and [(p.ssrc, p.user_id) for p in got] == [(new, alice.user_id)] * 2
     conn.disconnect()
+
+
+def test_one_receiver_thread_per_voice_for_every_receiving_connection(
+    make_world: MakeWorld,
+) -> None:
+    import threading
+
+    w: World = make_world()
+    first = w.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    second = w.voice.join_channel(GUILD + 1, CHANNEL + 1, receive=True, timeout=LONG)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("dv-udp-receiver") == 1
+    first.disconnect()
+    assert [t.name for t in threading.enumerate()].count("dv-udp-receiver") == 1
+    second.disconnect()  # the last one stops and joins it
+    assert "dv-udp-receiver" not in [t.name for t in threading.enumerate()]
