@@ -194,7 +194,7 @@ def run_play(args: argparse.Namespace) -> int:
             finally:
                 bar.close(player.position)
             if session.fake is not None and conn.ssrc is not None:
-                _wait_for_silence(session, conn.ssrc)
+                _wait_for_arrival(session, conn.ssrc, conn.stats.frames_sent)
                 print(session.received_summary(conn.ssrc))
             conn.disconnect()
         finally:
@@ -202,13 +202,12 @@ def run_play(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
 
-def _wait_for_silence(session: OfflineSession, ssrc: int) -> None:
-    """Offline: wait (bounded) until the fake has the silence that ends what we played."""
-    from discord_voice.core.frames import OPUS_SILENCE_FRAME
-
+def _wait_for_arrival(session: OfflineSession, ssrc: int, sent: int) -> None:
+    """Offline: wait (bounded) until the fake has every packet we sent (the silence included:
+    the player returns once the last one left, not once it arrived)."""
     fake = session.fake
     assert fake is not None
-    fake.wait_until(lambda f: [x.opus for x in f.frames(ssrc)[-1:]] == [OPUS_SILENCE_FRAME], 5.0)
+    fake.wait_until(lambda f: len(f.frames(ssrc)) >= sent, 5.0)
 
 
 class Progress:

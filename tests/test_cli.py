@@ -88,9 +88,9 @@ def test_play_with_a_token_joins_plays_and_leaves(
     path = write_tone(tmp_path / "tone.wav", 0.4)
     assert main(online(fake, "play", str(path), "--volume", "0.5", "--bitrate", "32000")) == 0
     session = fake.voice_sessions[-1]
-    frames = fake.frames(session.ssrc)
+    frames = fake.wait_for_frames(20 + SILENCE_FRAMES_ON_STOP, LONG, ssrc=session.ssrc)
     assert [f.opus for f in frames[-SILENCE_FRAMES_ON_STOP:]] == [OPUS_SILENCE_FRAME] * 5
-    assert len(frames) - SILENCE_FRAMES_ON_STOP == 20  # 0.4 s of 20 ms frames
+    assert len(fake.frames(session.ssrc)) - SILENCE_FRAMES_ON_STOP == 20  # 0.4 s of 20 ms
     assert all(f.dave == "decrypted" for f in frames[:-SILENCE_FRAMES_ON_STOP])
     assert len(leaves(fake)) == 1
     assert fake.violations == []
@@ -220,8 +220,10 @@ def test_ctrl_c_stops_with_silence_leaves_and_exits_130(fake: FakeDiscord, tmp_p
             child.communicate()
     assert child.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err
-    frames = fake.frames(fake.voice_sessions[-1].ssrc)
-    assert [f.opus for f in frames[-SILENCE_FRAMES_ON_STOP:]] == [OPUS_SILENCE_FRAME] * 5
+    ssrc = fake.voice_sessions[-1].ssrc
+    silence = [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
+    assert fake.wait_until(lambda f: [x.opus for x in f.frames(ssrc)[-5:]] == silence, LONG)
+    frames = fake.frames(ssrc)
     assert len(frames) < 30 * 50  # stopped, not played out
     assert fake.wait_until(lambda f: len(leaves(f)) == 1, LONG)
 
