@@ -263,7 +263,8 @@ def test_a_wav_played_through_ffmpeg_arrives_as_its_tone_and_length(
     player = conn.play(source)
     player.wait(LONG)
     assert player.duration == pytest.approx(1.0, abs=0.01)
-    frames = world.fake.frames(conn.ssrc)
+    # every packet sent has arrived (the player returns once the last one left)
+    frames = world.fake.wait_for_frames(conn.stats.frames_sent, LONG, ssrc=conn.ssrc)
     assert all(f.dave == "decrypted" for f in frames[:-SILENCE_FRAMES_ON_STOP])
     packets = audio(frames)[:-SILENCE_FRAMES_ON_STOP]
     assert audio(frames)[-SILENCE_FRAMES_ON_STOP:] == [OPUS_SILENCE_FRAME] * 5
@@ -287,7 +288,8 @@ def test_volume_scales_pcm_before_encoding(world: World) -> None:
     for volume in (1.0, 0.5):
         before = len(world.fake.frames(conn.ssrc))
         conn.play(PCMSource(io.BytesIO(pcm)), volume=volume).wait(LONG)
-        packets = audio(world.fake.frames(conn.ssrc)[before:])[:-SILENCE_FRAMES_ON_STOP]
+        arrived = world.fake.wait_for_frames(conn.stats.frames_sent, LONG, ssrc=conn.ssrc)
+        packets = audio(arrived[before:])[:-SILENCE_FRAMES_ON_STOP]
         samples = decode(packets)[4800:]  # past the encoder's start
         levels.append(float(np.sqrt(np.mean(samples**2))))
     assert levels[1] / levels[0] == pytest.approx(0.5, abs=0.05)
