@@ -380,10 +380,10 @@ class VoiceSessions:
         with self._lock:
             stream = self._stream if self._attached else None
             self._attached = False
-            inbound, self._inbound = self._inbound, None
+            receiver, self._receiver = self._receiver, None  # detached once; stats stay
         if stream is not None:  # the last stream stops the sender thread
             self._sender.detach(stream, timeout)
-        if inbound is not None and self._receiver is not None:  # and the receiver's
-            self._receiver.detach(inbound, timeout)
+        if receiver is not None and self._inbound is not None:  # and the receiver's
+            receiver.detach(self._inbound, timeout)
         for link in links:
             link.release()

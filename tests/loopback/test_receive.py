@@ -139,3 +139,14 @@ def test_one_receiver_thread_per_voice_for_every_receiving_connection(
     assert [t.name for t in threading.enumerate()].count("dv-udp-receiver") == 1
     second.disconnect()  # the last one stops and joins it
     assert "dv-udp-receiver" not in [t.name for t in threading.enumerate()]
+
+
+def test_receive_stats_stay_readable_after_disconnect(world: World) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    speaker = world.fake.add_speaker()
+    assert conn.wait_for_e2ee(LONG)
+    speaker.send(frames(b"x", 2))
+    take(conn.opus_recv, 2)
+    conn.disconnect()
+    stats = conn.stats.receive
+    assert stats is not None and stats.delivered == 2
