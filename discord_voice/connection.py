@@ -54,7 +54,7 @@ from discord_voice.core.opcodes import SpeakingFlag
 from discord_voice.core.pacing import PacingStats
 from discord_voice.core.reconnect import Action, ReconnectPlan
 from discord_voice.core.voice_gateway import VoiceServerInfo
-from discord_voice.errors import AlreadyPlaying, JoinTimeout
+from discord_voice.errors import AlreadyPlaying, JoinTimeout, LocalProtocolError
 
 __all__ = [
     "RECONNECT_ATTEMPT_TIMEOUT",
@@ -391,6 +391,20 @@ class Connection:
         listeners: must not block; one that raises ends the connection.
         """
         return self._supervisor.add_attempt_listener(listener)
+
+    def add_speaking_listener(self, listener: Callable[[int, bool], None]) -> Callable[[], None]:
+        """Call ``listener(user_id, speaking)`` when another member starts speaking (True, at
+        their first packet after silence) or stops (False, ~200 ms without a packet, or when
+        they leave); returns a remover. Needs ``receive=True``. Listeners run on the
+        ``dv-udp-receiver`` thread and must not block; one that raises ends the connection.
+
+        Raises:
+            LocalProtocolError: the connection was not joined with ``receive=True``.
+        """
+        inbound = self._sessions.inbound
+        if inbound is None:
+            raise LocalProtocolError("join the channel with receive=True to hear who speaks")
+        return inbound.add_speaking_listener(listener)
 
     def wait_for_state(self, state: ConnectionState, timeout: float) -> bool:
         """Block until the connection is in `state` (or closed); return whether it is."""

@@ -37,18 +37,21 @@ from discord_voice.core import voice_payloads as vp
 from discord_voice.core.crypto import TransportCipher
 from discord_voice.core.receive_flow import Decrypt, ReceiveCounters, ReceiveFlow
 
-__all__ = ["BATCH", "TICK", "InboundStream", "ReceiveStats", "UdpReceiver"]
+__all__ = ["BATCH", "TICK", "InboundStream", "ReceiveStats", "SpeakingListener", "UdpReceiver"]
 
 log = logging.getLogger(__name__)
 
 #: Datagrams read from one socket per wake-up before the others get their turn.
 BATCH: Final = 64
-#: How often the thread looks at time passing when nothing arrives (real seconds).
-TICK: Final = 0.25
+#: How often the thread looks at time passing when nothing arrives (real seconds): a member
+#: is told silent within `SPEAKING_TIMEOUT` + this.
+TICK: Final = 0.1
 _MAX_DATAGRAM: Final = 4096
 _DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 
 Member = vp.Speaking | vp.ClientSsrcs | vp.ClientDisconnect
+#: ``listener(user_id, speaking)``: see `InboundStream.add_speaking_listener`.
+SpeakingListener = Callable[[int, bool], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class InboundStream:
         #: Called (on the receiver thread) if the thread itself fails: the owner ends.
         self.on_failure = on_failure
         self.socket_errors = 0
+        self._listeners_lock = threading.Lock()
+        self._listeners: tuple[SpeakingListener, ...] = ()  # replaced whole: read unlocked
         self._inbox: deque[_Session | _Member | None] = deque()  # None: close
         # the receiver thread's state
         self._flow: ReceiveFlow | None = None
@@ -142,6 +147,18 @@ class InboundStream:
     def close(self) -> None:
         self._inbox.append(None)
         self._post(self)
+
+    def add_speaking_listener(self, listener: SpeakingListener) -> Callable[[], None]:
+        """Call ``listener(user_id, speaking)`` on the receiver thread at each change; returns
+        a remover. A listener that raises ends the connection (``on_failure``)."""
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
 
     def stats(self) -> ReceiveStats:
         counters = self._counters
@@ -207,6 +224,7 @@ class InboundStream:
     def _member(self, flow: ReceiveFlow, message: Member, now: float) -> None:
         if isinstance(message, vp.ClientDisconnect):
             flow.disconnected(int(message.user_id), now)
+            self._tell()
             return
         if isinstance(message, vp.Speaking):
             if message.user_id is None:
@@ -217,6 +235,7 @@ class InboundStream:
         packets, _ = flow.speaking(user, ssrc, now)
         for packet in packets:
             self.packets.offer(packet)
+        self._tell()
 
     def _read(self, now: float) -> None:
         """Read what the socket has (at most `BATCH` datagrams), never blocking."""
@@ -235,10 +254,26 @@ class InboundStream:
             packets, _ = flow.datagram(data, source[:2], now)
             for packet in packets:
                 self.packets.offer(packet)
+            self._tell()
 
     def _tick(self, now: float) -> None:
         if self._flow is not None:
             self._flow.tick(now)
+            self._tell()
+
+    def _tell(self) -> None:
+        """Give the flow's speaking changes to the listeners (receiver thread)."""
+        flow = self._flow
+        if flow is None or not flow.speaking_changes:
+            return
+        changes, flow.speaking_changes = flow.speaking_changes, []
+        for user, speaking in changes:
+            for listener in self._listeners:
+                try:
+                    listener(user, speaking)
+                except Exception as exc:
+                    log.exception("speaking listener of %r failed", self)
+                    self.on_failure(exc)
 
 
 class UdpReceiver:

@@ -20,12 +20,22 @@ from discord_voice.core.frames import OPUS_SILENCE_FRAME
 from discord_voice.core.receive_packet import Dropped, DropReason, RtpAudio, open_datagram
 from discord_voice.core.ssrc_map import Deliver, Expired, Reset, SsrcMap
 
-__all__ = ["Decrypt", "ReceiveCounters", "ReceiveFlow", "Reset", "VoicePacket"]
+__all__ = [
+    "SPEAKING_TIMEOUT",
+    "Decrypt",
+    "ReceiveCounters",
+    "ReceiveFlow",
+    "Reset",
+    "VoicePacket",
+]
 
 #: The DAVE step: (sender's user id, frame) -> the Opus frame, or None if it cannot be decrypted.
 Decrypt = Callable[[int, bytes], bytes | None]
 
 DAVE_MARKER = b"\xfa\xfa"
+
+#: A member stops speaking when nothing of theirs arrived for this long (seconds).
+SPEAKING_TIMEOUT = 0.2
 
 #: A packet as the SSRC map holds it: with the time it arrived.
 Arrived = tuple[RtpAudio, float]
@@ -76,6 +86,10 @@ class ReceiveFlow:
         self._decrypt = decrypt
         self._ssrcs: SsrcMap[Arrived] = ssrcs if ssrcs is not None else SsrcMap()
         self.counters = ReceiveCounters()
+        self._heard: dict[int, float] = {}  # speaking members -> when their last packet came
+        #: (user id, speaking) changes since the owner last took them: True at the first
+        #: packet after silence, False once `SPEAKING_TIMEOUT` passed without one (or reset).
+        self.speaking_changes: list[tuple[int, bool]] = []
 
     @property
     def ssrcs(self) -> SsrcMap[Arrived]:
@@ -120,8 +134,11 @@ class ReceiveFlow:
         return self._settle(self._ssrcs.disconnected(user_id, now), now)[1]
 
     def tick(self, now: float) -> None:
-        """Time passes: holds that ran out are dropped and counted."""
+        """Time passes: holds that ran out are dropped and counted; members fall silent."""
         self._settle(self._ssrcs.expire(now), now)
+        for user in [u for u, heard in self._heard.items() if now - heard >= SPEAKING_TIMEOUT]:
+            del self._heard[user]
+            self.speaking_changes.append((user, False))
 
     def _settle(
         self, actions: list[Deliver[Arrived] | Reset | Expired], now: float
@@ -133,8 +150,13 @@ class ReceiveFlow:
                 packet = self._deliver(action.user_id, *action.packet)
                 if packet is not None:
                     packets.append(packet)
+                    if action.user_id not in self._heard:
+                        self.speaking_changes.append((action.user_id, True))
+                    self._heard[action.user_id] = now
             elif isinstance(action, Reset):
                 resets.append(action)
+                if self._heard.pop(action.user_id, None) is not None:
+                    self.speaking_changes.append((action.user_id, False))
             else:
                 self.counters.unmapped += action.count
         return packets, resets

@@ -81,3 +81,20 @@ def test_never_named_ssrcs_are_counted_after_the_hold_and_a_new_session_resets_e
     )
     assert resets == [Reset(ALICE)] and f.counters.unmapped == 2
     assert f.ssrcs.user_of(77) is None
+
+
+def test_speaking_starts_at_the_first_packet_and_ends_after_silence_or_a_reset() -> None:
+    f = flow(FakeDave())
+    f.speaking(ALICE, 77, 0.0)
+    f.datagram(packet(payload=b"\xf8a!", ssrc=77, sequence=1), SERVER, 1.0)
+    f.datagram(packet(payload=b"\xf8b!", ssrc=77, sequence=2), SERVER, 1.02)
+    assert f.speaking_changes == [(ALICE, True)]
+    f.speaking_changes.clear()
+    f.tick(1.1)
+    assert f.speaking_changes == []  # 80 ms of quiet is not silence yet
+    f.tick(1.23)
+    assert f.speaking_changes == [(ALICE, False)]
+    f.speaking_changes.clear()
+    f.datagram(packet(payload=b"\xf8c!", ssrc=77, sequence=3), SERVER, 2.0)
+    f.disconnected(ALICE, 2.01)  # op 13 ends it at once
+    assert f.speaking_changes == [(ALICE, True), (ALICE, False)]

@@ -150,3 +150,39 @@ def test_receive_stats_stay_readable_after_disconnect(world: World) -> None:
     conn.disconnect()
     stats = conn.stats.receive
     assert stats is not None and stats.delivered == 2
+
+
+def test_speaking_listeners_hear_starts_and_stops(world: World) -> None:
+    import threading
+
+    conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    speaker = world.fake.add_speaker()
+    assert conn.wait_for_e2ee(LONG)
+    changes: list[tuple[int, bool, str]] = []
+    changed = threading.Condition()
+
+    def listener(user: int, speaking: bool) -> None:
+        with changed:
+            changes.append((user, speaking, threading.current_thread().name))
+            changed.notify_all()
+
+    remove = conn.add_speaking_listener(listener)
+    speaker.send(frames(b"talk", 5))
+    take(conn.opus_recv, 5)
+    with changed:  # False comes ~200 ms after the last packet: waited for, bounded
+        assert changed.wait_for(lambda: len(changes) >= 2, LONG)
+    assert changes == [
+        (speaker.user_id, True, "dv-udp-receiver"),
+        (speaker.user_id, False, "dv-udp-receiver"),
+    ]
+    remove()
+    conn.disconnect()
+
+
+def test_speaking_listeners_need_receive(world: World) -> None:
+    from discord_voice import LocalProtocolError
+
+    conn = world.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
+    with pytest.raises(LocalProtocolError, match="receive=True"):
+        conn.add_speaking_listener(lambda user, speaking: None)
+    conn.disconnect()
