@@ -45,6 +45,7 @@ from discord_voice._shell.voice_supervisor import (
     StateListener,
     VoiceSupervisor,
 )
+from discord_voice.audio.listen import Listener, Sink
 from discord_voice.audio.player import Player
 from discord_voice.audio.source import Source
 from discord_voice.clock import Clock, Signal, SystemClock
@@ -148,6 +149,9 @@ class Connection:
         self._player: Player | None = None  # the latest one started by `play`
         # earlier players' threads, maybe still in their `after` (which may call `play`)
         self._player_threads: list[threading.Thread] = []
+        self._listener: Listener | None = None  # `listen`'s, until `stop_listening`
+        self._listening_threads: list[threading.Thread] = []  # stopped by disconnect
+        self._clock = clock
         #: Queue Opus frames here (bytes, one Opus packet each); `put` checks each item and
         #: raises `InvalidFrame` for bad ones, `ConnectionClosed` once the connection has ended.
         self.opus_send = OpusQueue(queue_size, before_put=self._ensure_speaking)
@@ -480,6 +484,39 @@ class Connection:
             player.connection_ended(as_connection_closed(self.error))
         return player
 
+    # -- listening --------------------------------------------------------------------------
+
+    def listen(self, sink: Sink) -> Listener:
+        """Decode every member's audio from `opus_recv` into `sink` on a ``dv-listener``
+        thread: ``sink.write(user_id, pcm)`` with 3840-byte blocks (20 ms, 48 kHz, stereo,
+        s16le), lost packets recovered (FEC) or concealed, pauses as silence; ``sink.close()``
+        at `stop_listening` (or `disconnect`). It consumes ``opus_recv``.
+
+        Raises:
+            LocalProtocolError: not joined with ``receive=True``, or already listening.
+        """
+        self._raise_if_failed()
+        if self._sessions.inbound is None:
+            raise LocalProtocolError("join the channel with receive=True to listen")
+        with self._player_lock:
+            if self._listener is not None:
+                raise LocalProtocolError("already listening: stop_listening() first")
+            listener = self._listener = Listener(
+                self.opus_recv, sink, self._clock, name=self.guild_id
+            )
+        return listener.start()
+
+    def stop_listening(self, timeout: float | None = None) -> None:
+        """Flush what each member said, close the sink, join the listener thread; re-raise
+        the sink's error if it failed."""
+        with self._player_lock:
+            listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        listener.stop()
+        listener.thread.join(self._close_timeout if timeout is None else timeout)
+        listener.wait(0)
+
     @property
     def player(self) -> Player | None:
         """The player started last by `play` (it may have ended)."""
@@ -537,8 +574,13 @@ class Connection:
         deadline = real.monotonic() + timeout
         with self._player_lock:
             player = self._player
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                self._listening_threads.append(listener.thread)  # joined below
         if player is not None:
             player.stop()  # first: a stop on purpose, not a failure, whatever the player sees
+        if listener is not None:
+            listener.stop()  # flushes what each member said and closes the sink
         self._supervisor.close()  # the owner is told (and sends the leave) unless it ended
         self._join(timeout)
         if threading.current_thread().name.startswith("dv-"):
@@ -558,7 +600,11 @@ class Connection:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
         with self._player_lock:
             player = self._player
-            threads: list[threading.Thread] = [*self._supervisor.threads(), *self._player_threads]
+            threads: list[threading.Thread] = [
+                *self._supervisor.threads(),
+                *self._player_threads,
+                *self._listening_threads,
+            ]
         if player is not None:
             threads.append(player.thread)
         self._sessions.join(threads, timeout)

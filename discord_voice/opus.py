@@ -32,6 +32,7 @@ __all__ = [
     "FRAME_BYTES",
     "FRAME_SAMPLES",
     "SILENCE_FRAME",
+    "Decoder",
     "Encoder",
     "encode_frames",
     "find_libopus",
@@ -361,6 +362,54 @@ class Encoder:
             f"<Encoder {self.sample_rate} Hz {self.channels} ch {self.frame_ms} ms "
             f"application={self.application}>"
         )
+
+
+class Decoder:
+    """Turns Opus packets of one sender into 48 kHz stereo s16le PCM (receiving).
+
+    `decode` takes a packet (up to 120 ms); `conceal` makes up `samples` of a lost packet
+    (packet-loss concealment); `decode_fec` recovers a lost packet from the in-band FEC data
+    of the packet after it. A bad packet raises `OpusError`; call `reset` and go on.
+    Thread safety: one thread at a time (a decoder holds one sender's state).
+    """
+
+    #: The longest packet Opus has: 120 ms at 48 kHz, per channel.
+    MAX_SAMPLES = 5760
+
+    def __init__(self) -> None:
+        self._lib = load_opuslib()
+        self._new()
+
+    def _new(self) -> None:
+        try:
+            self._opus = self._lib.Decoder(48000, 2)
+        except Exception as exc:
+            raise OpusError(f"could not create the opus decoder: {_describe(exc)}") from exc
+
+    def reset(self) -> None:
+        """Start over (a bad packet, a new SSRC): a fresh decoder state."""
+        self._new()
+
+    def _run(self, data: bytes, samples: int, fec: bool) -> bytes:
+        try:
+            pcm = self._lib.api.decoder.decode(
+                self._opus.decoder_state, data, len(data), samples, fec, channels=2
+            )
+        except Exception as exc:
+            raise OpusError(f"opus decoding failed: {_describe(exc)}") from exc
+        return bytes(pcm)
+
+    def decode(self, packet: bytes) -> bytes:
+        return self._run(packet, self.MAX_SAMPLES, False)
+
+    def conceal(self, samples: int) -> bytes:
+        return self._run(b"", samples, False)
+
+    def decode_fec(self, next_packet: bytes, samples: int) -> bytes:
+        return self._run(next_packet, samples, True)
+
+    def __repr__(self) -> str:
+        return "<Decoder 48000 Hz 2 ch>"
 
 
 def tone(

@@ -2,15 +2,19 @@
 ``opus_send``. Nothing in the core depends on it."""
 
 from discord_voice.audio.ffmpeg import FFmpegOpusSource, FFmpegSource, find_ffmpeg
+from discord_voice.audio.listen import Listener, ListenStats, Sink
 from discord_voice.audio.ogg_source import OggOpusSource
 from discord_voice.audio.player import Player, PlayerState
 from discord_voice.audio.probe import Probe, ProbeKind, open_source, probe
+from discord_voice.audio.sinks import WaveSink
 from discord_voice.audio.source import OpusPacketSource, OpusSource, PCMSource, Source
 from discord_voice.audio.wave_source import WaveSource
 
 __all__ = [
     "FFmpegOpusSource",
     "FFmpegSource",
+    "ListenStats",
+    "Listener",
     "OggOpusSource",
     "OpusPacketSource",
     "OpusSource",
@@ -19,7 +23,9 @@ __all__ = [
     "PlayerState",
     "Probe",
     "ProbeKind",
+    "Sink",
     "Source",
+    "WaveSink",
     "WaveSource",
     "find_ffmpeg",
     "open_source",
