@@ -3,6 +3,7 @@
     discord-voice play FILE --guild G --channel C [--volume V] [--bitrate B]   (DISCORD_TOKEN)
     discord-voice play FILE --fake          plays into a local fake Discord (offline, no token)
     discord-voice probe --guild G --channel C [--trace FILE]
+    discord-voice record DIR --guild G --channel C --seconds N   one WAV file per speaker
     discord-voice demo                      the offline demo (see discord_voice.demo)
 
 Exit codes: 0 done; 1 a failure, said in one line on stderr (never a traceback); 2 bad usage;
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from discord_voice.audio.probe import open_source, probe
+from discord_voice.audio.sinks import WaveSink
 from discord_voice.audio.source import Source
 from discord_voice.connection import Connection
 from discord_voice.errors import (
@@ -111,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the first heartbeat round trip (default 20)",
     )
     probe_cmd.set_defaults(run=run_probe)
+
+    record = sub.add_parser("record", help="record each speaker of a channel to a WAV file")
+    record.add_argument("directory", help="where <user_id>.wav files are written")
+    _add_connection_options(record)
+    record.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
+    record.set_defaults(run=run_record)
 
     demo = sub.add_parser("demo", help="stream a tone to a local fake Discord and report")
     demo.add_argument("--seconds", type=float, default=5.0)
@@ -263,6 +271,57 @@ def _clock(seconds: float) -> str:
 
 
 # -- probe --------------------------------------------------------------------------------------
+
+
+def run_record(args: argparse.Namespace) -> int:
+    """Join with receive=True, decode every speaker into WaveSink files, leave; Ctrl-C stops
+    early and keeps what was recorded. Offline (`--fake`), a fake member speaks a tone."""
+    token, guild, channel = _token_and_target(args)
+    if not args.seconds > 0:
+        raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    sink = WaveSink(args.directory)
+    interrupted = False
+    with discord_or_fake(token, gateway_url=args.gateway_url) as session:
+        voice = Voice(session.gateway)
+        try:
+            conn = voice.join_channel(guild, channel, receive=True, timeout=args.timeout)
+            if conn.e2ee_active:
+                conn.wait_for_e2ee(args.timeout)
+            print(f"recording channel {conn.channel_id} for {args.seconds:g} s", file=sys.stderr)
+            listener = conn.listen(sink)
+            if session.fake is not None:  # someone to hear: a member speaking a tone
+                _fake_speaker(session, conn, args.seconds)
+            started = time.monotonic()
+            try:
+                while (elapsed := time.monotonic() - started) < args.seconds:
+                    heard = len(listener.stats().users)
+                    if sys.stderr.isatty():
+                        sys.stderr.write(f"\r{_clock(elapsed)} recorded, {heard} speaker(s)")
+                        sys.stderr.flush()
+                    time.sleep(min(0.25, args.seconds - elapsed))
+            except KeyboardInterrupt:
+                interrupted = True
+            conn.stop_listening()  # decodes what was received, finishes the files
+            conn.disconnect()
+        finally:
+            voice.close()
+    files = sink.paths()
+    for user, path in files.items():
+        print(f"{user}\t{path}")
+    print(f"{len(files)} speaker(s) recorded in {args.directory}", file=sys.stderr)
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def _fake_speaker(session: OfflineSession, conn: Connection, seconds: float) -> None:
+    """Offline: a member of the fake's call speaks a 440 Hz tone (sent at once, unpaced)."""
+    from discord_voice.opus import encode_frames, tone
+
+    fake = session.fake
+    assert fake is not None
+    speaker = fake.add_speaker()
+    if conn.e2ee_active:
+        conn.wait_for_e2ee(10.0)  # the speaker's arrival is a new epoch
+    speaker.send(list(encode_frames(tone(440.0, min(seconds, 5.0)))))
 
 
 def run_probe(args: argparse.Namespace) -> int:

@@ -252,3 +252,18 @@ print("ok")
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_record_offline_writes_each_speaker_to_a_wav_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    out_dir = tmp_path / "recording"
+    assert main(["record", str(out_dir), "--fake", "--seconds", "1"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    files = list(out_dir.glob("*.wav"))
+    assert len(files) == 1 and str(files[0]) in out
+    assert "1 speaker(s) recorded" in err
+    with wave.open(str(files[0]), "rb") as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 48000)
+        assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)  # the fake's 1 s tone
