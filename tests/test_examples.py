@@ -26,7 +26,15 @@ from tests.timeouts import LONG
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: The examples with a ``main(argv)`` that joins a channel.
-MAINS = ["play_file", "play_ogg_opus", "play_tone", "queue_bot", "speak_tts"]
+MAINS = [
+    "echo_bot",
+    "play_file",
+    "play_ogg_opus",
+    "play_tone",
+    "queue_bot",
+    "record_channel",
+    "speak_tts",
+]
 #: Those that run offline without a token.
 OFFLINE = ["play_file", "play_ogg_opus", "queue_bot", "speak_tts"]
 SUMMARY = re.compile(
@@ -260,3 +268,26 @@ def test_queue_bot_stop_ends_the_current_track_and_skips_the_rest(tmp_path: Path
         assert player is not None and player.is_done()
         assert "long.wav" in repr(player.source)  # the short one never started
         assert processes_mentioning(str(long)) == []  # its FFmpeg was reaped
+
+
+# --- receiving ---------------------------------------------------------------------------------
+
+
+def test_echo_bot_plays_back_what_a_member_said(
+    offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert load("echo_bot").main([]) == 0
+    out = capsys.readouterr().out
+    assert "echoed 1 time(s)" in out
+    audio, silence = received(out)
+    assert audio == 25 and silence == 5  # the member's 0.5 s, as it was said, then silence
+
+
+def test_record_channel_writes_the_speakers_wav(
+    offline: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert load("record_channel").main([str(tmp_path)]) == 0
+    files = list(tmp_path.glob("*.wav"))
+    assert len(files) == 1 and str(files[0]) in capsys.readouterr().out
+    with wave.open(str(files[0]), "rb") as wav:
+        assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)
