@@ -145,7 +145,7 @@ class Connection:
             concurrent.futures.Future()
         )
         self._leave_claim = threading.Lock()  # the first disconnect() waits for the leave
-        self._player_lock = threading.Lock()
+        self._audio_lock = threading.Lock()  # guards the player and listener fields below
         self._player: Player | None = None  # the latest one started by `play`
         # earlier players' threads, maybe still in their `after` (which may call `play`)
         self._player_threads: list[threading.Thread] = []
@@ -216,7 +216,7 @@ class Connection:
 
     def _ended(self, error: BaseException | None, leave: bool) -> None:
         """The supervisor's `on_ended`: tell the owner (once, on the thread that ended us)."""
-        with self._player_lock:
+        with self._audio_lock:
             player = self._player
         if player is not None:  # never blocks: asks the player thread to stop
             player.connection_ended(None if error is None else as_connection_closed(error))
@@ -469,7 +469,7 @@ class Connection:
             ConnectionClosed: the connection has ended.
         """
         self._raise_if_failed()
-        with self._player_lock:
+        with self._audio_lock:
             if self._player is not None and not self._player.is_done():
                 raise AlreadyPlaying(
                     f"guild {self.guild_id} is already playing {self._player.source!r}: "
@@ -498,7 +498,7 @@ class Connection:
         self._raise_if_failed()
         if self._sessions.inbound is None:
             raise LocalProtocolError("join the channel with receive=True to listen")
-        with self._player_lock:
+        with self._audio_lock:
             if self._listener is not None:
                 raise LocalProtocolError("already listening: stop_listening() first")
             listener = self._listener = Listener(
@@ -509,7 +509,7 @@ class Connection:
     def stop_listening(self, timeout: float | None = None) -> None:
         """Flush what each member said, close the sink, join the listener thread; re-raise
         the sink's error if it failed."""
-        with self._player_lock:
+        with self._audio_lock:
             listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -520,7 +520,7 @@ class Connection:
     @property
     def player(self) -> Player | None:
         """The player started last by `play` (it may have ended)."""
-        with self._player_lock:
+        with self._audio_lock:
             return self._player
 
     # -- moving and ending ------------------------------------------------------------------
@@ -572,7 +572,7 @@ class Connection:
         timeout = self._close_timeout if timeout is None else timeout
         real = SystemClock()  # a shutdown bound: real time whatever the clock (see clock.py)
         deadline = real.monotonic() + timeout
-        with self._player_lock:
+        with self._audio_lock:
             player = self._player
             listener, self._listener = self._listener, None
             if listener is not None:
@@ -598,7 +598,7 @@ class Connection:
 
     def _join(self, timeout: float) -> None:
         """Join every thread of ours and release the sockets (see `VoiceSessions.join`)."""
-        with self._player_lock:
+        with self._audio_lock:
             player = self._player
             threads: list[threading.Thread] = [
                 *self._supervisor.threads(),

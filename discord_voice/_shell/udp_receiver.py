@@ -47,7 +47,6 @@ BATCH: Final = 64
 #: is told silent within `SPEAKING_TIMEOUT` + this.
 TICK: Final = 0.1
 _MAX_DATAGRAM: Final = 4096
-_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 
 Member = vp.Speaking | vp.ClientSsrcs | vp.ClientDisconnect
 #: ``listener(user_id, speaking)``: see `InboundStream.add_speaking_listener`.
@@ -116,7 +115,6 @@ class InboundStream:
         self.sock: socket.socket | None = None  # our non-blocking duplicate of the session's
         self.replaced: list[socket.socket] = []  # earlier duplicates, for the thread to close
         self.closed = False
-        self._counters = ReceiveCounters()  # the flow's, once there is one
         self.released = Signal()  # set once the thread has let go of the stream
 
     def __repr__(self) -> str:
@@ -161,8 +159,8 @@ class InboundStream:
         return remove
 
     def stats(self) -> ReceiveStats:
-        counters = self._counters
         flow = self._flow
+        counters = flow.counters if flow is not None else ReceiveCounters()
         return ReceiveStats(
             delivered=counters.delivered,
             overflowed=self.packets.overflowed,
@@ -190,7 +188,6 @@ class InboundStream:
                         cipher=request.cipher,
                         decrypt=request.decrypt,
                     )
-                    self._counters = self._flow.counters
                 else:
                     self._flow.new_session(
                         own_ssrc=request.own_ssrc,
@@ -208,7 +205,7 @@ class InboundStream:
                 if self.sock is not None:  # closed by the thread (`_take_requests`)
                     self.replaced.append(self.sock)
                 # A duplicate that never waits: the connection's socket has a timeout, and
-                # Python polls for that long before every recvfrom on it (MSG_DONTWAIT or not)
+                # Python polls for that long before every recvfrom on it, whatever the flags
                 self.sock = request.sock.dup()
                 self.sock.setblocking(False)
             elif self._flow is None or self._session is None or request.session > self._session:
@@ -324,10 +321,7 @@ class UdpReceiver:
             self._inbox.append(stream)
             wake = self._wake_w
         if wake is not None:
-            try:
-                wake.send(b"\0", _DONTWAIT)
-            except OSError:  # full (the thread is awake anyway) or closing
-                pass
+            _nudge(wake)
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -339,7 +333,7 @@ class UdpReceiver:
         selector.register(wake_r, selectors.EVENT_READ, None)
         with self._lock:
             self._wake_w = wake_w
-        stop.add_listener(lambda: self._post_stop(wake_w))
+        stop.add_listener(lambda: _nudge(wake_w))
         live: dict[InboundStream, socket.socket | None] = {}
         self._live = live
         try:
@@ -393,17 +387,19 @@ class UdpReceiver:
                 selector.register(new, selectors.EVENT_READ, stream)
             live[stream] = new
 
-    def _post_stop(self, wake: socket.socket) -> None:
-        try:
-            wake.send(b"\0", _DONTWAIT)
-        except OSError:
-            pass
-
     def _on_thread_failure(self, exc: BaseException) -> None:
         """The thread itself failed (a bug): every receiving connection's owner learns it."""
         log.error("%s failed: %r", self._worker.name, exc)
         for stream in list(self._live):
             stream.on_failure(exc)
+
+
+def _nudge(wake: socket.socket) -> None:
+    """Wake the thread from its select (the wake pair is non-blocking)."""
+    try:
+        wake.send(b"\0")
+    except OSError:  # full (the thread is awake anyway) or closed (it has ended)
+        pass
 
 
 def _drain(sock: socket.socket) -> None:
