@@ -3,7 +3,7 @@
     discord-voice play FILE --guild G --channel C [--volume V] [--bitrate B]   (DISCORD_TOKEN)
     discord-voice play FILE --fake          plays into a local fake Discord (offline, no token)
     discord-voice probe --guild G --channel C [--trace FILE]
-    discord-voice record DIR --guild G --channel C --seconds N   one WAV file per speaker
+    discord-voice record DIR --guild G --channel C --seconds N [--mix]   a WAV file per speaker
     discord-voice demo                      the offline demo (see discord_voice.demo)
 
 Exit codes: 0 done; 1 a failure, said in one line on stderr (never a traceback); 2 bad usage;
@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from discord_voice.audio.listen import Sink
 from discord_voice.audio.probe import open_source, probe
-from discord_voice.audio.sinks import WaveSink
+from discord_voice.audio.sinks import MixSink, MultiSink, WaveSink
 from discord_voice.audio.source import Source
 from discord_voice.connection import Connection
 from discord_voice.errors import (
@@ -118,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("directory", help="where <user_id>.wav files are written")
     _add_connection_options(record)
     record.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
+    record.add_argument(
+        "--mix", action="store_true", help="also write every speaker mixed into DIR/mix.wav"
+    )
     record.set_defaults(run=run_record)
 
     demo = sub.add_parser("demo", help="stream a tone to a local fake Discord and report")
@@ -274,12 +278,15 @@ def _clock(seconds: float) -> str:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    """Join with receive=True, decode every speaker into WaveSink files, leave; Ctrl-C stops
-    early and keeps what was recorded. Offline (`--fake`), a fake member speaks a tone."""
+    """Join with receive=True, decode every speaker into WaveSink files (and with --mix all of
+    them into one MixSink file), leave; Ctrl-C stops early and keeps what was recorded.
+    Offline (`--fake`), a fake member speaks a tone."""
     token, guild, channel = _token_and_target(args)
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be positive, got {args.seconds}")
-    sink = WaveSink(args.directory)
+    waves = WaveSink(args.directory)
+    mixed = MixSink(waves.directory / "mix.wav") if args.mix else None
+    sink: Sink = waves if mixed is None else MultiSink(waves, mixed)
     interrupted = False
     with discord_or_fake(token, gateway_url=args.gateway_url) as session:
         voice = Voice(session.gateway)
@@ -292,12 +299,17 @@ def run_record(args: argparse.Namespace) -> int:
             if session.fake is not None:  # someone to hear: a member speaking a tone
                 _fake_speaker(session, conn, args.seconds)
             started = time.monotonic()
+            reported = 0
             try:
                 while (elapsed := time.monotonic() - started) < args.seconds:
                     heard = len(listener.stats().users)
                     if sys.stderr.isatty():
                         sys.stderr.write(f"\r{_clock(elapsed)} recorded, {heard} speaker(s)")
                         sys.stderr.flush()
+                    elif heard != reported:  # a log: one line per new speaker
+                        print(f"{_clock(elapsed)} {heard} speaker(s) heard", file=sys.stderr)
+                        sys.stderr.flush()
+                    reported = heard
                     time.sleep(min(0.25, args.seconds - elapsed))
             except KeyboardInterrupt:
                 interrupted = True
@@ -305,9 +317,11 @@ def run_record(args: argparse.Namespace) -> int:
             conn.disconnect()
         finally:
             voice.close()
-    files = sink.paths()
+    files = waves.paths()
     for user, path in files.items():
         print(f"{user}\t{path}")
+    if mixed is not None:
+        print(f"mix\t{mixed.path}")
     print(f"{len(files)} speaker(s) recorded in {args.directory}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import selectors
 import signal
 import subprocess
 import sys
+import time
 import wave
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from discord_voice.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, main
 from discord_voice.core.frames import OPUS_SILENCE_FRAME, SILENCE_FRAMES_ON_STOP
 from discord_voice.core.opcodes import GatewayOp
-from discord_voice.testing import FakeDiscord
+from discord_voice.testing import FakeDiscord, FakeSpeaker
 from tests.timeouts import LONG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,29 +199,62 @@ def test_probe_reports_the_connection_and_writes_a_trace_without_secrets(
     assert {r["channel"] for r in records} == {"main gateway websocket", "voice websocket"}
 
 
-def test_ctrl_c_stops_with_silence_leaves_and_exits_130(fake: FakeDiscord, tmp_path: Path) -> None:
-    path = write_tone(tmp_path / "long.wav", 30.0, rate=8000)
+def interrupted(
+    fake: FakeDiscord, args: list[str], ready: Callable[[subprocess.Popen[str]], str]
+) -> tuple[str, str]:
+    """Runs ``python -m discord_voice *args`` against `fake` in a child process, sends it SIGINT
+    once `ready(child)` returns (the stderr it read), checks exit 130 and no traceback, and
+    returns the child's stdout and stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DISCORD_TOKEN": fake.token}
     child = subprocess.Popen(
-        [sys.executable, "-m", "discord_voice", *online(fake, "play", str(path))],
+        [sys.executable, "-m", "discord_voice", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert fake.wait_until(
-            lambda f: bool(f.voice_sessions) and len(f.frames(f.voice_sessions[-1].ssrc)) >= 5,
-            LONG * 3,
-        )
+        early = ready(child)
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=LONG * 3)
+        out, err = child.communicate(timeout=LONG * 3)
     finally:
         if child.poll() is None:
             child.kill()
             child.communicate()
+    err = early + err
     assert child.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err
+    return out, err
+
+
+def stderr_until(child: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """What the child writes on stderr, read until `text` appears (AssertionError after
+    `timeout` seconds or at its end)."""
+    assert child.stderr is not None
+    fd, seen = child.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and selector.select(left), f"no {text!r} on stderr: {seen!r}"
+            chunk = os.read(fd, 4096)
+            assert chunk, f"stderr ended before {text!r}: {seen!r}"
+            seen += chunk
+    return seen.decode()
+
+
+def test_ctrl_c_stops_with_silence_leaves_and_exits_130(fake: FakeDiscord, tmp_path: Path) -> None:
+    path = write_tone(tmp_path / "long.wav", 30.0, rate=8000)
+
+    def playing(child: subprocess.Popen[str]) -> str:
+        assert fake.wait_until(
+            lambda f: bool(f.voice_sessions) and len(f.frames(f.voice_sessions[-1].ssrc)) >= 5,
+            LONG * 3,
+        )
+        return ""
+
+    interrupted(fake, online(fake, "play", str(path)), playing)
     ssrc = fake.voice_sessions[-1].ssrc
     silence = [OPUS_SILENCE_FRAME] * SILENCE_FRAMES_ON_STOP
     assert fake.wait_until(lambda f: [x.opus for x in f.frames(ssrc)[-5:]] == silence, LONG)
@@ -267,3 +302,44 @@ def test_record_offline_writes_each_speaker_to_a_wav_file(
     with wave.open(str(files[0]), "rb") as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (2, 48000)
         assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)  # the fake's 1 s tone
+
+
+def test_record_with_mix_writes_the_channel_to_one_more_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    out_dir = tmp_path / "recording"
+    assert main(["record", str(out_dir), "--fake", "--seconds", "1", "--mix"]) == EXIT_OK
+    out, _ = capsys.readouterr()
+    mix = out_dir / "mix.wav"
+    assert f"mix\t{mix}" in out and len(list(out_dir.glob("*.wav"))) == 2
+    with wave.open(str(mix), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 48000)
+        assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.1)  # the one speaker
+        assert any(wav.readframes(wav.getnframes()))
+
+
+def test_ctrl_c_while_recording_keeps_finished_files_and_exits_130(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    from discord_voice.opus import encode_frames, tone
+
+    out_dir = tmp_path / "recording"
+    speakers: list[FakeSpeaker] = []
+
+    def recording(child: subprocess.Popen[str]) -> str:
+        early = stderr_until(child, "recording channel", LONG * 3)
+        speakers.append(fake.add_speaker())
+        speakers[0].send(list(encode_frames(tone(440.0, 0.5))))  # settles DAVE first
+        return early + stderr_until(child, "1 speaker(s) heard", LONG * 3)  # in its files
+
+    args = online(fake, "record", str(out_dir), "--seconds", "600", "--mix")
+    out, err = interrupted(fake, args, recording)
+    assert "1 speaker(s) recorded" in err
+    member_file = out_dir / f"{speakers[0].user_id}.wav"
+    for path in (member_file, out_dir / "mix.wav"):
+        assert str(path) in out
+        with wave.open(str(path), "rb") as wav:  # finished: the header matches the data
+            frames = wav.getnframes()
+            assert 0 < frames <= 48000 and frames * 4 + 44 == path.stat().st_size
+    assert fake.wait_until(lambda f: len(leaves(f)) == 1, LONG)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discord_voice import LocalProtocolError, WaveSink
+from discord_voice import LocalProtocolError, MixSink, MultiSink, WaveSink
 from discord_voice.opus import encode_frames, tone
 from tests.loopback.conftest import CHANNEL, GUILD, World
 from tests.test_opus import peak_frequency
@@ -73,6 +73,34 @@ def test_a_tone_with_loss_and_a_pause_comes_out_at_its_frequency_and_length(
     stats = listener.stats()
     assert stats.concealed == len(lost) and stats.bad_packets == 0
     assert stats.silence_samples >= 0.45 * 48000
+    conn.disconnect()
+
+
+def test_two_members_mixed_into_one_file_keep_both_tones(world: World, tmp_path: Path) -> None:
+    conn = world.voice.join_channel(GUILD, CHANNEL, receive=True, timeout=LONG)
+    low, high = world.fake.add_speaker(), world.fake.add_speaker()
+    assert conn.wait_for_e2ee(LONG)
+    each = Counting(tmp_path / "each")
+    mixed = MixSink(tmp_path / "mix.wav")
+    conn.listen(MultiSink(each, mixed))
+    low_frames = list(encode_frames(tone(440.0, 1.0)))
+    high_frames = list(encode_frames(tone(1000.0, 1.0)))
+    for start in range(0, 50, 5):  # both speak at once, 100 ms at a time
+        low.send(low_frames[start : start + 5])
+        high.send(high_frames[start : start + 5])
+    each.wait_blocks(100)
+    conn.stop_listening()
+    assert set(each.paths()) == {low.user_id, high.user_id}
+    samples, left = read_wav(tmp_path / "mix.wav")
+    assert samples / 48000 == pytest.approx(1.0, abs=0.1)
+    spectrum = np.abs(np.fft.rfft(left[:48000] * np.hanning(len(left[:48000]))))
+    freqs = np.fft.rfftfreq(len(left[:48000]), 1 / 48000)
+    low_band, high_band = (freqs > 200) & (freqs < 700), (freqs > 700) & (freqs < 2000)
+    assert freqs[low_band][np.argmax(spectrum[low_band])] == pytest.approx(440.0, abs=3)
+    assert freqs[high_band][np.argmax(spectrum[high_band])] == pytest.approx(1000.0, abs=3)
+    peaks = spectrum[low_band].max(), spectrum[high_band].max()
+    assert min(peaks) > 0.3 * max(peaks)  # both members are in the mix, neither drowned
+    assert mixed.stats().members == 2 and mixed.stats().moved_late == 0
     conn.disconnect()
 
 
