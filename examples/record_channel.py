@@ -1,10 +1,11 @@
-"""Record what everyone says in a voice channel: one WAV file per speaker.
+"""Record what everyone says in a voice channel: one WAV file per speaker, and the mix.
 
     DISCORD_TOKEN=... python examples/record_channel.py DIR GUILD_ID CHANNEL_ID [--seconds N]
     python examples/record_channel.py [DIR]  # no token: offline, a fake member speaks a tone
 
-Joins with ``receive=True`` and listens into a `dv.WaveSink`: ``DIR/<user_id>.wav`` per member,
-48 kHz stereo, from their first packet, pauses as silence. The bot needs the GUILD_VOICE_STATES
+Joins with ``receive=True`` and listens into a `dv.WaveSink` (``DIR/<user_id>.wav`` per member,
+48 kHz stereo, from their first packet, pauses as silence) and a `dv.MixSink` (``DIR/mix.wav``,
+everyone mixed on one timeline), both through a `dv.MultiSink`. The bot needs the GUILD_VOICE_STATES
 intent and the Connect permission; it must not be deafened.
 """
 
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("with DISCORD_TOKEN, give DIR GUILD_ID CHANNEL_ID")
     guild, channel = args.ids if token else (OFFLINE_GUILD_ID, OFFLINE_CHANNEL_ID)
     directory = args.directory or tempfile.mkdtemp(prefix="recording-")
-    sink = dv.WaveSink(directory)
+    waves = dv.WaveSink(directory)
+    mixed = dv.MixSink(waves.directory / "mix.wav")
+    sink = dv.MultiSink(waves, mixed)
     with discord_or_fake(token) as session, dv.Voice(session.gateway) as voice:
         conn = voice.join_channel(guild, channel, receive=True, timeout=20)
         conn.wait_for_e2ee(20)
@@ -45,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         threading.Event().wait(seconds)  # record for that long
         conn.stop_listening()  # decodes what was received and finishes the files
         conn.disconnect()
-    for user, path in sink.paths().items():
+    for user, path in waves.paths().items():
         print(f"recorded {user} in {path}")
+    print(f"mixed everyone in {mixed.path}")
     return 0
 
 

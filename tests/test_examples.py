@@ -287,7 +287,10 @@ def test_record_channel_writes_the_speakers_wav(
     offline: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert load("record_channel").main([str(tmp_path)]) == 0
-    files = list(tmp_path.glob("*.wav"))
-    assert len(files) == 1 and str(files[0]) in capsys.readouterr().out
-    with wave.open(str(files[0]), "rb") as wav:
-        assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)
+    out = capsys.readouterr().out
+    files = [path for path in tmp_path.glob("*.wav") if path.name != "mix.wav"]
+    assert len(files) == 1 and str(files[0]) in out
+    assert f"mixed everyone in {tmp_path / 'mix.wav'}" in out
+    for path in (files[0], tmp_path / "mix.wav"):
+        with wave.open(str(path), "rb") as wav:
+            assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)
