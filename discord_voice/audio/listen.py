@@ -4,7 +4,11 @@ thread started by `Connection.listen`.
 Per user (``receive.md`` §5): a `core.jitter.JitterBuffer` puts packets back in order; each
 `Frame` is decoded, a `Gap` recovered from the next packet's in-band FEC or concealed, a
 `Silence` written as zeros (a pause); a user with no packet for `QUIET` seconds is flushed (the
-rest of the buffer decoded); a user idle for `IDLE_STATE` seconds is forgotten. The sink gets
+rest of the buffer decoded); a user idle for `IDLE_STATE` seconds is forgotten. A user's packets
+from a new SSRC (they left and came back: op 13 then op 5/11, or Discord gave them another one)
+end their state too, and a new decoder and buffer start. When a forgotten or reset user speaks
+again, the time since their last packet is written as silence first, so each user's stream keeps
+its wall-clock timeline however long the absence. The sink gets
 ``sink.write(user_id, pcm)`` with 3840-byte blocks (20 ms of 48 kHz stereo s16le; the last one of
 a user padded with silence at the end) and ``sink.close()`` once, when listening stops.
 
@@ -68,14 +72,18 @@ class ListenStats:
     silence_samples: int = 0  # pauses written as silence
     bad_packets: int = 0  # packets libopus rejected (the decoder was reset)
     late_or_duplicate: int = 0
+    resets: int = 0  # a user's state started over for their new SSRC
+    forgotten: int = 0  # idle users' state dropped after IDLE_STATE seconds
     users: dict[int, int] = field(default_factory=dict)  # user -> blocks written
 
 
 @dataclass
 class _User:
+    ssrc: int
     buffer: JitterBuffer
     decoder: Decoder
-    heard: float
+    heard: float  # when their last packet came
+    heard_samples: int = 0  # how long it was (its audio ends 48 kHz samples after `heard`)
     pending: bytearray = field(default_factory=bytearray)  # PCM not yet a whole block
     flushed: bool = True
 
@@ -90,6 +98,7 @@ class Listener:
         self._clock = clock
         self._stop = Signal()
         self._users: dict[int, _User] = {}  # the listener thread's
+        self._last_heard: dict[int, float] = {}  # users whose state ended: their audio's end
         self._lock = threading.Lock()  # guards `_stats` for readers
         self._stats = ListenStats()
         self._error: BaseException | None = None
@@ -114,6 +123,8 @@ class Listener:
                 s.silence_samples,
                 s.bad_packets,
                 s.late_or_duplicate,
+                s.resets,
+                s.forgotten,
                 dict(s.users),
             )
 
@@ -162,8 +173,13 @@ class Listener:
 
     def _take(self, packet: VoicePacket, now: float) -> None:
         user = self._users.get(packet.user_id)
+        if user is not None and user.ssrc != packet.ssrc:
+            self._end(packet.user_id)
+            with self._lock:
+                self._stats.resets += 1
+            user = None
         if user is None:
-            user = self._users[packet.user_id] = _User(JitterBuffer(), Decoder(), now)
+            user = self._users[packet.user_id] = self._start(packet, now)
         user.heard = now
         user.flushed = False
         try:
@@ -171,6 +187,7 @@ class Listener:
         except InvalidFrame:
             self._count_bad(user)
             return
+        user.heard_samples = samples
         before = user.buffer.stats.late + user.buffer.stats.duplicates
         out = user.buffer.push(packet.sequence, packet.timestamp, packet.opus, samples)
         if user.buffer.stats.late + user.buffer.stats.duplicates != before:
@@ -183,8 +200,23 @@ class Listener:
             if not user.flushed and now - user.heard >= QUIET:
                 self._flush(user_id, final=False)
             elif now - user.heard >= IDLE_STATE:
-                self._flush(user_id, final=True)
-                del self._users[user_id]
+                self._end(user_id)
+                with self._lock:
+                    self._stats.forgotten += 1
+
+    def _start(self, packet: VoicePacket, now: float) -> _User:
+        """A user's new state; if an earlier one ended, their absence is written as silence."""
+        user = _User(packet.ssrc, JitterBuffer(), Decoder(), now)
+        last = self._last_heard.pop(packet.user_id, None)
+        if last is not None:
+            self._play(packet.user_id, user, [Silence(max(0, round((now - last) * 50)) * 960)])
+        return user
+
+    def _end(self, user_id: int) -> None:
+        """Decode the rest of a user's audio (the last block padded) and drop their state."""
+        self._flush(user_id, final=True)
+        user = self._users.pop(user_id)
+        self._last_heard[user_id] = user.heard + user.heard_samples / 48000
 
     def _flush(self, user_id: int, *, final: bool) -> None:
         user = self._users[user_id]
@@ -197,12 +229,17 @@ class Listener:
     def _play(self, user_id: int, user: _User, out: list[Output]) -> None:
         for item in out:
             if isinstance(item, Silence):
-                user.pending.extend(bytes(item.samples * 4))
                 with self._lock:
                     self._stats.silence_samples += item.samples
+                left = item.samples
+                while left:  # a second at a time: a long absence is not one huge buffer
+                    step = min(left, 48000)
+                    user.pending.extend(bytes(step * 4))
+                    left -= step
+                    self._emit(user_id, user)
             else:
                 user.pending.extend(self._decode(user, item))
-            self._emit(user_id, user)
+                self._emit(user_id, user)
 
     def _decode(self, user: _User, item: Frame | Gap) -> bytes:
         try:

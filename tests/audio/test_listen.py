@@ -6,7 +6,7 @@ import queue
 import threading
 
 from discord_voice.audio.listen import BLOCK, Listener
-from discord_voice.clock import SystemClock
+from discord_voice.clock import Signal, SystemClock
 from discord_voice.core.receive_flow import VoicePacket
 from discord_voice.opus import encode_frames, tone
 from tests.timeouts import LONG
@@ -84,3 +84,105 @@ def test_a_sink_that_fails_ends_listening_with_its_error_and_is_still_closed() -
         raise AssertionError("the sink's error was not raised")
     listener.thread.join(LONG)
     assert sink.closed == 1
+
+
+class ManualClock:
+    """The listener's clock, moved by the test (it only reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait_until(self, deadline: float, signal: Signal) -> bool:
+        raise AssertionError("the listener never waits on its clock")
+
+
+class Timeline:
+    """A sink that keeps, per user, which blocks were silent (without keeping the PCM)."""
+
+    def __init__(self) -> None:
+        self.silent: dict[int, list[bool]] = {}
+        self.closed = 0
+
+    def write(self, user_id: int, pcm: bytes) -> None:
+        assert len(pcm) == BLOCK
+        self.silent.setdefault(user_id, []).append(not any(pcm))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class Stepper:
+    """Feeds the listener one packet at a time at chosen clock times, in lockstep with it: the
+    next packet goes in once the listener asks for another (so it has handled the last)."""
+
+    def __init__(self, sink: Timeline) -> None:
+        self.clock = ManualClock()
+        self.inner: queue.Queue[VoicePacket] = queue.Queue()
+        self.turn = threading.Condition()
+        self.fed = self.taken = self.handled = 0
+        self.listener = Listener(self, sink, self.clock, name="g").start()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> VoicePacket:
+        with self.turn:
+            self.handled = self.taken
+            self.turn.notify_all()
+        item = self.inner.get(block, timeout)
+        with self.turn:
+            self.taken += 1
+        return item
+
+    def settle(self) -> None:
+        with self.turn:
+            assert self.turn.wait_for(lambda: self.handled == self.fed, LONG)
+
+    def feed(self, items: list[VoicePacket], at: float) -> None:
+        for item in items:
+            self.settle()
+            self.clock.now = at
+            self.fed += 1
+            self.inner.put(item)
+            at += 0.02
+        self.settle()
+
+    def stop(self) -> Listener:
+        self.listener.stop()
+        assert self.listener.wait(LONG)
+        self.listener.thread.join(LONG)
+        return self.listener
+
+
+def test_a_users_new_ssrc_restarts_their_state_and_keeps_their_timeline() -> None:
+    frames = list(encode_frames(tone(440.0, 0.2)))
+    sink = Timeline()
+    steps = Stepper(sink)
+    steps.feed(packets(1, frames), at=0.0)  # ssrc 1001, sequences 0-9
+    moved = [
+        VoicePacket(1, 2001, 40000 + n, 7 + 960 * n, frame, 0.0) for n, frame in enumerate(frames)
+    ]
+    steps.feed(moved, at=2.0)  # 1.8 s after the last packet: a new session, a new SSRC
+    listener = steps.stop()
+    stats = listener.stats()
+    assert stats.resets == 1 and stats.bad_packets == 0
+    timeline = sink.silent[1]
+    # 10 blocks of tone, then the absence as silence (90 blocks: 1.8 s), then 10 of tone
+    assert len(timeline) == 10 + 90 + 10
+    assert not any(timeline[:10]) and all(timeline[10:100]) and not any(timeline[101:])
+
+
+def test_an_idle_users_state_is_dropped_and_their_absence_kept_as_silence() -> None:
+    frames = list(encode_frames(tone(440.0, 0.1)))
+    sink = Timeline()
+    steps = Stepper(sink)
+    steps.feed(packets(1, frames), at=0.0)
+    steps.feed(packets(2, frames), at=30.0)
+    steps.feed(packets(2, frames, 5), at=70.0)  # user 1 was last heard at 0.08: forgotten now
+    assert steps.listener.stats().forgotten == 1
+    steps.feed(packets(1, frames, 5), at=90.0)  # back, with the same SSRC and sequence on
+    listener = steps.stop()
+    assert listener.stats().resets == 0
+    timeline = sink.silent[1]
+    assert len(timeline) == 5 + round((90.0 - 0.1) * 50) + 5
+    assert not any(timeline[:5]) and all(timeline[5:-6]) and not any(timeline[-4:])
