@@ -38,13 +38,15 @@ from discord_voice.errors import (
 if TYPE_CHECKING:
     import davey
 
-__all__ = ["DaveProtocol", "DaveyEngine", "Engine", "Frame", "SILENCE_FRAME"]
+__all__ = ["MARKER", "SILENCE_FRAME", "DaveProtocol", "DaveyEngine", "Engine", "Frame"]
 
 #: A frame to send on the voice websocket: JSON text (ops 23, 31) or binary (ops 26, 28).
 Frame = str | bytes
 
 #: The Opus silence frame; sent unencrypted even in an E2EE call.
 SILENCE_FRAME: Final = b"\xf8\xff\xfe"
+#: The last two bytes of every DAVE-encrypted frame.
+MARKER: Final = b"\xfa\xfa"
 
 #: Seconds the receive side keeps accepting the previous context after a transition.
 TRANSITION_EXPIRY: Final = 10
@@ -406,13 +408,17 @@ class DaveProtocol:
         return self._engine.encrypt_opus(frame)
 
     def decrypt(self, user_id: int | str, frame: bytes) -> bytes:
-        """Decrypt an Opus frame received from ``user_id``; as is when DAVE never started.
+        """Decrypt an Opus frame received from ``user_id``; as is when DAVE never started, and
+        a frame without the DAVE marker as is while media is not end-to-end encrypted for us
+        (protocol 0: before an upgrade executes, after a downgrade, a member who joined then).
 
         Raises:
             EncryptionError: the frame is not decryptable (wrong key, replay, plain frame
                 outside passthrough).
         """
         if not self._group_version:
+            return frame
+        if not self._version and not frame.endswith(MARKER):
             return frame
         return self._engine.decrypt_opus(_snowflake("user id", user_id), frame)
 
@@ -477,7 +483,9 @@ class DaveProtocol:
         upgraded = version > 0 and self._version == 0
         self._version = version
         if upgraded and self._group_version:
-            # Others may still send plaintext for a while after an upgrade.
+            # Others may still send plaintext for a while after an upgrade: the new group's
+            # decryptors start with passthrough off, so it is opened, then given its expiry.
+            self._engine.set_passthrough(True, TRANSITION_EXPIRY)
             self._engine.set_passthrough(False, TRANSITION_EXPIRY)
 
     def _prepare_epoch(self, event: dm.PrepareEpoch) -> list[Frame]:

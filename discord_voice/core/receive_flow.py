@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from discord_voice.core.crypto import TransportCipher
+from discord_voice.core.dave import MARKER
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
 from discord_voice.core.receive_packet import Dropped, DropReason, RtpAudio, open_datagram
 from discord_voice.core.ssrc_map import Deliver, Expired, Reset, SsrcMap
@@ -31,8 +32,6 @@ __all__ = [
 
 #: The DAVE step: (sender's user id, frame) -> the Opus frame, or None if it cannot be decrypted.
 Decrypt = Callable[[int, bytes], bytes | None]
-
-DAVE_MARKER = b"\xfa\xfa"
 
 #: A member stops speaking when nothing of theirs arrived for this long (seconds).
 SPEAKING_TIMEOUT = 0.2
@@ -165,7 +164,7 @@ class ReceiveFlow:
         frame: bytes | None = audio.payload
         if frame != OPUS_SILENCE_FRAME:
             frame = self._decrypt(user_id, audio.payload)
-            if frame is None or frame.endswith(DAVE_MARKER):
+            if frame is None or frame.endswith(MARKER):
                 self.counters.dave_failures += 1
                 return None
         assert frame is not None

@@ -19,6 +19,8 @@ server forwards another member's audio, so that a client's receive path can be t
   a header extension, CSRCs, seeded loss/reorder/duplication. In a DAVE call the Opus frame is
   first DAVE-encrypted with the speaker's own libdave `Encryptor` (the key ratchet of its user
   id in the current epoch), so clients decrypt frames made by Discord's own implementation.
+  `FakeSpeaker.prepare` numbers and encrypts packets now and sends them later (audio in flight
+  across a key change).
 - **Everything is recorded**: each packet in ``fake.sent_audio`` (`SentPacket`, with the
   plaintext frame), each scripted action in ``fake.faults``.
 
@@ -34,7 +36,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.opcodes import VoiceOp
@@ -53,7 +55,7 @@ from discord_voice.testing.udp.server import FakeUdpServer
 if TYPE_CHECKING:
     from discord_voice.testing.dave.hub import DaveHub
 
-__all__ = ["FakeSpeaker", "Speakers"]
+__all__ = ["FakeSpeaker", "PreparedAudio", "Speakers"]
 
 #: First user id given to speakers when the test names none (the fake's libdave members start
 #: at 900000000000000001, its bot at 100000000000000001).
@@ -226,77 +228,117 @@ class FakeSpeaker:
 
         No pacing: all datagrams leave within the call (a client must read them fast enough or
         have the socket buffer for them). ValueError for an invalid frame or option.
+        `prepare` does the same in two steps (packets numbered and encrypted now, sent later).
         """
+        with self._lock:  # numbered and sent in one step: no other send in between
+            audio = self._prepare("send", frames, SendOptions(
+                padding, extension, tuple(csrcs), loss, reorder, duplicate, seed, dave, settle
+            ))  # fmt: skip
+            audio.sent = True
+            return self._transmit(audio)
+
+    def prepare(self, frames: Sequence[bytes], **options: Any) -> PreparedAudio:
+        """The first half of `send` (the same keyword options): the packets get their sequence
+        numbers, timestamps and SSRC, and in a DAVE call their DAVE encryption with the key the
+        speaker holds now (after waiting for the group to settle, with `settle`); nothing is
+        sent until `send_prepared`. Audio in flight across a change: frames encrypted with an
+        epoch's key that arrive after the clients moved to the next epoch (or a downgrade).
+
+        Packets sent by this speaker in between keep their own numbers (the prepared ones were
+        taken first), so send the prepared packets before any later `send` to keep the RTP
+        order. ValueError for an invalid frame or option; RuntimeError as `send`.
+        """
+        shape = SendOptions(**options)  # TypeError for an unknown option
+        with self._lock:
+            return self._prepare("prepare", frames, shape)
+
+    def _prepare(self, verb: str, frames: Sequence[bytes], shape: SendOptions) -> PreparedAudio:
+        """Number, DAVE-encrypt and build the packets of `send`/`prepare` (lock held)."""
         frames = [bytes(f) for f in frames]
         durations = [opus_samples(f) for f in frames]
-        csrcs = tuple(csrcs)
-        check_rtp_options(padding, extension, csrcs)
-        order = wire_order(len(frames), loss, reorder, duplicate, seed)
-        room = self._room
+        check_rtp_options(shape.padding, shape.extension, shape.csrcs)
+        order = wire_order(len(frames), shape.loss, shape.reorder, shape.duplicate, shape.seed)
+        self._check_alive()
+        self._fault(f"{verb}({len(frames)} frames{shape.changed()})")
+        dave, settle = shape.dave, shape.settle
+        encrypt = dave and self.dave
+        payloads = self._dave_encrypt(frames, settle) if encrypt else list(frames)
+        headers: list[tuple[int, int]] = []
+        for duration in durations:
+            headers.append((self._sequence, self._timestamp))
+            self._sequence = (self._sequence + 1) & 0xFFFF
+            self._timestamp = (self._timestamp + duration) & 0xFFFFFFFF
+        parts = [
+            rtp_parts(
+                self._ssrc,
+                sequence,
+                timestamp,
+                payload,
+                padding=shape.padding,
+                extension=shape.extension,
+                csrcs=shape.csrcs,
+            )
+            for (sequence, timestamp), payload in zip(headers, payloads, strict=True)
+        ]
+        ssrc = self._ssrc
+        return PreparedAudio(self.user_id, ssrc, frames, payloads, headers, parts, order, encrypt)
+
+    def send_prepared(self, audio: PreparedAudio) -> list[SentPacket]:
+        """Send what `prepare` made, now, as `send` would have (to the clients of the channel
+        that have a key now); returns one `SentPacket` per frame. ValueError for another
+        speaker's packets; RuntimeError if they were sent already or the speaker has left."""
+        if audio.user_id != self.user_id:
+            raise ValueError(f"{audio.user_id}'s packets, not {self.user_id}'s")
         with self._lock:
             self._check_alive()
-            options = [f"{k}={v!r}" for k, v in _changed(
-                padding=padding, extension=extension, csrcs=csrcs, loss=loss, reorder=reorder,
-                duplicate=duplicate, seed=seed, dave=dave, settle=settle,
-            )]  # fmt: skip
-            self._fault(f"send({len(frames)} frames{''.join(', ' + o for o in options)})")
-            encrypt = dave and self.dave
-            payloads = self._dave_encrypt(frames, settle) if encrypt else list(frames)
-            ssrc = self._ssrc
-            headers: list[tuple[int, int]] = []
-            for duration in durations:
-                headers.append((self._sequence, self._timestamp))
-                self._sequence = (self._sequence + 1) & 0xFFFF
-                self._timestamp = (self._timestamp + duration) & 0xFFFFFFFF
-            parts = [
-                rtp_parts(
-                    ssrc,
-                    sequence,
-                    timestamp,
-                    payload,
-                    padding=padding,
-                    extension=extension,
-                    csrcs=csrcs,
-                )
-                for (sequence, timestamp), payload in zip(headers, payloads, strict=True)
-            ]
-            clients = [
-                (live, live.session.ssrc)
-                for live in room.roster.clients(self.channel_id)
-                if live.session.ssrc is not None
-            ]
-            index: dict[int, int] = {}
-            to: dict[int, list[int]] = {k: [] for k in range(len(frames))}
+            if audio.sent:
+                raise RuntimeError("these packets were sent already")
+            audio.sent = True
+            self._fault(f"send_prepared({len(audio.frames)} frames)")
+            return self._transmit(audio)
 
-            for k in order:
-                stamp = functools.partial(_stamp, index, k, room)
-                for live, client in clients:
-                    if self._deliver(live, client, parts[k], stamp) and client not in to[k]:
-                        to[k].append(client)
-                stamp()  # no client to send to
-            for k in range(len(frames)):
-                if k not in index:  # dropped
-                    index[k] = room.take_index()
-            first = {k: order.index(k) for k in set(order)}
-            sent = [
-                SentPacket(
-                    index=index[k],
-                    user_id=self.user_id,
-                    ssrc=ssrc,
-                    sequence=headers[k][0],
-                    timestamp=headers[k][1],
-                    opus=frames[k],
-                    payload=payloads[k],
-                    dave=encrypt and payloads[k] != frames[k],
-                    to=tuple(to[k]),
-                    dropped=k not in first,
-                    duplicated=order.count(k) > 1,
-                    reordered=k in first and any(first[j] < first[k] for j in first if j > k),
-                )
-                for k in range(len(frames))
-            ]
-            with room.recorder.changing():
-                room.recorder.sent_audio.extend(sent)
+    def _transmit(self, audio: PreparedAudio) -> list[SentPacket]:
+        """The second half of `send`: every packet of `audio` to every client of the channel
+        that has a key, in wire order, recorded in ``sent_audio`` (lock held)."""
+        room = self._room
+        frames, payloads, headers, parts = audio.frames, audio.payloads, audio.headers, audio.parts
+        clients = [
+            (live, live.session.ssrc)
+            for live in room.roster.clients(self.channel_id)
+            if live.session.ssrc is not None
+        ]
+        index: dict[int, int] = {}
+        to: dict[int, list[int]] = {k: [] for k in range(len(frames))}
+
+        for k in audio.order:
+            stamp = functools.partial(_stamp, index, k, room)
+            for live, client in clients:
+                if self._deliver(live, client, parts[k], stamp) and client not in to[k]:
+                    to[k].append(client)
+            stamp()  # no client to send to
+        for k in range(len(frames)):
+            if k not in index:  # dropped
+                index[k] = room.take_index()
+        first = {k: audio.order.index(k) for k in set(audio.order)}
+        sent = [
+            SentPacket(
+                index=index[k],
+                user_id=self.user_id,
+                ssrc=audio.ssrc,
+                sequence=headers[k][0],
+                timestamp=headers[k][1],
+                opus=frames[k],
+                payload=payloads[k],
+                dave=audio.encrypted and payloads[k] != frames[k],
+                to=tuple(to[k]),
+                dropped=k not in first,
+                duplicated=audio.order.count(k) > 1,
+                reordered=k in first and any(first[j] < first[k] for j in first if j > k),
+            )
+            for k in range(len(frames))
+        ]
+        with room.recorder.changing():
+            room.recorder.sent_audio.extend(sent)
         return sent
 
     def _dave_encrypt(self, frames: list[bytes], settle: bool) -> list[bytes]:
@@ -430,19 +472,58 @@ class FakeSpeaker:
             room.udp.release_ssrc(self._ssrc)
 
 
+@dataclass(frozen=True)
+class SendOptions:
+    """The keyword options of `FakeSpeaker.send` and `prepare`, with their defaults."""
+
+    padding: int = 0
+    extension: bytes | None = None
+    csrcs: tuple[int, ...] = ()
+    loss: float = 0.0
+    reorder: float = 0.0
+    duplicate: float = 0.0
+    seed: int = 0
+    dave: bool = True
+    settle: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "csrcs", tuple(self.csrcs))
+
+    def changed(self) -> str:
+        """``, name=value`` for each option not at its default (for ``faults``)."""
+        return "".join(
+            f", {f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        )
+
+
+@dataclass(eq=False)
+class PreparedAudio:
+    """Packets a `FakeSpeaker` numbered and (in a DAVE call) encrypted, not sent yet: made by
+    `FakeSpeaker.prepare`, sent once by `FakeSpeaker.send_prepared`. ``frames`` are the Opus
+    frames, ``payloads`` what goes in the packets (DAVE-encrypted or not), ``headers`` each
+    packet's (sequence, timestamp), ``ssrc`` the speaker's SSRC when they were prepared."""
+
+    user_id: int
+    ssrc: int
+    frames: list[bytes]
+    payloads: list[bytes]
+    headers: list[tuple[int, int]]
+    parts: list[tuple[bytes, bytes]]  # each packet's RTP header and body, before the seal
+    order: list[int]  # the wire order (loss, reordering, duplicates)
+    encrypted: bool  # DAVE-encrypted
+    sent: bool = False
+
+    @property
+    def sequences(self) -> list[int]:
+        return [sequence for sequence, _ in self.headers]
+
+
 def _stamp(index: dict[int, int], k: int, room: _Room) -> None:
     """Give packet `k` its record index, unless it has one (its first datagram's)."""
     if k not in index:
         index[k] = room.take_index()
-
-
-def _changed(**options: Any) -> list[tuple[str, Any]]:
-    """The options of a `FakeSpeaker.send` that differ from their defaults (for ``faults``)."""
-    defaults: dict[str, Any] = {
-        "padding": 0, "extension": None, "csrcs": (), "loss": 0.0, "reorder": 0.0,
-        "duplicate": 0.0, "seed": 0, "dave": True, "settle": True,
-    }  # fmt: skip
-    return [(k, v) for k, v in options.items() if v != defaults[k]]
 
 
 class Speakers:

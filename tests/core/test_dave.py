@@ -332,6 +332,9 @@ def test_downgrade_then_upgrade(sender: ExternalSender) -> None:
     # Upgrade: a new group at epoch 1; we commit the peer's Add this time.
     fresh = only_binary(client.receive(server_json(24, {"protocol_version": 1, "epoch": 1})), 26)
     assert fresh and client.transform(OPUS) == OPUS  # version 0 until the transition executes
+    assert client.decrypt(PEER, OPUS) == OPUS  # not end-to-end encrypted yet: clear media passes
+    with pytest.raises(EncryptionError):  # but a frame marked as DAVE's is never passed as is
+        client.decrypt(PEER, OPUS + b"\x00\xfa\xfa")
     peer.reset()
     proposals = proposals_append([sender.propose_add(CHANNEL, 0, peer.key_package)])
     op28 = only_binary(client.receive(server_frame(27, proposals)), 28)
@@ -342,6 +345,7 @@ def test_downgrade_then_upgrade(sender: ExternalSender) -> None:
     assert client.receive(server_json(22, {"transition_id": 8})) == []
     assert client.protocol_version == 1 and client.ready
     assert peer.decrypt_from(ME, client.transform(OPUS)) == OPUS
+    assert client.decrypt(PEER, OPUS) == OPUS  # the upgrade's window: a sender not switched yet
 
 
 def test_start_from_version_zero_upgrades_on_prepare_epoch(sender: ExternalSender) -> None:

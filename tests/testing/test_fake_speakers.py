@@ -32,6 +32,7 @@ import pytest
 import websocket
 
 from discord_voice.testing import FakeDiscord, FakeSpeaker, SentPacket
+from tests.frames import dave_nonce
 from tests.testing.fake_raw_clients import (
     AES,
     XCHACHA,
@@ -194,6 +195,24 @@ def test_leave_sends_op13_and_ends_the_speaker(fake: FakeDiscord, joined: VoiceC
         speaker.send([opus(20)])
     speaker.leave()  # idempotent
     assert len(server_ops(fake, 13)) == 1
+
+
+def test_prepared_packets_take_their_numbers_at_once_and_go_out_once(
+    fake: FakeDiscord, joined: VoiceClient
+) -> None:
+    speaker, other = fake.add_speaker(), fake.add_speaker()
+    held = speaker.prepare([opus(20, i) for i in range(2)])
+    later = speaker.send([opus(20, 9)])
+    assert held.sequences == [(later[0].sequence - 2 + k) % 65536 for k in range(2)]
+    assert not held.sent and received(joined, fake)[-1].payload == opus(20, 9)
+    sent = speaker.send_prepared(held)
+    assert held.sent and [p.sequence for p in sent] == held.sequences
+    assert [g.payload for g in received(joined, fake)[-2:]] == held.frames
+    with pytest.raises(RuntimeError, match="sent already"):
+        speaker.send_prepared(held)
+    with pytest.raises(ValueError, match="not"):
+        other.send_prepared(held)  # another speaker's packets
+    assert f"speaker {speaker.user_id}: send_prepared(2 frames)" in fake.faults
 
 
 def test_options_are_checked(fake: FakeDiscord, joined: VoiceClient) -> None:
@@ -426,18 +445,6 @@ def test_raw_datagrams_need_a_client(fake: FakeDiscord) -> None:
 
 
 # ---------------------------------------------------------------- DAVE, against davey
-
-
-def dave_nonce(frame: bytes) -> int:
-    """The truncated nonce of a DAVE protocol frame (ULEB128 after the 8-byte tag)."""
-    assert frame[-2:] == b"\xfa\xfa", frame.hex()
-    at, value, shift = len(frame) - frame[-3] + 8, 0, 0
-    while True:
-        byte = frame[at]
-        value |= (byte & 0x7F) << shift
-        at, shift = at + 1, shift + 7
-        if not byte & 0x80:
-            return value
 
 
 def dave_received(client: DaveRawClient, fake: FakeDiscord) -> list[OpenedRtp]:
