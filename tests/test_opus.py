@@ -444,3 +444,42 @@ def test_encode_frames_uses_the_given_encoder() -> None:
     assert len(packets) == 10
     assert encoder.bitrate == 16000
     assert list(opus.encode_frames([])) == []
+
+
+def test_decoder_gives_what_opuslib_gives_and_ffmpeg_hears() -> None:
+    lib = opus.load_opuslib()
+    encoder = opus.Encoder(fec=True, expected_packet_loss=10)
+    packets = list(opus.encode_frames(opus.tone(440.0, 0.4), encoder))
+    ours, reference = opus.Decoder(), lib.Decoder(48000, 2)
+
+    def theirs(data: bytes, samples: int, fec: bool) -> bytes:
+        pcm: bytes = lib.api.decoder.decode(
+            reference.decoder_state, data, len(data), samples, fec, channels=2
+        )
+        return pcm
+
+    got, expected = [], []
+    for n, packet in enumerate(packets):
+        if n == 7:  # lost: concealed
+            got.append(ours.conceal(960))
+            expected.append(theirs(b"", 960, False))
+        elif n == 12:  # lost: recovered from the next packet's FEC
+            got.append(ours.decode_fec(packets[13], 960))
+            expected.append(theirs(packets[13], 960, True))
+        else:
+            got.append(ours.decode(packet))
+            expected.append(theirs(packet, opus.Decoder.MAX_SAMPLES, False))
+    assert got == expected and {len(pcm) for pcm in got} == {3840}
+    left = np.frombuffer(b"".join(got), "<i2").reshape(-1, 2)[:, 0].astype(np.float64)
+    native = decode_native(packets)[0]
+    assert abs(peak_frequency(left) - peak_frequency(native)) <= 3.0
+
+
+def test_decoder_refuses_bad_input_clearly_and_starts_over() -> None:
+    decoder = opus.Decoder()
+    with pytest.raises(OpusError, match="decoding failed"):
+        decoder.decode(b"\x03\x00")  # code 3 with no frames
+    with pytest.raises(ValueError, match="samples"):
+        decoder.conceal(opus.Decoder.MAX_SAMPLES + 1)
+    decoder.reset()
+    assert len(decoder.decode(next(opus.encode_frames(opus.tone(440.0, 0.02))))) == 3840
