@@ -7,11 +7,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from discord_voice._shell.recv_queue import RecvQueue
-from discord_voice._shell.udp_receiver import InboundStream, UdpReceiver
+from discord_voice._shell.udp_receiver import RECEIVE_BUFFER, InboundStream, UdpReceiver
 from discord_voice.clock import SystemClock
 from discord_voice.core import voice_payloads as vp
 from discord_voice.core.crypto import make_cipher
@@ -177,3 +178,16 @@ def test_a_new_session_reads_the_new_socket(rig: Rig) -> None:
     finally:
         server2.close()
         client2.close()
+
+
+def test_a_receiving_socket_gets_a_larger_kernel_buffer(rig: Rig) -> None:
+    before = rig.client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    rig.stream.member(1, speaking(ALICE, 7))
+    rig.send(packet(payload=b"\xf8x", ssrc=7, sequence=1, timestamp=960))
+    rig.queue.get(timeout=LONG)  # the thread has taken the socket
+    after = rig.client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the same socket
+    limit = Path("/proc/sys/net/core/rmem_max")
+    if limit.exists():  # Linux: capped at rmem_max, and reported twice (its bookkeeping)
+        assert after >= 2 * min(RECEIVE_BUFFER, int(limit.read_text())) > before
+    else:
+        assert after >= before
