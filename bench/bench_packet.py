@@ -55,42 +55,14 @@ def best_of(call: Callable[[], object], iterations: int, runs: int = RUNS) -> fl
 def dave_transform() -> FrameTransform | None:
     """Our DAVE session after joining a libdave member's group, or None without dave-py."""
     try:
-        import dave
+        import dave  # noqa: F401 - only whether it is there
     except ImportError:
         return None
-    from discord_voice.core import dave_messages as dm
+    from bench.dave_peer import CHANNEL, ME, join_with_peer
     from discord_voice.core.dave import DaveProtocol
-    from discord_voice.core.voice_payloads import decode_binary
-    from discord_voice.testing.dave.mls import (
-        ExternalSender,
-        proposals_append,
-        split_commit_welcome,
-    )
 
-    channel, me, peer_id = 1090123456789012345, 158533742254751744, 256062279974387723
-
-    def server_frame(op: int, payload: bytes) -> dm.DaveEvent:
-        return dm.decode(decode_binary(b"\x00\x01" + bytes([op]) + payload))
-
-    sender = ExternalSender()
-    client = DaveProtocol(me, channel)
-    key_package = client.start(1)[0]
-    assert isinstance(key_package, bytes)
-    client.receive(server_frame(25, sender.package()))
-    client.clients_connect([str(peer_id)])
-    peer = dave.Session(lambda where, why: None)
-    peer.init(1, channel, str(peer_id))
-    peer.set_external_sender(sender.package())
-    op28 = peer.process_proposals(
-        proposals_append([sender.propose_add(channel, 0, key_package[1:])]),
-        {str(me), str(peer_id)},
-    )
-    assert op28 is not None
-    commit, welcome = split_commit_welcome(op28)
-    assert welcome is not None
-    peer.process_commit(commit)
-    client.receive(server_frame(30, (5).to_bytes(2, "big") + welcome))
-    client.receive(dm.ExecuteTransition(transition_id=5))
+    client = DaveProtocol(ME, CHANNEL)
+    join_with_peer(client.start, client.receive, client.clients_connect)
     assert client.ready, "the DAVE session has no key"
     return client
 

@@ -133,7 +133,7 @@ class Connection:
         self_deaf: bool = False,
         reconnect_timeout: float = RECONNECT_ATTEMPT_TIMEOUT,
         receiver: UdpReceiver | None = None,
-        receive_queue_size: int = 100,
+        receive_queue_size: int,
     ) -> None:
         self._owner = owner
         self._voice_states = voice_states
