@@ -7,7 +7,6 @@ plaintext a libdave receiver recovers with what was put on ``opus_send``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -40,9 +39,7 @@ def test_alone_the_join_completes_and_frames_wait_for_a_second_member(
     make_world: MakeWorld,
 ) -> None:
     w: World = make_world(dave=True, dave_listener=False)
-    started = time.perf_counter()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    join_seconds = time.perf_counter() - started
     # a lone member only has a pending group: no key, so nothing may be sent yet
     assert conn.e2ee_active and conn.dave_protocol_version == 1
     assert conn.voice_privacy_code is None
@@ -55,16 +52,13 @@ def test_alone_the_join_completes_and_frames_wait_for_a_second_member(
     code = conn.voice_privacy_code
     assert code is not None and len(code) == 30 and code.isdigit()
     assert conn.dave_epoch is not None and conn.dave_epoch >= 1
-    assert not w.fake.violations and not w.fake.udp_errors
-    assert join_seconds < 0.150  # issue 3's target for a join with DAVE on loopback
+    assert not w.fake.violations and not w.fake.udp_errors  # join time: bench/bench_dave.py
     conn.disconnect()
 
 
 def test_join_with_a_group_ready_at_once(make_world: MakeWorld) -> None:
     w: World = make_world(dave=True, dave_listener=True)
-    started = time.perf_counter()
     conn = w.voice.join_channel(GUILD, CHANNEL, timeout=LONG)
-    join_seconds = time.perf_counter() - started
     assert conn.voice_privacy_code is not None  # the group key is there when join returns
     sent = frames_of(40)
     stream(w, conn, sent)
@@ -73,7 +67,6 @@ def test_join_with_a_group_ready_at_once(make_world: MakeWorld) -> None:
     assert [f.opus for f in got] == sent + [SILENCE] * 5
     assert {f.dave for f in got[:40]} == {"decrypted"}
     assert not w.fake.violations and not w.fake.udp_errors
-    assert join_seconds < 0.5
     conn.disconnect()
 
 

@@ -194,7 +194,7 @@ def test_disconnect_without_confirmation_is_still_bounded(world: World) -> None:
     world.fake.withhold("voice_state_update")
     started = time.perf_counter()
     conn.disconnect(timeout=0.3)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < LONG  # bounded (a wait for the leave would not be)
     assert confirmed_leaves(world.fake) == []
 
 
