@@ -12,6 +12,7 @@ conn.disconnect()
 gw.close()
 """
 
+from discord_voice._shell.identify_limiter import IdentifyLimiter
 from discord_voice._version import __version__
 from discord_voice.audio import (
     FFmpegOpusSource,
@@ -54,6 +55,7 @@ from discord_voice.core.reconnect import (
     ReconnectPlan,
     RetryBudget,
 )
+from discord_voice.core.sharding import SessionStartLimit, Shard, shard_for
 from discord_voice.errors import (
     AlreadyPlaying,
     AudioError,
@@ -80,9 +82,10 @@ from discord_voice.errors import (
     UnsupportedEncryptionMode,
     VoiceError,
     VoiceGatewayClosed,
+    WrongShard,
 )
 from discord_voice.gateway import Gateway
-from discord_voice.main_gateway import MainGateway, VoiceEventHandler
+from discord_voice.main_gateway import MainGateway, ShardedGateway, VoiceEventHandler
 from discord_voice.voice import Voice
 
 __all__ = [
@@ -129,6 +132,12 @@ __all__ = [
     "DaveRequired",
     "EncryptionError",
     "Gateway",
+    "IdentifyLimiter",
+    "SessionStartLimit",
+    "Shard",
+    "ShardedGateway",
+    "WrongShard",
+    "shard_for",
     "GatewayClosed",
     "GatewayTimeout",
     "Disconnected",

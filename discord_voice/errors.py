@@ -25,6 +25,7 @@ __all__ = [
     "HeartbeatTimeout",
     "JoinError",
     "JoinTimeout",
+    "WrongShard",
     "GatewayTimeout",
     "EncryptionError",
     "UnsupportedEncryptionMode",
@@ -149,6 +150,11 @@ class JoinTimeout(JoinError, TimeoutError):
         self.timeout = timeout
         message = f"join timed out after {timeout:g}s waiting for {stage}"
         super().__init__(message + (f" ({hint})" if hint else ""))
+
+
+class WrongShard(JoinError):
+    """``join_channel`` for a guild whose voice the gateway cannot carry: another shard owns
+    it (``(guild_id >> 22) % shard_count``). Raised before anything is sent."""
 
 
 class GatewayTimeout(VoiceError, TimeoutError):

@@ -43,6 +43,7 @@ from discord_voice._shell.gateway_events import GatewayEvents, MessageCounters
 from discord_voice._shell.gateway_heartbeat import RandomSource
 from discord_voice._shell.gateway_recovery import Recovery, default_plan
 from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT, run_reconnect_watchdog
+from discord_voice._shell.identify_limiter import IdentifyLimiter
 from discord_voice._shell.ws_session import WebSocketSession
 from discord_voice.clock import Clock, Signal, SystemClock
 from discord_voice.core.main_gateway import (
@@ -54,6 +55,7 @@ from discord_voice.core.main_gateway_resume import resume_url
 from discord_voice.core.main_gateway_timing import SendRateLimiter
 from discord_voice.core.opcodes import ClientCloseCode, Intents
 from discord_voice.core.reconnect import Attempt, AttemptKind, GatewayAction, ReconnectPlan
+from discord_voice.core.sharding import Shard, shard_for
 from discord_voice.errors import (
     ConnectionClosed,
     GatewayTimeout,
@@ -87,6 +89,13 @@ class Gateway:
     Other malformed or unknown messages are skipped and counted (`malformed_messages`,
     `ignored_messages`).
 
+    Sharding: ``shard=(shard_id, shard_count)`` identifies as that shard (Discord then sends
+    only its guilds' events; a resume keeps it), and `Voice.join_channel` refuses a guild of
+    another shard (`WrongShard`) before sending anything. Every Identify (the first and any
+    re-identify, not a resume) first waits for a slot of `identify_limiter`: one per
+    ``max_concurrency`` bucket per 5 s; share one `IdentifyLimiter` between the gateways of a
+    process (`ShardGroup` does), or each gateway spaces only its own.
+
     Thread safety: every method may be called from any thread, including from a callback.
     """
 
@@ -101,11 +110,18 @@ class Gateway:
         rng: RandomSource | None = None,
         plan: ReconnectPlan[GatewayAction] | None = None,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        shard: Shard | tuple[int, int] | None = None,
+        identify_limiter: IdentifyLimiter | None = None,
     ) -> None:
         if not reconnect_timeout > 0:
             raise LocalProtocolError("reconnect_timeout must be positive")
         self._reconnect_timeout = reconnect_timeout
-        self._session = GatewaySession(token, intents, properties)
+        if isinstance(shard, tuple):
+            shard = Shard(*shard)
+        elif shard is not None and not isinstance(shard, Shard):
+            raise LocalProtocolError(f"shard must be (shard_id, shard_count), got {shard!r}")
+        self._session = GatewaySession(token, intents, properties, shard)
+        self._limiter_of_identifies = identify_limiter or IdentifyLimiter()
         #: The websocket URL, with ``v=10&encoding=json`` added when it had no query.
         self.url = normalize_gateway_url(url)
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -128,7 +144,8 @@ class Gateway:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "ready" if self._ready else "not ready"
-        return f"<Gateway url={self.url!r} user_id={self.user_id} {state}>"
+        shard = "" if self.shard is None else f" shard={self.shard}"
+        return f"<Gateway url={self.url!r} user_id={self.user_id}{shard} {state}>"
 
     def __enter__(self) -> Gateway:
         return self
@@ -147,6 +164,20 @@ class Gateway:
     def user_id(self) -> int | None:
         """The bot's user id from READY (None before)."""
         return self._session.user_id
+
+    @property
+    def shard(self) -> Shard | None:
+        """The shard this gateway identifies as (None: unsharded, every guild)."""
+        return self._session.shard
+
+    def shard_mismatch(self, guild_id: str) -> str | None:
+        """None if this gateway carries `guild_id`'s voice, else which shard does
+        (`ShardedGateway`, asked by `Voice.join_channel`)."""
+        shard = self._session.shard
+        if shard is None or shard.owns(guild_id):
+            return None
+        owner = shard_for(guild_id, shard.shard_count)
+        return f"guild {guild_id} belongs to shard {owner}/{shard.shard_count}, not {shard}"
 
     @property
     def session_id(self) -> str | None:
@@ -189,7 +220,8 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
 
     def connect(self, timeout: float = 30.0) -> None:
-        """Open the websocket and block until READY (at most `timeout` seconds on the clock).
+        """Wait for this shard's Identify slot (see the class), then open the websocket and
+        block until READY (at most `timeout` seconds on the clock, from the slot on).
 
         Raises `GatewayTimeout` naming the missing Hello or READY, `MainGatewayClosed` if the
         server closes meanwhile (4004: the token was rejected), `ConnectionClosed` if the
@@ -199,6 +231,9 @@ class Gateway:
             raise LocalProtocolError("connect timeout must be positive")
         self._claim_start()
         close_at_exit(self, Gateway._close_at_exit)
+        if not self._identify_slot():
+            self._ended.set()
+            raise ConnectionClosed("the main gateway was closed while waiting to identify")
         deadline = self._clock.monotonic() + timeout
         try:
             self._open(timeout)
@@ -223,6 +258,13 @@ class Gateway:
         if error is None:
             raise ConnectionClosed("the main gateway was closed while connecting")
         raise error
+
+    def _identify_slot(self) -> bool:
+        """Wait for this shard's Identify slot (before the websocket opens, so no connection
+        idles meanwhile); False if the gateway was closed first."""
+        shard = self._session.shard
+        shard_id = 0 if shard is None else shard.shard_id
+        return self._limiter_of_identifies.wait(shard_id, self._clock, self._stopping)
 
     def _claim_start(self) -> None:
         with self._lock:
@@ -423,6 +465,8 @@ class Gateway:
             fresh = attempt.kind is AttemptKind.REIDENTIFY or self._session.session_id is None
             if fresh:
                 self._session.forget()  # no reader runs now: this thread may touch the session
+                if not self._identify_slot():
+                    return False
             url = self.url if fresh else resume_url(self._session.resume_gateway_url, self.url)
             try:
                 ws = open_gateway_session(url, _REOPEN_TIMEOUT, self._session.redact)

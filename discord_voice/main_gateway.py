@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["MainGateway", "VoiceEventHandler"]
+__all__ = ["MainGateway", "ShardedGateway", "VoiceEventHandler"]
 
 
 @runtime_checkable
@@ -57,4 +57,18 @@ class MainGateway(Protocol):
 
         Returns a function that removes the handler again.
         """
+        ...
+
+
+@runtime_checkable
+class ShardedGateway(Protocol):
+    """Optional: a main gateway that serves only some guilds (a shard, or a group of shards).
+
+    `Voice.join_channel` asks before sending anything and raises `discord_voice.WrongShard`
+    with the reason when the gateway cannot carry the guild's voice. `discord_voice.Gateway`
+    and `discord_voice.ShardGroup` implement it; an unsharded gateway need not.
+    """
+
+    def shard_mismatch(self, guild_id: str) -> str | None:
+        """None if this gateway owns `guild_id`; else why not (which shard does)."""
         ...

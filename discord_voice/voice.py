@@ -40,8 +40,9 @@ from discord_voice.errors import (
     JoinTimeout,
     LocalProtocolError,
     VoiceError,
+    WrongShard,
 )
-from discord_voice.main_gateway import MainGateway
+from discord_voice.main_gateway import MainGateway, ShardedGateway
 
 __all__ = ["Voice"]
 
@@ -158,12 +159,17 @@ class Voice:
             JoinTimeout: a stage did not complete in time (``.stage`` names it).
             VoiceGatewayClosed: the voice server closed the websocket during the join.
             UnsupportedEncryptionMode: no transport mode in common.
+            WrongShard: the gateway is a shard that does not own the guild (nothing was sent).
             ConnectionClosed / JoinError: other failures, with the cause attached.
         """
         guild = snowflake(guild_id, "guild_id")
         channel = snowflake(channel_id, "channel_id")
         if threading.current_thread().name.startswith("dv-"):
             raise LocalProtocolError("join_channel cannot be called from a library thread")
+        if isinstance(self._gateway, ShardedGateway):
+            mismatch = self._gateway.shard_mismatch(guild)
+            if mismatch is not None:
+                raise WrongShard(f"cannot join a voice channel of guild {guild}: {mismatch}")
         clock = self._clock
         deadline = clock.monotonic() + timeout
         with self._lock:

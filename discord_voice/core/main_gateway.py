@@ -16,6 +16,7 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from discord_voice.core.opcodes import MAIN_GATEWAY_VERSION, GatewayCloseCode, GatewayOp
+from discord_voice.core.sharding import Shard
 from discord_voice.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -251,9 +252,13 @@ def default_properties() -> dict[str, str]:
     return {"os": sys.platform, "browser": _LIBRARY, "device": _LIBRARY}
 
 
-def identify_payload(token: str, intents: int, properties: Mapping[str, str]) -> str:
-    """op 2 Identify. The result contains the token: never log it."""
-    data = {"token": token, "intents": int(intents), "properties": dict(properties)}
+def identify_payload(
+    token: str, intents: int, properties: Mapping[str, str], shard: Shard | None = None
+) -> str:
+    """op 2 Identify (with ``shard`` when sharded). Contains the token: never log it."""
+    data: dict[str, Any] = {"token": token, "intents": int(intents), "properties": dict(properties)}
+    if shard is not None:
+        data["shard"] = shard.payload()
     return encode_payload(GatewayOp.IDENTIFY, data)
 
 
@@ -300,7 +305,13 @@ class GatewaySession:
     never shown by ``repr``. Not thread-safe: the owner serialises access.
     """
 
-    def __init__(self, token: str, intents: int, properties: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        token: str,
+        intents: int,
+        properties: Mapping[str, str] | None = None,
+        shard: Shard | None = None,
+    ):
         if not isinstance(token, str) or not token.strip():
             raise LocalProtocolError("the bot token must be a non-empty string")
         if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0:
@@ -308,6 +319,8 @@ class GatewaySession:
         self._token = token
         self.intents = int(intents)
         self.properties = dict(default_properties() if properties is None else properties)
+        #: The shard identified as (None: unsharded, Identify without ``shard``).
+        self.shard = shard
         #: Last non-null dispatch sequence number (None before the first dispatch).
         self.seq: int | None = None
         self.user_id: int | None = None
@@ -317,7 +330,7 @@ class GatewaySession:
     def __repr__(self) -> str:
         return (
             f"<GatewaySession token={_REDACTED} intents={self.intents} seq={self.seq} "
-            f"user_id={self.user_id}>"
+            f"user_id={self.user_id} shard={self.shard}>"
         )
 
     def redact(self, text: str) -> str:
@@ -337,7 +350,7 @@ class GatewaySession:
         return event
 
     def identify(self) -> str:
-        return identify_payload(self._token, self.intents, self.properties)
+        return identify_payload(self._token, self.intents, self.properties, self.shard)
 
     def resume(self) -> str:
         """op 6 Resume for this session (LocalProtocolError before READY gave a session id)."""

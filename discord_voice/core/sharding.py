@@ -126,8 +126,8 @@ class IdentifySlots:
     def __init__(self, max_concurrency: int = 1, *, interval: float = IDENTIFY_INTERVAL) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise LocalProtocolError("max_concurrency must be a positive int")
-        if max_concurrency < 1 or not interval > 0:
-            raise LocalProtocolError("max_concurrency and interval must be positive")
+        if max_concurrency < 1 or not interval >= 0:
+            raise LocalProtocolError("max_concurrency must be positive and interval >= 0")
         self._concurrency = max_concurrency
         self._interval = interval
         self._next: dict[int, float] = {}  # bucket -> earliest time of its next Identify

@@ -53,6 +53,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from discord_voice._shell.exit_hook import close_at_exit
+from discord_voice.clock import Clock, SystemClock
 from discord_voice.core.opcodes import MODE_AES256_GCM, MODE_XCHACHA20, GatewayOp
 from discord_voice.testing.gateways.main import FakeMainGateway
 from discord_voice.testing.gateways.voice import FakeVoiceGateway
@@ -92,6 +93,12 @@ class FakeDiscord:
     ``main_rate_limit``: events a client may send the main gateway per 60 s before it is closed
     with 4008 (Discord's 120; a benchmark joining hundreds of guilds on one connection may raise
     it, which real Discord would not allow).
+    ``shards``: how many shards the bot needs (Get Gateway Bot recommends it; an Identify
+    with fewer, or without ``shard`` when it is over 1, is closed with 4011; a malformed shard
+    with 4010). ``max_concurrency``: None (default) leaves Identifies unlimited, so tests may
+    connect at will; N limits them as Discord does, one per bucket (``shard_id % N``) per 5 s
+    on `clock` (default the real one; a `FakeClock` for pacing tests), and answers an extra one
+    with op 9. ``session_starts``: Get Gateway Bot's ``session_start_limit.total``.
 
     Thread safety: every public method may be called from any thread.
     """
@@ -115,6 +122,10 @@ class FakeDiscord:
         dave_listener: bool = True,
         voice_resume_window: float = 5.0,
         main_rate_limit: int = 120,
+        shards: int = 1,
+        max_concurrency: int | None = None,
+        session_starts: int = 1000,
+        clock: Clock | None = None,
     ) -> None:
         modes = tuple(modes)
         if not isinstance(token, str) or not token:
@@ -131,6 +142,14 @@ class FakeDiscord:
             raise ValueError("main_rate_limit must be a positive int (events per 60 s)")
         if event_order not in ("state_first", "server_first"):
             raise ValueError("event_order must be 'state_first' or 'server_first'")
+        if type(shards) is not int or shards < 1:
+            raise ValueError("shards must be a positive int")
+        if max_concurrency is not None and (
+            type(max_concurrency) is not int or max_concurrency < 1
+        ):
+            raise ValueError("max_concurrency must be None or a positive int")
+        if type(session_starts) is not int or session_starts < 0:
+            raise ValueError("session_starts must be a non-negative int")
         self._config = Config(
             token=token,
             user_id=user_id,
@@ -142,6 +161,9 @@ class FakeDiscord:
             endpoint_scheme=bool(endpoint_scheme),
             voice_resume_window=float(voice_resume_window),
             main_rate_limit=main_rate_limit,
+            shards=shards,
+            max_concurrency=max_concurrency,
+            session_starts=session_starts,
         )
         self._rec = Recorder()
         self._script = Script()
@@ -164,8 +186,14 @@ class FakeDiscord:
         )  # fmt: skip
         self._speakers = Speakers(self._rec, self._udp, roster, self._dave)
         self._voice = FakeVoiceGateway(services, self._config.endpoint_scheme)
+        self._clock: Clock = clock or SystemClock()
         self._main = FakeMainGateway(
-            self._config, self._rec, self._script, self._credentials, lambda: self.voice_endpoint
+            self._config,
+            self._rec,
+            self._script,
+            self._credentials,
+            lambda: self.voice_endpoint,
+            self._clock,
         )
         self._state = "new"
         self._gateway_url = ""

@@ -59,6 +59,9 @@ class Config:
     endpoint_scheme: bool
     voice_resume_window: float = 5.0  # seconds a detached voice session stays resumable
     main_rate_limit: int = 120  # main gateway events per RATE_WINDOW before 4008
+    shards: int = 1  # shards the bot needs (Get Gateway Bot's ``shards``; fewer: 4011)
+    max_concurrency: int | None = None  # Identifies per 5 s bucket (more: op 9); None: no limit
+    session_starts: int = 1000  # Identifies allowed a day (``session_start_limit.total``)
 
 
 @dataclass(frozen=True)

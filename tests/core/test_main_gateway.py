@@ -401,3 +401,12 @@ def test_describe_gateway_close() -> None:
     assert describe_gateway_close(1000) == "normal closure"
     assert describe_gateway_close(4999) == "unknown close code"
     assert "without a close code" in describe_gateway_close(None)
+
+
+def test_identify_carries_the_shard_only_when_sharded() -> None:
+    from discord_voice.core.sharding import Shard
+
+    plain = json.loads(GatewaySession(TOKEN, 129).identify())["d"]
+    sharded = json.loads(GatewaySession(TOKEN, 129, shard=Shard(2, 8)).identify())["d"]
+    assert "shard" not in plain and sharded["shard"] == [2, 8]
+    assert "shard=2/8" in repr(GatewaySession(TOKEN, 129, shard=Shard(2, 8)))

@@ -8,12 +8,18 @@ from typing import Any
 
 import pytest
 
-from discord_voice import Gateway, Voice
+from discord_voice import Gateway, IdentifyLimiter, Voice
 from discord_voice.testing import FakeDiscord
 from tests.timeouts import LONG
 
 GUILD = 41771983423143937
 CHANNEL = 127121515262115840
+
+
+def UNSPACED() -> IdentifyLimiter:
+    """An identify limiter that lets every Identify go at once: for tests of recovery ladders
+    against a fake that does not limit Identifies (its default), not of identify pacing."""
+    return IdentifyLimiter(interval=0.0)
 
 
 @dataclass

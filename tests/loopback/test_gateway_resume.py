@@ -23,7 +23,7 @@ from discord_voice.core.opcodes import GatewayOp
 from discord_voice.core.reconnect import ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.testing import FakeDiscord
 from tests.frames import opus_frame
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, UNSPACED, World
 from tests.timeouts import LONG
 
 MakeWorld = Callable[..., World]
@@ -243,7 +243,8 @@ def test_attempts_are_bounded_logged_and_the_last_failure_is_raised(
     budget = RetryBudget(max_attempts=2, base_delay=0.01, max_delay=0.01, immediate_first=True)
     plan = ReconnectPlan(ClosePolicy.main_default(), resume=budget, new_session=budget)
     with FakeDiscord() as fake:
-        gw = Gateway(fake.token, url=fake.gateway_url, plan=plan)
+        # attempts, not identify pacing: re-identify at once
+        gw = Gateway(fake.token, url=fake.gateway_url, plan=plan, identify_limiter=UNSPACED())
         try:
             gw.connect(timeout=LONG)
             fake.close()  # the server is gone: every attempt fails to connect

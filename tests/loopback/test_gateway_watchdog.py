@@ -25,7 +25,7 @@ from discord_voice.core.opcodes import GatewayOp
 from discord_voice.core.reconnect import ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.testing import FakeClock, FakeDiscord
 from tests.frames import opus_frame
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, UNSPACED, World
 from tests.timeouts import LONG
 
 TIMEOUT = 15.0  #: the reconnect timeout of the FakeClock tests (logical seconds)
@@ -135,7 +135,13 @@ def assert_still_usable(w: World) -> None:
 def fake_clock_world(open_world: MakeWorld, plan: ReconnectPlan[Any]) -> tuple[World, FakeClock]:
     clock = FakeClock()
     # Heartbeats fall due after 0.99 * 41.25 s, long after the 15 s watchdog deadlines.
-    w = open_world(clock=clock, plan=plan, reconnect_timeout=TIMEOUT, rng=FixedRandom(0.99))
+    w = open_world(
+        clock=clock,
+        plan=plan,
+        reconnect_timeout=TIMEOUT,
+        rng=FixedRandom(0.99),
+        identify_limiter=UNSPACED(),  # recovery ladders here, not identify pacing
+    )
     return w, clock
 
 
@@ -245,7 +251,13 @@ def test_every_attempt_unanswered_ends_with_gateway_timeout() -> None:
     quick = RetryBudget(max_attempts=1, base_delay=0.0, max_delay=0.0, immediate_first=True)
     plan = ReconnectPlan(ClosePolicy.main_default(), resume=quick, new_session=quick)
     with FakeDiscord() as fake:
-        gw = Gateway(fake.token, url=fake.gateway_url, plan=plan, reconnect_timeout=0.2)
+        gw = Gateway(
+            fake.token,
+            url=fake.gateway_url,
+            plan=plan,
+            reconnect_timeout=0.2,
+            identify_limiter=UNSPACED(),  # attempts, not identify pacing
+        )
         try:
             gw.connect(timeout=LONG)
             fake.withhold("main_ready", "main_resumed")

@@ -19,7 +19,7 @@ from discord_voice import (
 from discord_voice.core.opcodes import GatewayOp, VoiceOp
 from discord_voice.core.reconnect import Attempt, ClosePolicy, ReconnectPlan, RetryBudget
 from discord_voice.testing import FakeClock, FakeDiscord
-from tests.loopback.conftest import CHANNEL, GUILD, World
+from tests.loopback.conftest import CHANNEL, GUILD, UNSPACED, World
 from tests.timeouts import LONG
 
 MakeWorld = Callable[..., World]
@@ -111,6 +111,7 @@ def test_five_unanswered_reidentifies_back_off_on_the_fake_clock_then_time_out()
             reconnect_timeout=watchdog,
             plan=ReconnectPlan(ClosePolicy.main_default(), new_session=ladder),
             rng=FixedRandom(0.99),  # the first beat after 0.99 * 41.25 s: none in an attempt
+            identify_limiter=UNSPACED(),  # the backoff ladder here, not identify pacing
         )
         try:
             gateway.connect(timeout=LONG)

@@ -269,3 +269,44 @@ def test_more_events_than_the_rate_limit_close_4008(limit: int) -> None:
 def test_main_rate_limit_must_be_a_positive_int() -> None:
     with pytest.raises(ValueError, match="main_rate_limit"):
         FakeDiscord(main_rate_limit=0)
+
+
+@pytest.mark.parametrize(
+    ("shard", "needs", "code"),
+    [
+        ([4, 4], 1, 4010),
+        ([-1, 4], 1, 4010),
+        ([0], 1, 4010),
+        ("0/4", 1, 4010),
+        ([0, True], 1, 4010),
+        (None, 2, 4011),
+        ([0, 1], 2, 4011),
+    ],
+)
+def test_a_bad_or_missing_shard_closes_with_discords_code(
+    shard: object, needs: int, code: int
+) -> None:
+    with FakeDiscord(dave=False, shards=needs) as fake:
+        ws = connect_main(fake)
+        recv_json(ws)  # Hello
+        payload = identify_payload(fake.token)
+        if shard is not None:
+            payload["d"]["shard"] = shard
+        send_json(ws, payload)
+        got, reason = recv_close(ws)
+        assert got == code, reason
+        assert fake.wait_until(lambda f: len(f.violations) == 1)
+        ws.close()
+
+
+def test_a_sharded_identify_gets_ready_with_its_shard() -> None:
+    with FakeDiscord(dave=False, shards=2) as fake:
+        ws = connect_main(fake)
+        recv_json(ws)
+        payload = identify_payload(fake.token)
+        payload["d"]["shard"] = [1, 2]
+        send_json(ws, payload)
+        ready = recv_json(ws)
+        assert ready["t"] == "READY" and ready["d"]["shard"] == [1, 2]
+        assert fake.violations == []
+        ws.close()

@@ -79,6 +79,35 @@ def main_identify(d: Any, token: str) -> int:
     return intents
 
 
+def main_shard(d: dict[str, Any], required: int) -> tuple[int, int] | None:
+    """The ``shard`` of a valid Identify as (id, count), or None without one: 4010 for a
+    malformed shard, 4011 when the bot needs `required` shards and asked for fewer."""
+    shard = d.get("shard")
+    if shard is None:
+        if required > 1:
+            raise CloseWith(
+                GatewayCloseCode.SHARDING_REQUIRED,
+                f"sharding required: this bot needs at least {required} shards",
+            )
+        return None
+    if (
+        not isinstance(shard, list)
+        or len(shard) != 2
+        or not all(type(n) is int for n in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise CloseWith(
+            GatewayCloseCode.INVALID_SHARD,
+            f"invalid shard {shard!r}: [shard_id, shard_count] with 0 <= shard_id < shard_count",
+        )
+    if shard[1] < required:
+        raise CloseWith(
+            GatewayCloseCode.SHARDING_REQUIRED,
+            f"sharding required: {shard[1]} shards, this bot needs at least {required}",
+        )
+    return shard[0], shard[1]
+
+
 def main_voice_state(d: Any) -> tuple[str, str | None]:
     """(guild_id, channel_id) of a valid op 4 Voice State Update."""
 

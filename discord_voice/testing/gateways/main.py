@@ -11,6 +11,13 @@ or more than 120 events a minute (4008; heartbeats are not counted, so a test ma
 heartbeat interval) closes the websocket with Discord's code and a reason that
 names the problem, and appends a line to ``fake.violations``.
 
+Sharding: an Identify's ``shard`` must be ``[shard_id, shard_count]`` with ``0 <= shard_id <
+shard_count`` (else 4010), with at least ``FakeDiscord(shards=N)`` shards when N > 1 (else, or
+without ``shard``, 4011); a Voice State Update for a guild of another shard is ignored and is a
+violation. With ``FakeDiscord(max_concurrency=N)``, Identifies are limited as Discord limits
+them: one per bucket (``shard_id % N``) per 5 s on the fake's clock (``clock=``, a `FakeClock`
+in tests); one over the limit is answered with op 9 ``d: false`` and is a violation.
+
 READY carries ``resume_gateway_url`` (this same server); op 6 Resume replays the dispatches a
 session missed and then dispatches RESUMED, or answers op 9 ``d: false`` (see `main_resume`).
 ``withhold("main_ready")`` / ``withhold("main_resumed")`` leave an Identify / Resume unanswered
@@ -22,12 +29,15 @@ from __future__ import annotations
 import collections
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from discord_voice.clock import Clock
 from discord_voice.core.opcodes import GatewayCloseCode, GatewayOp, Intents
+from discord_voice.core.sharding import IDENTIFY_INTERVAL
 from discord_voice.testing.gateways import checks
 from discord_voice.testing.gateways.main_resume import RESUMABLE_MAIN_CLOSES, MainLive, MainSessions
 from discord_voice.testing.gateways.served import next_client_message, run_posted
@@ -62,6 +72,7 @@ class FakeMainGateway:
         script: Script,
         credentials: Credentials,
         voice_endpoint: Callable[[], str],
+        clock: Clock,
     ) -> None:
         self.config = config
         self.recorder = recorder
@@ -69,6 +80,7 @@ class FakeMainGateway:
         self.credentials = credentials
         self.voice_endpoint = voice_endpoint
         self.sessions = MainSessions()
+        self.identifies = IdentifyBook(config.max_concurrency, clock)
         self.server = WsServer(
             "main", lambda peer: _MainConnection(self, peer).run(), recorder.violation
         )
@@ -258,9 +270,15 @@ class _MainConnection:
         if self.identified:
             raise CloseWith(GatewayCloseCode.ALREADY_AUTHENTICATED, "already authenticated")
         intents = checks.main_identify(d, self.config.token)
+        shard = checks.main_shard(d, self.config.shards)
+        refused = self.gw.identifies.book(0 if shard is None else shard[0])
+        if refused is not None:  # Discord answers an Identify over max_concurrency with op 9
+            self.rec.violation(f"main#{self.peer.number}: {refused}")
+            self._send({"op": GatewayOp.INVALID_SESSION, "d": False, "s": None, "t": None})
+            return
         self.identified = True
         session_id = secrets.token_hex(16)
-        self.live.session_id, self.live.intents = session_id, intents
+        self.live.session_id, self.live.intents, self.live.shard = session_id, intents, shard
         self.gw.sessions.add(self.live)
         with self.rec.changing():
             self.session.identify = d
@@ -310,6 +328,14 @@ class _MainConnection:
 
     def _on_voice_state(self, d: Any) -> None:
         guild_id, channel_id = checks.main_voice_state(d)
+        shard = self.live.shard
+        if shard is not None and (int(guild_id) >> 22) % shard[1] != shard[0]:
+            owner = (int(guild_id) >> 22) % shard[1]
+            self.rec.violation(
+                f"main#{self.peer.number}: voice state update for guild {guild_id} on shard "
+                f"{shard[0]}/{shard[1]}; its shard is {owner}/{shard[1]} (ignored)"
+            )
+            return
         user_id = str(self.config.user_id)
         if channel_id is None:
             revoked = self.gw.credentials.revoke(guild_id)
@@ -332,6 +358,39 @@ class _MainConnection:
                 continue  # like Discord: no intent, no event
             if not self.gw.script.withheld(event.lower()):
                 self._dispatch(event, data)
+
+
+class IdentifyBook:
+    """Identifies across the fake's connections, as Discord limits them: one per
+    ``max_concurrency`` bucket (``shard_id % max_concurrency``) per `IDENTIFY_INTERVAL` s on
+    `clock` (the tests' `FakeClock` when they pass one), and their count (``booked``)."""
+
+    def __init__(self, max_concurrency: int | None, clock: Clock) -> None:
+        self._concurrency = max_concurrency
+        self._clock = clock
+        self._last: dict[int, tuple[float, int]] = {}  # bucket -> (time, shard id)
+        self._lock = threading.Lock()
+        self.booked = 0
+
+    def book(self, shard_id: int) -> str | None:
+        """Record an Identify of `shard_id` now; why it breaks the limit, or None."""
+        if self._concurrency is None:  # not limited (the default: tests connect at will)
+            with self._lock:
+                self.booked += 1
+            return None
+        now = self._clock.monotonic()
+        bucket = shard_id % self._concurrency
+        with self._lock:
+            last = self._last.get(bucket)
+            if last is not None and now - last[0] < IDENTIFY_INTERVAL:
+                return (
+                    f"identify of shard {shard_id} {now - last[0]:.2f} s after shard {last[1]}'s "
+                    f"in bucket {bucket} (max_concurrency {self._concurrency}: one per "
+                    f"{IDENTIFY_INTERVAL:g} s); answered with op 9"
+                )
+            self._last[bucket] = (now, shard_id)
+            self.booked += 1
+        return None
 
 
 def _self_flags(d: dict[str, Any]) -> dict[str, bool]:

@@ -45,6 +45,7 @@ class MainLive:
         self.let_go = threading.Condition(self.lock)
         self.peer: Peer | None = None
         self.valid = True
+        self.shard: tuple[int, int] | None = None  # (id, count) identified as; kept by a resume
 
     def missed(self, seq: int) -> list[str] | None:
         """Logged dispatches with s > `seq`; None if the log no longer holds all of them."""
