@@ -13,6 +13,7 @@ gw.close()
 """
 
 from discord_voice._shell.identify_limiter import IdentifyLimiter
+from discord_voice._shell.rest import fetch_gateway_bot
 from discord_voice._version import __version__
 from discord_voice.audio import (
     FFmpegOpusSource,
@@ -45,6 +46,7 @@ from discord_voice.connection import (
     default_voice_plan,
 )
 from discord_voice.core.frames import MAX_OPUS_PACKET_SIZE, OPUS_SILENCE_FRAME
+from discord_voice.core.gateway_bot import GatewayBot
 from discord_voice.core.opcodes import Intents, SpeakingFlag
 from discord_voice.core.receive_flow import VoicePacket
 from discord_voice.core.reconnect import (
@@ -58,6 +60,7 @@ from discord_voice.core.reconnect import (
 from discord_voice.core.sharding import SessionStartLimit, Shard, shard_for
 from discord_voice.errors import (
     AlreadyPlaying,
+    ApiError,
     AudioError,
     ConnectionClosed,
     DaveRequired,
@@ -86,6 +89,7 @@ from discord_voice.errors import (
 )
 from discord_voice.gateway import Gateway
 from discord_voice.main_gateway import MainGateway, ShardedGateway, VoiceEventHandler
+from discord_voice.shard_group import ShardGroup
 from discord_voice.voice import Voice
 
 __all__ = [
@@ -133,6 +137,10 @@ __all__ = [
     "EncryptionError",
     "Gateway",
     "IdentifyLimiter",
+    "ApiError",
+    "GatewayBot",
+    "ShardGroup",
+    "fetch_gateway_bot",
     "SessionStartLimit",
     "Shard",
     "ShardedGateway",

@@ -26,6 +26,7 @@ __all__ = [
     "JoinError",
     "JoinTimeout",
     "WrongShard",
+    "ApiError",
     "GatewayTimeout",
     "EncryptionError",
     "UnsupportedEncryptionMode",
@@ -155,6 +156,15 @@ class JoinTimeout(JoinError, TimeoutError):
 class WrongShard(JoinError):
     """``join_channel`` for a guild whose voice the gateway cannot carry: another shard owns
     it (``(guild_id >> 22) % shard_count``). Raised before anything is sent."""
+
+
+class ApiError(VoiceError):
+    """A request to Discord's HTTP API failed: ``status`` is the HTTP status (None when no
+    answer came: refused, timed out, unreachable)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class GatewayTimeout(VoiceError, TimeoutError):

@@ -61,6 +61,7 @@ from discord_voice.testing.gateways.voice_handshake import VoiceServices
 from discord_voice.testing.gateways.voice_live import LiveVoice, LiveVoices
 from discord_voice.testing.gateways.voice_roster import Roster
 from discord_voice.testing.gateways.ws import Delivery, valid_close_code
+from discord_voice.testing.http_api import FakeHttpApi
 from discord_voice.testing.records import (
     MainSession,
     ReceivedFrame,
@@ -195,6 +196,10 @@ class FakeDiscord:
             lambda: self.voice_endpoint,
             self._clock,
         )
+        identifies = self._main.identifies
+        self._http = FakeHttpApi(
+            self._config, lambda: self._gateway_url, lambda: identifies.booked, self._clock
+        )
         self._state = "new"
         self._gateway_url = ""
 
@@ -217,6 +222,7 @@ class FakeDiscord:
             self._udp.start()
             self._voice.start()
             self._main.server.start()
+            self._http.start()
         except BaseException:
             self._shutdown()
             raise
@@ -244,6 +250,7 @@ class FakeDiscord:
         self._voice.finish_close(deadline)
         self._live.close()
         self._udp.finish_close(deadline)
+        self._http.close(max(0.1, deadline - time.monotonic()))
         with self._rec.changing():
             pass  # wake any wait_until so it can see the fake is closed
 
@@ -259,6 +266,17 @@ class FakeDiscord:
         self.close()
 
     # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        """The HTTP API's base (``http://127.0.0.1:<port>/api/v10``): Get Gateway Bot is
+        ``api_url + "/gateway/bot"`` (see `discord_voice.testing.http_api`)."""
+        return self._http.url
+
+    @property
+    def api_requests(self) -> list[tuple[str, str]]:
+        """Every HTTP request the API got: (method, path), in order."""
+        return self._http.requests
 
     @property
     def token(self) -> str:
