@@ -5,6 +5,7 @@
     discord-voice probe --guild G --channel C [--trace FILE]
     discord-voice record DIR --guild G --channel C --seconds N [--mix]   a WAV file per speaker
     discord-voice demo                      the offline demo (see discord_voice.demo)
+    (play, probe and record take --shard ID/COUNT: identify as that shard of the main gateway)
 
 Exit codes: 0 done; 1 a failure, said in one line on stderr (never a traceback); 2 bad usage;
 130 interrupted (Ctrl-C: the player stops, silence and the leave are sent first).
@@ -24,8 +25,10 @@ from discord_voice.audio.probe import open_source, probe
 from discord_voice.audio.sinks import MixSink, MultiSink, WaveSink
 from discord_voice.audio.source import Source
 from discord_voice.connection import Connection
+from discord_voice.core.sharding import Shard, parse_shard
 from discord_voice.errors import (
     FFmpegFailed,
+    LocalProtocolError,
     MainGatewayClosed,
     VoiceError,
 )
@@ -141,6 +144,20 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--fake", action="store_true", help="use a local fake Discord (offline, no token)"
     )
     parser.add_argument("--timeout", type=float, default=20.0, help="join timeout (seconds)")
+    parser.add_argument(
+        "--shard",
+        type=_shard_argument,
+        default=None,
+        metavar="ID/COUNT",
+        help="identify as this shard of the main gateway (the guild must be one of its own)",
+    )
+
+
+def _shard_argument(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except LocalProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- connecting ---------------------------------------------------------------------------------
@@ -190,7 +207,7 @@ def run_play(args: argparse.Namespace) -> int:
     token, guild, channel = _token_and_target(args)
     source = _open(args)  # before connecting: a missing file or ffmpeg fails fast
     interrupted = False
-    with source, discord_or_fake(token, gateway_url=args.gateway_url) as session:
+    with source, discord_or_fake(token, gateway_url=args.gateway_url, shard=args.shard) as session:
         voice = Voice(session.gateway)
         try:
             conn = _join(session, voice, guild, channel, args.timeout)
@@ -288,7 +305,7 @@ def run_record(args: argparse.Namespace) -> int:
     mixed = MixSink(waves.directory / "mix.wav") if args.mix else None
     sink: Sink = waves if mixed is None else MultiSink(waves, mixed)
     interrupted = False
-    with discord_or_fake(token, gateway_url=args.gateway_url) as session:
+    with discord_or_fake(token, gateway_url=args.gateway_url, shard=args.shard) as session:
         voice = Voice(session.gateway)
         try:
             conn = voice.join_channel(guild, channel, receive=True, timeout=args.timeout)
@@ -344,7 +361,9 @@ def run_probe(args: argparse.Namespace) -> int:
     try:
         # offline, a 1 s voice heartbeat so that the first round trip comes quickly
         fake_options = {"voice_heartbeat_interval": 1.0}
-        with discord_or_fake(token, gateway_url=args.gateway_url, **fake_options) as session:
+        with discord_or_fake(
+            token, gateway_url=args.gateway_url, shard=args.shard, **fake_options
+        ) as session:
             voice = Voice(session.gateway)
             try:
                 conn = _join(session, voice, guild, channel, args.timeout)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from discord_voice.core.frames import OPUS_SILENCE_FRAME
+from discord_voice.core.sharding import Shard
 from discord_voice.errors import VoiceError
 from discord_voice.gateway import Gateway
 
@@ -64,10 +65,12 @@ def discord_or_fake(
     *,
     gateway_url: str | None = None,
     timeout: float = 30.0,
+    shard: Shard | None = None,
     **fake_options: Any,
 ) -> Iterator[OfflineSession]:
-    """Connect a `Gateway` with `token` (to `gateway_url` if given), or, without a token, to a
-    `FakeDiscord(**fake_options)` started here; close both on exit."""
+    """Connect a `Gateway` with `token` (to `gateway_url` if given; as `shard` if given), or,
+    without a token, to a `FakeDiscord(**fake_options)` started here (needing that shard's
+    count of shards); close both on exit."""
     fake: FakeDiscord | None = None
     if not token:
         try:
@@ -77,10 +80,12 @@ def discord_or_fake(
                 f"without DISCORD_TOKEN this runs against a local fake Discord, which needs "
                 f'the testing extra: pip install "discord-voice[testing]" ({exc})'
             ) from exc
+        if shard is not None:
+            fake_options.setdefault("shards", shard.shard_count)
         fake = FakeDiscord(**fake_options).start()
         token, gateway_url = fake.token, fake.gateway_url
     try:
-        gateway = Gateway(token, url=gateway_url)
+        gateway = Gateway(token, url=gateway_url, shard=shard)
         try:
             gateway.connect(timeout=timeout)
             yield OfflineSession(gateway, fake)

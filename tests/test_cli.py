@@ -343,3 +343,26 @@ def test_ctrl_c_while_recording_keeps_finished_files_and_exits_130(
             frames = wav.getnframes()
             assert 0 < frames <= 48000 and frames * 4 + 44 == path.stat().st_size
     assert fake.wait_until(lambda f: len(leaves(f)) == 1, LONG)
+
+
+def test_shard_option_identifies_as_that_shard_and_refuses_another_shards_guild(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from discord_voice.offline import OFFLINE_GUILD_ID
+
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    out = str(tmp_path / "rec")
+    # the offline guild belongs to shard 2 of 4
+    assert main(["record", out, "--fake", "--shard", "2/4", "--seconds", "0.3"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["record", out, "--fake", "--shard", "1/4", "--seconds", "0.3"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert f"guild {OFFLINE_GUILD_ID} belongs to shard 2/4, not 1/4" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shard", ["4/4", "x", "1-4"])
+def test_a_bad_shard_is_a_usage_error(shard: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--fake", "--shard", shard])
+    assert info.value.code == 2 and "--shard" in capsys.readouterr().err
