@@ -47,6 +47,7 @@ def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -294,3 +295,114 @@ def test_record_channel_writes_the_speakers_wav(
     for path in (files[0], tmp_path / "mix.wav"):
         with wave.open(str(path), "rb") as wav:
             assert wav.getnframes() / 48000 == pytest.approx(1.0, abs=0.06)
+
+
+def test_the_sharded_recipe_restarts_a_killed_group_and_its_guilds_are_joined_again() -> None:
+    import os
+    import signal
+    import threading
+
+    from discord_voice.core.opcodes import GatewayOp
+    from discord_voice.testing import FakeDiscord
+
+    bot = load("sharded_bot")
+    joins = [((1_000_000 + n) << 22, 1000 + n) for n in range(4)]  # guild n on shard n
+
+    def joined(fake: FakeDiscord, guild: int) -> int:
+        return sum(
+            1
+            for m in fake.main_messages
+            if m.direction == "client"
+            and m.op == GatewayOp.VOICE_STATE_UPDATE
+            and m.data is not None
+            and m.data["d"]["guild_id"] == str(guild)
+            and m.data["d"]["channel_id"] is not None
+        )
+
+    with FakeDiscord(dave=False, shards=4) as fake:
+        supervisor = bot.Supervisor(
+            bot.slices(4, 2),
+            bot.group_command(4, joins, fake.gateway_url, max_concurrency=4),
+            {**os.environ, "DISCORD_TOKEN": fake.token},
+            first_backoff=0.1,
+            stagger=0.0,
+        )
+        runner = threading.Thread(target=supervisor.run, name="test-supervisor")
+        runner.start()
+        try:
+            everyone = lambda f: all(joined(f, g) == 1 for g, _ in joins)  # noqa: E731
+            assert fake.wait_until(everyone, LONG * 6)
+            assert fake.wait_until(lambda f: len(f.voice_sessions) == 4, LONG * 3)
+            second = supervisor.children[1]
+            assert second.shard_ids == [2, 3]
+            os.kill(second.process.pid, signal.SIGKILL)  # a crash, as hard as it comes
+            again = lambda f: all(joined(f, g) == 2 for g, _ in joins[2:])  # noqa: E731
+            assert fake.wait_until(again, LONG * 6)  # restarted: shards 2 and 3 rejoin
+            assert supervisor.restarts == 1 and second.starts == 2
+            assert [joined(fake, g) for g, _ in joins[:2]] == [1, 1]  # the others untouched
+            assert fake.violations == []  # every op 4 on the guild's own shard
+        finally:
+            supervisor.stop()
+            runner.join(LONG * 4)
+        assert not runner.is_alive()
+        codes = [child.process.returncode for child in supervisor.children]
+        assert codes == [0, 0]  # both stopped by SIGTERM: left their channels, exited 0
+        assert fake.wait_until(
+            lambda f: all(
+                sum(
+                    1
+                    for m in f.main_messages
+                    if m.direction == "client"
+                    and m.op == GatewayOp.VOICE_STATE_UPDATE
+                    and m.data is not None
+                    and m.data["d"]["guild_id"] == str(g)
+                    and m.data["d"]["channel_id"] is None
+                )
+                >= 1
+                for g, _ in joins
+            ),
+            LONG,
+        )
+
+
+def test_the_sharded_recipe_splits_shards_and_spaces_first_starts() -> None:
+    bot = load("sharded_bot")
+    assert bot.slices(4, 2) == [[0, 1], [2, 3]] and bot.slices(5, 2) == [[0, 1], [2, 3, 4]]
+    supervisor = bot.Supervisor(bot.slices(6, 3), lambda ids: [], {}, max_concurrency=2)
+    assert [c.delay for c in supervisor.children] == [0.0, 5.0, 10.0]  # one round per 2 shards
+
+
+def test_the_sharded_recipe_runs_offline_and_stops_on_ctrl_c() -> None:
+    import selectors
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "sharded_bot.py"), "supervise"],
+        env={k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    seen = b""
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + LONG * 6
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            while seen.count(b"voice channel(s)") < 2:  # both groups joined their guilds
+                left = deadline - time.monotonic()
+                assert left > 0 and selector.select(left), seen
+                chunk = os.read(child.stdout.fileno(), 4096)
+                assert chunk, seen
+                seen += chunk
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=LONG * 4)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    assert b"shards [0, 1]: in 2 voice channel(s)" in seen + out
+    assert b"shards [2, 3]: in 2 voice channel(s)" in seen + out
+    assert b"Traceback" not in err
