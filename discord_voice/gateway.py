@@ -41,7 +41,7 @@ from discord_voice._shell.gateway_connection import (
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
 from discord_voice._shell.gateway_events import GatewayEvents, MessageCounters
 from discord_voice._shell.gateway_heartbeat import RandomSource
-from discord_voice._shell.gateway_recovery import Recovery, default_plan
+from discord_voice._shell.gateway_recovery import Recovery, ServerAskedToReconnect, default_plan
 from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT, run_reconnect_watchdog
 from discord_voice._shell.identify_limiter import IdentifyLimiter
 from discord_voice._shell.ws_session import WebSocketSession
@@ -221,7 +221,9 @@ class Gateway:
 
     def connect(self, timeout: float = 30.0) -> None:
         """Wait for this shard's Identify slot (see the class), then open the websocket and
-        block until READY (at most `timeout` seconds on the clock, from the slot on).
+        block until READY (at most `timeout` seconds on the clock, from the slot on). An
+        Identify answered with op 9 (another process used the slot) is retried after the
+        plan's backoff and the next slot, within the same `timeout`.
 
         Raises `GatewayTimeout` naming the missing Hello or READY, `MainGatewayClosed` if the
         server closes meanwhile (4004: the token was rejected), `ConnectionClosed` if the
@@ -423,7 +425,11 @@ class Gateway:
             connection.failure = error
             if connection is not self._connection or self._closing:
                 return
-            step = None if not self._ready else self._recovery.next_step(error)
+            # before READY only an Identify refused with op 9 (over max_concurrency: another
+            # process's shard identified in our slot) is retried; anything else ends connect()
+            refused = isinstance(error, ServerAskedToReconnect) and error.code is not None
+            retry = self._ready or refused
+            step = self._recovery.next_step(error) if retry else None
             if isinstance(step, Attempt):
                 self._next, self._online = step, Signal()
         if not isinstance(step, Attempt):

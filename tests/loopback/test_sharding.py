@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from discord_voice import (
-    ConnectionClosed,
+    ClosePolicy,
     Gateway,
     IdentifyLimiter,
     MainGatewayClosed,
+    ReconnectPlan,
+    RetryBudget,
     Shard,
     Voice,
     WrongShard,
@@ -161,19 +163,60 @@ def test_sixteen_shards_identify_5_s_apart_on_the_fake_clock() -> None:
                 thread.join(LONG)
 
 
-def test_the_fake_answers_an_identify_over_max_concurrency_with_op_9() -> None:
+def test_an_identify_refused_with_op_9_is_retried_in_the_next_slot() -> None:
     clock = FakeClock()
     with FakeDiscord(dave=False, shards=2, max_concurrency=1, clock=clock) as fake:
         first = Gateway(fake.token, url=fake.gateway_url, shard=(0, 2), clock=clock)
-        second = Gateway(  # its own limiter: it does not know of the first's Identify
-            fake.token, url=fake.gateway_url, shard=(1, 2), clock=clock
+        at_once = RetryBudget(max_attempts=2, base_delay=0, max_delay=0, immediate_first=True)
+        second = Gateway(  # its own limiter, as in another process: it knows nothing of the first
+            fake.token,
+            url=fake.gateway_url,
+            shard=(1, 2),
+            clock=clock,
+            plan=ReconnectPlan(ClosePolicy.main_default(), new_session=at_once),
         )
+        failures: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                second.connect(timeout=60.0)
+            except BaseException as exc:  # noqa: BLE001 - checked by the test thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=connect, name="test-second-shard")
         try:
             first.connect(timeout=LONG)
-            with pytest.raises(ConnectionClosed, match="op 9"):  # before READY: the end
-                second.connect(timeout=LONG)
-            assert fake.wait_until(lambda f: bool(f.violations), LONG)
+            thread.start()
+            assert fake.wait_until(lambda f: bool(f.violations), LONG)  # op 9: over the limit
             assert "identify of shard 1 0.00 s after shard 0's in bucket 0" in fake.violations[0]
+            clock.wait_for_deadline(5.0, LONG)  # its next slot: 5 s after its first Identify
+            clock.advance(5.0)
+            thread.join(LONG)
+            assert not failures and second.session_id is not None
+            assert len(fake.violations) == 1  # the retry kept to the limit
         finally:
             first.close()
             second.close()
+            thread.join(LONG)
+
+
+def test_a_reidentify_waits_for_its_slot_too() -> None:
+    clock = FakeClock()
+    at_once = RetryBudget(max_attempts=2, base_delay=0, max_delay=0, immediate_first=True)
+    with FakeDiscord(dave=False, max_concurrency=1, clock=clock) as fake:
+        gw = Gateway(
+            fake.token,
+            url=fake.gateway_url,
+            clock=clock,
+            plan=ReconnectPlan(ClosePolicy.main_default(), new_session=at_once),
+        )
+        try:
+            gw.connect(timeout=LONG)  # Identify at 0.0
+            fake.invalid_session(False)  # the session is gone: identify afresh, but not before 5.0
+            clock.wait_for_deadline(5.0, LONG)
+            assert len(client_ops(fake, GatewayOp.IDENTIFY)) == 1
+            clock.advance(5.0)
+            assert fake.wait_until(lambda f: len(client_ops(f, GatewayOp.IDENTIFY)) == 2, LONG)
+            assert fake.violations == []  # no op 9 for going too early
+        finally:
+            gw.close()
