@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from discord_voice.clock import Clock
@@ -44,7 +44,7 @@ class FakeHttpApi:
         self._started_at = 0.0
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str]] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -69,8 +69,8 @@ class FakeHttpApi:
                 pass  # no stderr noise; requests are recorded instead
 
         self._started_at = self._clock.monotonic()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        # one thread answers every request in turn: no unnamed per-request threads to join
+        self._server = HTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-http"
         )

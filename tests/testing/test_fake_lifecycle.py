@@ -39,7 +39,12 @@ def test_start_and_close_without_with() -> None:
     fake = FakeDiscord(dave=False).start()
     try:
         assert fake.gateway_url.startswith("ws://127.0.0.1:")
-        assert set(_fake_threads()) == {"fake-main-serve", "fake-voice-serve", "fake-udp-recv"}
+        assert set(_fake_threads()) == {
+            "fake-main-serve",
+            "fake-voice-serve",
+            "fake-udp-recv",
+            "fake-http",
+        }
         with pytest.raises(RuntimeError):
             fake.start()
     finally:
