@@ -121,7 +121,7 @@ class Gateway:
         elif shard is not None and not isinstance(shard, Shard):
             raise LocalProtocolError(f"shard must be (shard_id, shard_count), got {shard!r}")
         self._session = GatewaySession(token, intents, properties, shard)
-        self._limiter_of_identifies = identify_limiter or IdentifyLimiter()
+        self._identify_limiter = identify_limiter or IdentifyLimiter()
         #: The websocket URL, with ``v=10&encoding=json`` added when it had no query.
         self.url = normalize_gateway_url(url)
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -266,7 +266,7 @@ class Gateway:
         idles meanwhile); False if the gateway was closed first."""
         shard = self._session.shard
         shard_id = 0 if shard is None else shard.shard_id
-        return self._limiter_of_identifies.wait(shard_id, self._clock, self._stopping)
+        return self._identify_limiter.wait(shard_id, self._clock, self._stopping)
 
     def _claim_start(self) -> None:
         with self._lock:

@@ -228,9 +228,11 @@ class ShardGroup:
     # --- MainGateway and ShardedGateway -----------------------------------------------------
 
     def shard_mismatch(self, guild_id: str) -> str | None:
+        """None if a shard of this group owns `guild_id` (or the group is not connected yet:
+        the join then fails for that reason); else which shard does."""
         count, ids = self._count, self._ids
         if count == "auto" or ids is None:
-            return "the ShardGroup is not connected yet"
+            return None
         owner = shard_for(guild_id, count)
         if owner in ids:
             return None
@@ -240,11 +242,13 @@ class ShardGroup:
         self, guild_id: str, channel_id: str | None, *, self_mute: bool, self_deaf: bool
     ) -> None:
         """Send op 4 on the shard that owns `guild_id` (`WrongShard` if none here does)."""
+        count = self._count
+        if count == "auto" or not self.connected:
+            raise LocalProtocolError("the ShardGroup is not connected; call connect()")
         mismatch = self.shard_mismatch(guild_id)
         if mismatch is not None:
             raise WrongShard(mismatch)
-        assert self._count != "auto"
-        gateway = self.gateways[shard_for(guild_id, self._count)]
+        gateway = self.gateways[shard_for(guild_id, count)]
         gateway.update_voice_state(guild_id, channel_id, self_mute=self_mute, self_deaf=self_deaf)
 
     def add_voice_handler(self, handler: VoiceEventHandler) -> Callable[[], None]:

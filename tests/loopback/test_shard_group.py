@@ -105,3 +105,18 @@ def test_bad_groups_are_refused(ids: list[int], count: int, match: str) -> None:
 
     with pytest.raises(LocalProtocolError, match=match):
         ShardGroup("token", ids, count)
+
+
+def test_a_group_not_connected_yet_says_so() -> None:
+    from discord_voice import JoinError, LocalProtocolError
+
+    group = ShardGroup("token", [0], 2)
+    voice = Voice(group)
+    try:
+        with pytest.raises(JoinError, match="not READY"):
+            voice.join_channel(guild_of(0, 2), CHANNEL, timeout=LONG)
+        with pytest.raises(LocalProtocolError, match="not connected"):
+            group.update_voice_state(str(guild_of(0, 2)), None, self_mute=False, self_deaf=False)
+    finally:
+        voice.close()
+        group.close()
