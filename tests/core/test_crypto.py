@@ -465,3 +465,21 @@ def test_make_cipher_unknown_mode(mode: str) -> None:
         make_cipher(mode, KEY)
     assert info.value.offered == (mode,)
     assert info.value.supported == available_modes()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_open_takes_libsodium_directly_and_agrees_with_the_public_binding(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = make_cipher(mode, KEY)
+    assert direct._raw_open is not None  # type: ignore[attr-defined]
+    monkeypatch.setattr(crypto, "_raw_function", lambda name: None)
+    fallback = make_cipher(mode, KEY)
+    assert fallback._raw_open is None  # type: ignore[attr-defined]
+    for size in (0, 1, 160, 3000):  # 3000: past the first buffer, which grows
+        packet = direct.seal(HEADER, bytes(range(256)) * (size // 256) + b"x" * (size % 256), size)
+        assert direct.open(packet, 12) == fallback.open(packet, 12)
+        forged = packet[:20] + bytes([packet[20] ^ 1]) + packet[21:]
+        for cipher in (direct, fallback):
+            with pytest.raises(InvalidPacket, match="failed authentication"):
+                cipher.open(forged, 12)
