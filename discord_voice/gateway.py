@@ -41,7 +41,7 @@ from discord_voice._shell.gateway_connection import (
 from discord_voice._shell.gateway_dispatch import DispatchListener, DispatchRouter
 from discord_voice._shell.gateway_events import GatewayEvents, MessageCounters
 from discord_voice._shell.gateway_heartbeat import RandomSource
-from discord_voice._shell.gateway_recovery import Recovery, ServerAskedToReconnect, default_plan
+from discord_voice._shell.gateway_recovery import Recovery, default_plan
 from discord_voice._shell.gateway_watchdog import DEFAULT_RECONNECT_TIMEOUT, run_reconnect_watchdog
 from discord_voice._shell.identify_limiter import IdentifyLimiter
 from discord_voice._shell.ws_session import WebSocketSession
@@ -174,9 +174,9 @@ class Gateway:
         """None if this gateway carries `guild_id`'s voice, else which shard does
         (`ShardedGateway`, asked by `Voice.join_channel`)."""
         shard = self._session.shard
-        if shard is None or shard.owns(guild_id):
+        owner = None if shard is None else shard_for(guild_id, shard.shard_count)
+        if shard is None or owner == shard.shard_id:
             return None
-        owner = shard_for(guild_id, shard.shard_count)
         return f"guild {guild_id} belongs to shard {owner}/{shard.shard_count}, not {shard}"
 
     @property
@@ -425,11 +425,7 @@ class Gateway:
             connection.failure = error
             if connection is not self._connection or self._closing:
                 return
-            # before READY only an Identify refused with op 9 (over max_concurrency: another
-            # process's shard identified in our slot) is retried; anything else ends connect()
-            refused = isinstance(error, ServerAskedToReconnect) and error.code is not None
-            retry = self._ready or refused
-            step = self._recovery.next_step(error) if retry else None
+            step = self._recovery.next_step(error, ready=self._ready)
             if isinstance(step, Attempt):
                 self._next, self._online = step, Signal()
         if not isinstance(step, Attempt):

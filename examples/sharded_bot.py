@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 import discord_voice as dv
@@ -104,7 +104,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     backoff: float = FIRST_BACKOFF
-    started_at: float = field(default=0.0)
+    started_at: float = 0.0
 
 
 class Supervisor:

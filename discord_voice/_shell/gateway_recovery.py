@@ -68,8 +68,13 @@ class Recovery:
         self.plan = plan
         self.attempt: Attempt | None = None
 
-    def next_step(self, error: BaseException) -> Attempt | GiveUp | None:
-        """The step after `error` ended the connection; None: not a connection failure."""
+    def next_step(self, error: BaseException, *, ready: bool = True) -> Attempt | GiveUp | None:
+        """The step after `error` ended the connection; None: not a connection failure, or,
+        before the first READY (`ready` False), anything but an Identify refused with op 9
+        (over ``max_concurrency``: another process's shard took the slot), which ends
+        ``connect()`` instead."""
+        if not ready and not (isinstance(error, ServerAskedToReconnect) and error.code is not None):
+            return None
         if isinstance(error, ServerAskedToReconnect):
             code, reason, ours = error.code, str(error), False
         elif isinstance(error, HeartbeatTimeout):

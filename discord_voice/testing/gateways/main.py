@@ -329,8 +329,8 @@ class _MainConnection:
     def _on_voice_state(self, d: Any) -> None:
         guild_id, channel_id = checks.main_voice_state(d)
         shard = self.live.shard
-        if shard is not None and (int(guild_id) >> 22) % shard[1] != shard[0]:
-            owner = (int(guild_id) >> 22) % shard[1]
+        owner = None if shard is None else (int(guild_id) >> 22) % shard[1]  # Discord's formula
+        if shard is not None and owner != shard[0]:
             self.rec.violation(
                 f"main#{self.peer.number}: voice state update for guild {guild_id} on shard "
                 f"{shard[0]}/{shard[1]}; its shard is {owner}/{shard[1]} (ignored)"
